@@ -1,0 +1,89 @@
+"""Hyperparameters: ``agents/der.yml`` + ``agents/<method>.yml`` + ``-p key=value`` overrides -> one config.
+
+Keys are validated: an unknown key (a typo) is a ``ConfigError`` naming the valid keys and the closest match.
+Values in overrides are parsed as YAML scalars (``-p learning_rate=2e-4 compile=true``).
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+AGENTS_DIR = Path(__file__).resolve().parent.parent / "agents"
+
+#: Keys that configure the network (passed to the policy), not the DER algorithm.
+NETWORK_KEYS = ("n_atoms", "v_min", "v_max", "hidden", "sigma0")
+#: Keys the train loop reads itself.
+RUN_KEYS = ("eval_epsilon",)
+
+
+class ConfigError(ValueError):
+    """A bad hyperparameter name or value."""
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of hyperparameters")
+    return data
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'} (values as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad hyperparameter override {item!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def check_keys(given: Iterable[str], valid: Iterable[str], what: str = "hyperparameter") -> None:
+    valid = sorted(valid)
+    for key in given:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown {what} {key!r}.{hint} Valid: {', '.join(valid)}")
+
+
+def load_config(method_file: str | None = None, overrides: dict[str, Any] | None = None,
+                base: str = "der") -> dict[str, Any]:
+    """Resolved hyperparameters: base file, then the method's file (may add keys), then overrides."""
+    config = read_yaml(AGENTS_DIR / f"{base}.yml")
+    if method_file:
+        path = AGENTS_DIR / f"{method_file}.yml"
+        if path.exists():
+            config.update(read_yaml(path))
+    overrides = overrides or {}
+    check_keys(overrides, config)
+    for key, value in overrides.items():
+        default = config[key]
+        if isinstance(default, bool) != isinstance(value, bool) or (
+                isinstance(default, (int, float)) and not isinstance(value, (int, float))):
+            raise ConfigError(f"hyperparameter {key}={value!r}: expected a {type(default).__name__} like {default!r}")
+        config[key] = type(default)(value) if isinstance(default, float) else value
+    return config
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(DER kwargs, network kwargs, run kwargs); method keys (anything else) go with the network."""
+    net = {k: v for k, v in config.items() if k in NETWORK_KEYS}
+    run = {k: v for k, v in config.items() if k in RUN_KEYS}
+    import inspect
+
+    from rlzoo_transfer.rl.der import DER
+
+    der_params = set(inspect.signature(DER.__init__).parameters)
+    algo = {k: v for k, v in config.items() if k in der_params and k not in net}
+    method = {k: v for k, v in config.items() if k not in net and k not in run and k not in algo}
+    return algo, net, {**run, "method": method}

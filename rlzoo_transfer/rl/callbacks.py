@@ -1,0 +1,117 @@
+"""Periodic evaluation -> ``evaluations.csv`` + tensorboard, gate / pathway statistics -> CSV, checkpoints.
+
+Evaluation and checkpoint happen together at the end of the step that crosses a multiple of ``eval_freq``
+(after the step's transition is stored), so a checkpoint always holds every evaluation row up to its step.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rlzoo_transfer.rl.evaluation import evaluate
+
+EVAL_HEADER = ["step", "mean", "std", "n_episodes", "returns"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_evaluations(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def write_evaluations(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=EVAL_HEADER)
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, buf.getvalue())
+
+
+def eval_row(step: int, returns: list[float]) -> dict:
+    return {"step": step, "mean": f"{np.mean(returns):.4f}", "std": f"{np.std(returns):.4f}",
+            "n_episodes": len(returns), "returns": " ".join(f"{r:g}" for r in returns)}
+
+
+def append_stats(path: Path, header: list[str], rows: list[list]) -> None:
+    """Append rows to a statistics CSV (gates.csv, pathway.csv), writing the header once."""
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(header)
+        w.writerows(rows)
+
+
+class EvalCheckpointCallback(BaseCallback):
+    """Every ``eval_freq`` agent steps: evaluate, append the CSV row, log statistics, then checkpoint.
+
+    :param game: game to evaluate on
+    :param run_dir: the run folder
+    :param eval_freq: agent steps between evaluations
+    :param n_episodes: episodes per evaluation
+    :param seed: run seed (evaluations are seeded from seed and step)
+    :param epsilon: evaluation epsilon
+    :param checkpoint: ``f(model)`` that writes the checkpoint
+    """
+
+    def __init__(self, game: str, run_dir: Path, eval_freq: int, n_episodes: int, seed: int, epsilon: float,
+                 checkpoint: Callable, verbose: int = 0):
+        super().__init__(verbose)
+        self.game, self.run_dir, self.eval_freq = game, Path(run_dir), eval_freq
+        self.n_episodes, self.seed, self.epsilon, self.checkpoint = n_episodes, seed, epsilon, checkpoint
+        self.csv = self.run_dir / "evaluations.csv"
+
+    def evaluate_now(self) -> None:
+        step = self.model.num_timesteps
+        rows = [r for r in read_evaluations(self.csv) if int(r["step"]) < step]
+        returns = evaluate(self.model.policy, self.game, self.n_episodes, seed=self.seed * 1_000_003 + step,
+                           epsilon=self.epsilon)
+        rows.append(eval_row(step, returns))
+        write_evaluations(self.csv, rows)
+        self.logger.record("eval/mean_return", float(np.mean(returns)))
+        self.logger.record("eval/std_return", float(np.std(returns)))
+        self.log_statistics(step)
+
+    def log_statistics(self, step: int) -> None:
+        stats = self.model.policy.statistics()
+        gates = [[step, *k.split("/")[1:3], v] for k, v in stats.items() if k.startswith("gate/")]
+        paths = [[step, k.split("/")[1], v] for k, v in stats.items() if k.startswith("pathway/")]
+        if gates:
+            append_stats(self.run_dir / "gates.csv", ["step", "layer", "source", "gate"], gates)
+        if paths:
+            append_stats(self.run_dir / "pathway.csv", ["step", "model", "weight"], paths)
+
+    def _on_training_start(self) -> None:
+        if self.model.num_timesteps == 0 and not read_evaluations(self.csv):
+            self.evaluate_now()  # step 0: the jump-start a transferred network gives before any learning
+            self.logger.dump(0)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        step, last = self.model.num_timesteps, getattr(self, "_last_eval", None)
+        if last is None:
+            last = self.model.num_timesteps - self.model.n_envs
+        if step // self.eval_freq > max(last, 0) // self.eval_freq:
+            self.evaluate_now()
+            self.logger.dump(step)
+            self.checkpoint(self.model)
+        self._last_eval = step

@@ -1,0 +1,152 @@
+"""One training run, start to finish: config -> env -> method's network -> DER -> callbacks -> files.
+
+The run folder (``<log_dir>/<Game>/<method>/seed<k>/``) gets:
+``config.yml`` (resolved hyperparameters, package versions, git commit, command), ``evaluations.csv``
+(step, mean, std, n_episodes, returns), ``final.json`` (the final evaluation; its presence marks a complete run),
+``model.zip`` (SB3 format), ``checkpoint/`` (for ``--resume``), ``tb/`` (tensorboard), and for transfer methods
+``gates.csv`` / ``pathway.csv``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from rlzoo_transfer.config import load_config, split_config
+from rlzoo_transfer.envs import action_meanings, make_env, resolve_game
+from rlzoo_transfer.rl.callbacks import EvalCheckpointCallback, read_evaluations, write_atomic, write_evaluations
+from rlzoo_transfer.rl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from rlzoo_transfer.rl.der import DER
+from rlzoo_transfer.rl.evaluation import evaluate
+from rlzoo_transfer.rl.methods import get_method
+from rlzoo_transfer.rl.policies import DERPolicy
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RunError(RuntimeError):
+    """A run that cannot start (existing results, missing checkpoint); the message says what to do."""
+
+
+@dataclass
+class RunSpec:
+    game: str
+    method: str = "scratch"
+    seed: int = 0
+    steps: int = 100_000
+    eval_freq: int = 10_000
+    eval_episodes: int = 10
+    final_eval_episodes: int = 100
+    log_dir: str = "runs"
+    run_dir: str | None = None  # overrides the <log_dir>/<Game>/<method>/seed<k> layout
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # finetune's source game
+    device: str = "cpu"
+    resume: bool = False
+    n_envs: int = 1
+    progress_bar: bool = True
+    base_config: str = "der"
+    command: str = ""
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("rlzoo_transfer", "torch", "stable-baselines3", "gymnasium", "ale-py", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def run_folder(spec: RunSpec) -> Path:
+    if spec.run_dir:
+        return Path(spec.run_dir)
+    game, _ = resolve_game(spec.game)
+    return Path(spec.log_dir) / game / get_method(spec.method).folder(spec.source) / f"seed{spec.seed}"
+
+
+def build_model(spec: RunSpec, config: dict[str, Any], env, tb_dir: str | None) -> DER:
+    """DER with the method's network, from a resolved config."""
+    algo_kwargs, net_kwargs, run_kwargs = split_config(config)
+    method = get_method(spec.method)
+    builder, builder_kwargs = method.network(spec.game, spec.source, run_kwargs["method"])
+    policy_kwargs = {"net_builder": builder, "net_kwargs": {**{k: v for k, v in net_kwargs.items()
+                                                               if k not in ("n_atoms", "v_min", "v_max")},
+                                                            **builder_kwargs},
+                     "n_atoms": net_kwargs["n_atoms"], "v_min": net_kwargs["v_min"], "v_max": net_kwargs["v_max"]}
+    return DER(DERPolicy, env, policy_kwargs=policy_kwargs, tensorboard_log=tb_dir, seed=spec.seed,
+               device=spec.device, **algo_kwargs)
+
+
+def run_training(spec: RunSpec) -> Path:
+    """Train, evaluate and write the run folder; resumes from its checkpoint with ``spec.resume``."""
+    game, _ = resolve_game(spec.game)
+    spec.game = game
+    config = load_config(get_method(spec.method).config_file, spec.hyperparams, base=spec.base_config)
+    run_dir = run_folder(spec)
+    ckpt = find_checkpoint(run_dir)
+    if (run_dir / "final.json").exists() and not spec.resume:
+        raise RunError(f"{run_dir} already holds a finished run (final.json); choose another --seed or --log-dir")
+    if run_dir.exists() and (ckpt or (run_dir / "evaluations.csv").exists()) and not spec.resume:
+        raise RunError(f"{run_dir} holds an unfinished run; continue it with --resume, or use another --log-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed)
+
+    env = make_env(game, spec.n_envs, seed=spec.seed)
+    tb_dir = str(run_dir / "tb")
+    if spec.resume and ckpt is not None:
+        model = load_checkpoint(DER, ckpt, env, spec.device)
+        model.tensorboard_log = tb_dir
+        step = model.num_timesteps
+        rows = [r for r in read_evaluations(run_dir / "evaluations.csv") if int(r["step"]) <= step]
+        write_evaluations(run_dir / "evaluations.csv", rows)  # rows written after the checkpoint are redone
+        print(f"resuming {run_dir} from step {step}", file=sys.stderr)
+    else:
+        model = build_model(spec, config, env, tb_dir)
+        write_atomic(run_dir / "config.yml", yaml.safe_dump({
+            "game": game, "method": spec.method, "source": spec.source, "seed": spec.seed, "steps": spec.steps,
+            "eval_freq": spec.eval_freq, "eval_episodes": spec.eval_episodes,
+            "final_eval_episodes": spec.final_eval_episodes, "n_envs": spec.n_envs, "device": spec.device,
+            "hyperparams": config, "actions": action_meanings(game), "versions": versions(),
+            "commit": git_commit(), "command": spec.command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }, sort_keys=False))
+    callback = EvalCheckpointCallback(game, run_dir, spec.eval_freq, spec.eval_episodes, spec.seed,
+                                      config["eval_epsilon"], checkpoint=lambda m: save_checkpoint(m, run_dir))
+    remaining = spec.steps - model.num_timesteps
+    if remaining > 0:
+        model.learn(remaining, callback=callback, reset_num_timesteps=not spec.resume or ckpt is None,
+                    progress_bar=spec.progress_bar, tb_log_name="DER")
+    model.save(run_dir / "model.tmp.zip")
+    (run_dir / "model.tmp.zip").replace(run_dir / "model.zip")
+    returns = evaluate(model.policy, game, spec.final_eval_episodes, seed=spec.seed * 1_000_003 + 999_999_937,
+                       epsilon=config["eval_epsilon"])
+    final = {"game": game, "method": get_method(spec.method).folder(spec.source), "seed": spec.seed,
+             "steps": int(model.num_timesteps), "mean": float(np.mean(returns)), "std": float(np.std(returns)),
+             "n_episodes": len(returns), "returns": returns}
+    write_atomic(run_dir / "final.json", json.dumps(final, indent=1))
+    env.close()
+    return run_dir

@@ -1,0 +1,213 @@
+"""Reference scores of the Atari 100k games and the aggregate statistics used to report them.
+
+Everything here is a pure function of its arguments (numpy in, floats out), so that every number in
+``eval/report.md`` can be checked by hand.
+
+Reference scores (``/work/shared/REFERENCE.md``, "Published scores at 100k agent steps"):
+
+* random / human: Dopamine ``normalization_utils.py``;
+* DER (2019): the SPR paper's table; SPR, DrQ(eps), EfficientZero: rliable / iris data;
+* BBF: its scores CSV, means over its seeds (approximate).  Riverraid is not one of the 26 Atari 100k games:
+  only random, human and BBF are known for it.
+
+Aggregates follow Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice" (the ``rliable``
+library), re-implemented here with numpy / scipy:
+
+* human-normalised score ``HNS = (score - random) / (human - random)``;
+* IQM = ``scipy.stats.trim_mean(x, 0.25)`` over all runs x games (the mean of the middle 50 %);
+* 95 % *stratified* bootstrap confidence intervals: each replicate resamples, with replacement, the seeds of
+  every game separately (the number of runs per game is kept), recomputes the statistic, and the interval is
+  the 2.5 / 97.5 percentiles of the replicates (rliable's default ``percentile`` method);
+* probability of improvement ``P(X > Y)``: for one game, the fraction of (run of X, run of Y) pairs in which X
+  scores higher, ties counting 1/2 (the Mann-Whitney U statistic divided by ``n * m``), averaged over games;
+  its interval resamples the seeds of X and of Y independently within each game.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class GameScores:
+    """Reference scores of one game.
+
+    :param random: mean return of a uniformly random policy
+    :param human: mean return of the human tester
+    :param published: algorithm name -> published mean return at 100k agent steps
+    """
+
+    random: float
+    human: float
+    published: Mapping[str, float] = field(default_factory=dict)
+
+
+#: Canonical game name (ALE's CamelCase, e.g. ``Jamesbond``) -> reference scores (REFERENCE.md).
+GAMES: dict[str, GameScores] = {
+    "Alien": GameScores(227.8, 7127.7, {"DER": 739.9, "SPR": 841.9, "DrQ(eps)": 865.2,
+                                        "EfficientZero": 808.5, "BBF": 1174.0}),
+    "Gopher": GameScores(257.6, 2412.5, {"DER": 349.5, "SPR": 660.6, "DrQ(eps)": 621.6,
+                                         "EfficientZero": 3260.3, "BBF": 1415.0}),
+    "Jamesbond": GameScores(29.0, 302.8, {"DER": 301.6, "SPR": 366.5, "DrQ(eps)": 349.1,
+                                          "EfficientZero": 517.0, "BBF": 1195.0}),
+    "Seaquest": GameScores(68.4, 42054.7, {"DER": 354.1, "SPR": 558.1, "DrQ(eps)": 352.3,
+                                           "EfficientZero": 1100.2, "BBF": 1150.0}),
+    "Riverraid": GameScores(1338.5, 17118.0, {"BBF": 6786.0}),
+}
+
+#: Published algorithms shown as reference rows in the report.
+REFERENCE_ALGORITHMS: tuple[str, ...] = ("DER", "SPR")
+
+_KEY = {re.sub(r"[^a-z0-9]", "", name.lower()): name for name in GAMES}
+
+
+def _normalise_key(name: str) -> str:
+    """Lower-case ``name`` and strip ALE decorations: ``ALE/``, ``NoFrameskip-v4``, ``-v5``, ``_`` and ``-``."""
+    key = name.strip()
+    key = re.sub(r"^ALE/", "", key, flags=re.IGNORECASE)
+    key = re.sub(r"(NoFrameskip)?-v\d+$", "", key, flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]", "", key.lower())
+
+
+def canonical_game(name: str) -> str:
+    """Canonical spelling of a known game: ``'JamesBond'``, ``'jamesbond'``, ``'ALE/Jamesbond-v5'`` -> ``'Jamesbond'``.
+
+    :param name: any common spelling of the game
+    :raises KeyError: the game is not in :data:`GAMES`
+    """
+    key = _normalise_key(name)
+    if key not in _KEY:
+        raise KeyError(f"unknown game {name!r}; known games: {', '.join(GAMES)}")
+    return _KEY[key]
+
+
+def maybe_canonical_game(name: str) -> str:
+    """:func:`canonical_game` for known games, ``name`` unchanged for others."""
+    try:
+        return canonical_game(name)
+    except KeyError:
+        return name
+
+
+def human_normalized(score, game: str):
+    """Human-normalised score ``(score - random) / (human - random)``; works on floats and arrays.
+
+    :param score: raw mean return(s)
+    :param game: any spelling accepted by :func:`canonical_game`
+    """
+    ref = GAMES[canonical_game(game)]
+    return (np.asarray(score, dtype=float) - ref.random) / (ref.human - ref.random)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (``ddof=1``; 0 for a single value) and count of ``values``."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return float("nan"), float("nan"), 0
+    std = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    return float(x.mean()), std, int(x.size)
+
+
+def iqm(values, axis: int | None = None):
+    """Interquartile mean: ``scipy.stats.trim_mean(values, 0.25)`` (drops the lowest and highest 25 %).
+
+    :param values: scores; flattened when ``axis`` is None
+    :param axis: axis to reduce along
+    """
+    x = np.asarray(values, dtype=float)
+    if axis is None:
+        x = x.ravel()
+        axis = 0
+    return stats.trim_mean(x, 0.25, axis=axis)
+
+
+def _stack_per_game(per_game: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate per-game arrays of shape ``(reps, n_g)`` along the run axis -> ``(reps, sum n_g)``."""
+    return np.concatenate(per_game, axis=1)
+
+
+def _check_groups(groups: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """Validate a list of per-game score lists: at least one game, each with at least one run."""
+    arrays = [np.asarray(g, dtype=float).ravel() for g in groups]
+    if not arrays or any(a.size == 0 for a in arrays):
+        raise ValueError("need at least one game, each with at least one run")
+    return arrays
+
+
+def stratified_bootstrap_ci(
+    groups: Sequence[Sequence[float]],
+    statistic: Callable[[np.ndarray], np.ndarray] = lambda x: iqm(x, axis=1),
+    reps: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """Point estimate and percentile confidence interval of an aggregate over games, by stratified bootstrap.
+
+    Each replicate draws, for every game ``g``, ``n_g`` runs with replacement from that game's ``n_g`` runs,
+    concatenates the draws of all games and evaluates ``statistic`` on them.
+
+    :param groups: one sequence of run scores per game (e.g. HNS of each seed), lengths may differ
+    :param statistic: maps an array ``(reps, n_runs)`` to ``(reps,)``; default the IQM along axis 1
+    :param reps: number of bootstrap replicates
+    :param seed: seed of the numpy generator (same seed, same interval)
+    :param confidence: coverage of the interval
+    :return: ``(point, low, high)``; the point estimate uses the original data
+    """
+    arrays = _check_groups(groups)
+    rng = np.random.default_rng(seed)
+    point = float(statistic(np.concatenate(arrays)[None, :])[0])
+    draws = [a[rng.integers(0, a.size, size=(reps, a.size))] for a in arrays]
+    replicates = statistic(_stack_per_game(draws))
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return point, float(low), float(high)
+
+
+def _prob_greater(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``P(X > Y) + P(X = Y) / 2`` over all pairs, batched: ``x (..., n)``, ``y (..., m)`` -> ``(...)``."""
+    diff = x[..., :, None] - y[..., None, :]
+    return (diff > 0).mean(axis=(-2, -1)) + 0.5 * (diff == 0).mean(axis=(-2, -1))
+
+
+def probability_of_improvement(x_groups: Sequence[Sequence[float]], y_groups: Sequence[Sequence[float]]) -> float:
+    """Average over games of ``P(X > Y)`` (ties count 1/2), X and Y the run scores of two methods.
+
+    :param x_groups: per game, the scores of method X's runs
+    :param y_groups: per game (same order), the scores of method Y's runs
+    """
+    xs, ys = _check_groups(x_groups), _check_groups(y_groups)
+    if len(xs) != len(ys):
+        raise ValueError("x_groups and y_groups must list the same games")
+    return float(np.mean([_prob_greater(x, y) for x, y in zip(xs, ys)]))
+
+
+def probability_of_improvement_ci(
+    x_groups: Sequence[Sequence[float]],
+    y_groups: Sequence[Sequence[float]],
+    reps: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """:func:`probability_of_improvement` with a stratified, independent bootstrap interval.
+
+    Each replicate resamples the runs of X and, independently, those of Y within every game.
+
+    :return: ``(point, low, high)``
+    """
+    xs, ys = _check_groups(x_groups), _check_groups(y_groups)
+    if len(xs) != len(ys):
+        raise ValueError("x_groups and y_groups must list the same games")
+    rng = np.random.default_rng(seed)
+    per_game = []
+    for x, y in zip(xs, ys):
+        xb = x[rng.integers(0, x.size, size=(reps, x.size))]
+        yb = y[rng.integers(0, y.size, size=(reps, y.size))]
+        per_game.append(_prob_greater(xb, yb))
+    replicates = np.mean(per_game, axis=0)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return probability_of_improvement(xs, ys), float(low), float(high)

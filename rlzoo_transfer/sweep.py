@@ -1,0 +1,488 @@
+"""Run every combination of games x methods x seeds of ``python -m rlzoo_transfer.train``.
+
+    python -m rlzoo_transfer.sweep --games Alien Gopher Jamesbond --methods scratch zoo hub --seeds 0 1 2 3 4 \\
+        [--steps 100000] [--log-dir runs] [--jobs N] [--dry-run] [-- <extra train arguments>]
+    python -m rlzoo_transfer.sweep ... --backend ray --address auto
+
+Each run is the subprocess ``sys.executable -m rlzoo_transfer.train --game G --method M --seed S --log-dir D
+[--steps N] [--source X] [--resume] <extra>`` with stdout and stderr appended to ``<run dir>/train.log``, the run
+folder being ``<log dir>/<Game>/<method folder>/seed<k>/`` exactly as train writes it.
+
+* A method ``name:Source`` (e.g. ``finetune:Seaquest``) becomes ``--method name --source Source`` and the folder
+  ``name-Source`` (``finetune-Seaquest``).  Games are canonicalised as train does (``JamesBond`` -> ``Jamesbond``,
+  ``envs.resolve_game``); an unknown game is an error before anything runs.
+* A run whose folder holds ``final.json`` is skipped.  A run whose folder already exists without it (an
+  interrupted run) gets ``--resume``.  A fresh run is started without ``--resume``; note that the sweep creates
+  its folder (for ``train.log``) just before starting it.
+* A run counts as done when train exits 0 *and* ``final.json`` exists, failed otherwise.
+* Local backend (default): at most ``--jobs`` (default ``max(1, cpu_count // 2)``) runs at a time.
+  Ray backend (``pip install 'rlzoo_transfer[ray]'``): the same commands as Ray tasks on an existing cluster
+  (``--address``, e.g. ``auto``), each reserving ``--cpus-per-run`` / ``--gpus-per-run``; the workers must see the
+  same file system (log dir) and have the package installed.
+* A live table (rich) shows each run's status (pending / running / done / failed / skipped) and the last
+  evaluation step found in its ``evaluations.csv``.
+
+Exit status: 0 when no run failed, 1 when one did (the summary lists them and their logs), 2 for bad arguments
+or a missing Ray; 130 on Ctrl-C (the runs started are terminated; rerun the same command to resume them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from rlzoo_transfer.scores import maybe_canonical_game
+
+PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
+_ORDER = (RUNNING, FAILED, PENDING, DONE, SKIPPED)
+_STYLE = {PENDING: "dim", RUNNING: "cyan", DONE: "green", FAILED: "bold red", SKIPPED: "yellow"}
+
+
+class SweepError(Exception):
+    """Bad arguments or an unusable backend (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (game, method, seed) of the sweep.
+
+    :param game: game name passed to ``--game`` (canonical when known)
+    :param method: value of ``--method``
+    :param source: value of ``--source`` (methods given as ``method:Source``), else None
+    :param seed: value of ``--seed``
+    """
+
+    game: str
+    method: str
+    source: str | None
+    seed: int
+
+    @property
+    def folder(self) -> str:
+        """Method folder name written by train: ``method`` or ``method-Source``."""
+        return f"{self.method}-{self.source}" if self.source else self.method
+
+    @property
+    def name(self) -> str:
+        """``Game/method folder/seed<k>``."""
+        return f"{self.game}/{self.folder}/seed{self.seed}"
+
+    def run_dir(self, log_dir: Path) -> Path:
+        """The run folder below ``log_dir``."""
+        return Path(log_dir) / self.game / self.folder / f"seed{self.seed}"
+
+
+@dataclass
+class Job:
+    """A planned run and its state in the sweep.
+
+    :param spec: what to run
+    :param run_dir: its folder
+    :param args: the command after the Python executable (``-m module ...``)
+    :param resume: whether ``--resume`` was added (the folder existed without ``final.json``)
+    :param status: one of pending / running / done / failed / skipped
+    """
+
+    spec: RunSpec
+    run_dir: Path
+    args: list[str]
+    resume: bool = False
+    status: str = PENDING
+    returncode: int | None = None
+    note: str = ""
+    started: float | None = None
+    ended: float | None = None
+    last_step: int | None = field(default=None)
+
+    @property
+    def log_path(self) -> Path:
+        """``<run dir>/train.log``."""
+        return self.run_dir / "train.log"
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        """Full command line with the given interpreter."""
+        return [python, *self.args]
+
+
+def canonical_game_name(name: str) -> str:
+    """The game folder name train will use: ``envs.resolve_game`` (any ALE game), else :mod:`scores`' spelling.
+
+    :raises SweepError: the game is not an ALE game
+    """
+    try:
+        from rlzoo_transfer.envs import UnknownGameError, resolve_game
+    except ImportError:  # a driver machine without the RL stack: known games only
+        return maybe_canonical_game(name)
+    try:
+        return resolve_game(name)[0]
+    except UnknownGameError as err:
+        raise SweepError(str(err)) from err
+
+
+def parse_method(text: str) -> tuple[str, str | None]:
+    """``'zoo'`` -> ``('zoo', None)``; ``'finetune:Seaquest'`` -> ``('finetune', 'Seaquest')``.
+
+    :raises SweepError: an empty method or source
+    """
+    method, sep, source = text.partition(":")
+    if not method or (sep and not source) or ":" in source:
+        raise SweepError(f"bad method {text!r}: expected NAME or NAME:SOURCE (e.g. finetune:Seaquest)")
+    return method, (maybe_canonical_game(source) if sep else None)
+
+
+def train_args(spec: RunSpec, log_dir: Path, steps: int | None, extra: Sequence[str], resume: bool,
+               module: str = "rlzoo_transfer.train") -> list[str]:
+    """Arguments of one train invocation after the interpreter: ``-m module --game ... [--resume] extra``."""
+    args = ["-m", module, "--game", spec.game, "--method", spec.method, "--seed", str(spec.seed)]
+    if spec.source:
+        args += ["--source", spec.source]
+    if steps is not None:
+        args += ["--steps", str(steps)]
+    args += ["--log-dir", str(log_dir)]
+    if resume:
+        args.append("--resume")
+    return args + list(extra)
+
+
+def plan(games: Sequence[str], methods: Sequence[str], seeds: Sequence[int], log_dir: Path,
+         steps: int | None = None, extra: Sequence[str] = (), module: str = "rlzoo_transfer.train") -> list[Job]:
+    """One job per combination (duplicates removed, order kept), with skip / resume decided from the folders."""
+    parsed = [parse_method(m) for m in methods]
+    games = [canonical_game_name(g) for g in games]
+    specs = dict.fromkeys(RunSpec(g, m, src, s) for g in games for (m, src) in parsed for s in seeds)
+    jobs = []
+    for spec in specs:
+        run_dir = spec.run_dir(log_dir)
+        finished = (run_dir / "final.json").is_file()
+        resume = run_dir.is_dir() and not finished
+        job = Job(spec, run_dir, train_args(spec, log_dir, steps, extra, resume, module), resume=resume)
+        if finished:
+            job.status, job.note = SKIPPED, "final.json exists"
+        jobs.append(job)
+    return jobs
+
+
+def last_eval_step(run_dir: Path) -> int | None:
+    """Step of the last complete row of ``run_dir/evaluations.csv``; None when there is none yet."""
+    path = run_dir / "evaluations.csv"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[1:]):
+        head = line.split(",", 1)[0].strip()
+        try:
+            return int(float(head))
+        except ValueError:
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------------------------- backends
+
+
+class LocalBackend:
+    """Runs jobs as child processes of this one, with their output appended to ``train.log``."""
+
+    def __init__(self):
+        self._procs: dict[int, tuple[subprocess.Popen, object]] = {}
+
+    def submit(self, job: Job) -> int:
+        """Start the job's process; returns its handle (the pid)."""
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(job.log_path, "a")
+        log.write(f"# rlzoo_transfer.sweep: {shlex.join(job.command())}\n")
+        log.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
+        self._procs[proc.pid] = (proc, log)
+        return proc.pid
+
+    def wait(self, handles: Sequence[int], timeout: float) -> list[tuple[int, int]]:
+        """``(handle, exit status)`` of the processes among ``handles`` that ended, waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = [(h, self._procs[h][0].poll()) for h in handles]
+            ended = [(h, rc) for h, rc in ended if rc is not None]
+            if ended or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.05, timeout))
+        for h, _ in ended:
+            self._procs.pop(h)[1].close()
+        return ended
+
+    def cancel(self) -> None:
+        """Terminate every process this backend started and still runs."""
+        for proc, log in self._procs.values():
+            proc.terminate()
+        for proc, log in self._procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        self._procs.clear()
+
+
+def _ray_run(args: list[str], log_path: str, cwd: str) -> int:
+    """Body of the Ray task: run ``python args`` on the worker, output appended to ``log_path``."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"# rlzoo_transfer.sweep (ray): {shlex.join([sys.executable, *args])}\n")
+        log.flush()
+        return subprocess.call([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, cwd=cwd if os.path.isdir(cwd) else None,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+class RayBackend:
+    """Runs jobs as Ray tasks on an existing cluster (``address``), or a local one when ``address`` is None."""
+
+    def __init__(self, address: str | None, cpus: float = 1, gpus: float = 0):
+        try:
+            import ray
+        except ImportError as err:
+            raise SweepError("the ray backend needs Ray: pip install 'rlzoo_transfer[ray]' (or pip install ray)") \
+                from err
+        self.ray = ray
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        self._task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_ray_run)
+        self._refs: dict[int, object] = {}
+        self.cpus = cpus
+
+    def slots(self) -> int:
+        """How many runs the cluster can hold at once with ``cpus`` per run."""
+        total = self.ray.cluster_resources().get("CPU", 1)
+        return max(1, int(total // max(self.cpus, 1e-9)))
+
+    def submit(self, job: Job) -> int:
+        """Submit the job as a task; returns its handle."""
+        ref = self._task.remote(job.args, str(job.log_path.resolve()), os.getcwd())
+        self._refs[id(ref)] = ref
+        return id(ref)
+
+    def wait(self, handles: Sequence[int], timeout: float) -> list[tuple[int, int]]:
+        """``(handle, exit status)`` of the tasks that ended; a task that raised counts as exit status -1."""
+        refs = [self._refs[h] for h in handles]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        ended = []
+        for ref in ready:
+            try:
+                rc = int(self.ray.get(ref))
+            except Exception:  # noqa: BLE001 - a worker crash is a failed run, not a sweep crash
+                rc = -1
+            ended.append((id(ref), rc))
+            self._refs.pop(id(ref))
+        return ended
+
+    def cancel(self) -> None:
+        """Cancel the tasks still running."""
+        for ref in self._refs.values():
+            self.ray.cancel(ref, force=True)
+        self._refs.clear()
+
+
+# ------------------------------------------------------------------------------------------- execution
+
+
+def _finish(job: Job, rc: int) -> None:
+    """Record a run's end: done when it exited 0 and wrote ``final.json``."""
+    job.returncode, job.ended = rc, time.monotonic()
+    job.last_step = last_eval_step(job.run_dir)
+    if rc == 0 and (job.run_dir / "final.json").is_file():
+        job.status = DONE
+    else:
+        job.status = FAILED
+        job.note = f"exit {rc}" if rc != 0 else "exit 0 but no final.json"
+
+
+def _elapsed(job: Job) -> str:
+    """``m:ss`` since the run started, blank before."""
+    if job.started is None:
+        return ""
+    secs = int((job.ended or time.monotonic()) - job.started)
+    return f"{secs // 60}:{secs % 60:02d}"
+
+
+def render_table(jobs: Sequence[Job], title: str = "sweep"):
+    """rich Table of the jobs (running and failed first): run, status, last evaluation step, elapsed, note."""
+    from rich.table import Table
+
+    counts = "  ".join(f"{s}: {n}" for s in _STYLE if (n := sum(j.status == s for j in jobs)))
+    table = Table(title=f"{title}  ({counts})")
+    table.add_column("run", no_wrap=True)
+    for col in ("status", "last eval step", "elapsed", "note"):
+        table.add_column(col)
+    for job in sorted(jobs, key=lambda j: _ORDER.index(j.status)):
+        step = "" if job.last_step is None else str(job.last_step)
+        note = job.note or ("resume" if job.resume and job.status in (PENDING, RUNNING) else "")
+        table.add_row(job.spec.name, f"[{_STYLE[job.status]}]{job.status}[/]", step, _elapsed(job), note)
+    return table
+
+
+def execute(jobs: list[Job], backend, parallel: int, live=None, poll: float = 0.2, echo=None) -> None:
+    """Run the pending jobs, at most ``parallel`` at a time, refreshing ``live`` (a rich Live) while waiting.
+
+    :param echo: optional ``callable(str)`` told of each start and end (plain logging without a live table)
+    """
+    queue = [j for j in jobs if j.status == PENDING]
+    running: dict[int, Job] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                job = queue.pop(0)
+                job.status, job.started = RUNNING, time.monotonic()
+                running[backend.submit(job)] = job
+                if echo:
+                    echo(f"start {job.spec.name}: {shlex.join(job.command())}")
+            for handle, rc in backend.wait(list(running), timeout=poll):
+                job = running.pop(handle)
+                _finish(job, rc)
+                if echo:
+                    echo(f"{job.status} {job.spec.name} ({job.note or 'ok'}, {_elapsed(job)})")
+            for job in running.values():
+                job.last_step = last_eval_step(job.run_dir)
+            if live is not None:
+                live.update(render_table(jobs))
+    except KeyboardInterrupt:
+        backend.cancel()
+        for job in running.values():
+            job.status, job.note = FAILED, "interrupted"
+        raise
+
+
+def summary(jobs: Sequence[Job]) -> str:
+    """Counts per status and one line per failed run with its log."""
+    counts = ", ".join(f"{sum(j.status == s for j in jobs)} {s}" for s in (DONE, SKIPPED, FAILED, PENDING)
+                       if any(j.status == s for j in jobs))
+    lines = [f"sweep: {len(jobs)} runs: {counts}"]
+    lines += [f"  FAILED {j.spec.name}: {j.note}; log: {j.log_path}" for j in jobs if j.status == FAILED]
+    return "\n".join(lines)
+
+
+def dry_run_text(jobs: Sequence[Job]) -> str:
+    """The commands the sweep would run, one per line, skipped runs commented."""
+    lines = []
+    for job in jobs:
+        if job.status == SKIPPED:
+            lines.append(f"# skip {job.spec.name}: {job.note}")
+        else:
+            lines.append(f"{shlex.join(job.command())} >> {shlex.quote(str(job.log_path))} 2>&1")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line arguments of ``python -m rlzoo_transfer.sweep`` (train's extra arguments go after ``--``)."""
+    p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.sweep",
+                                description="Run games x methods x seeds of rlzoo_transfer.train; "
+                                            "arguments after -- are passed to every train run.")
+    p.add_argument("--games", nargs="+", required=True, help="games, e.g. Alien Gopher Jamesbond")
+    p.add_argument("--methods", nargs="+", required=True,
+                   help="methods, e.g. scratch zoo hub finetune:Seaquest (NAME:SOURCE -> --method NAME --source SOURCE)")
+    p.add_argument("--seeds", nargs="+", type=int, required=True, help="seeds, e.g. 0 1 2 3 4")
+    p.add_argument("--steps", type=int, default=None, help="agent steps per run (default: train's default)")
+    p.add_argument("--log-dir", type=Path, default=Path("runs"), help="run root (default: runs)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs at a time (default: max(1, cpu_count // 2) locally, cluster CPUs / --cpus-per-run on Ray)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="where to run (default: local)")
+    p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://host:10001 (ray backend)")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="CPUs reserved per Ray task (default: 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs reserved per Ray task (default: 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
+    p.add_argument("--train-module", default="rlzoo_transfer.train", help=argparse.SUPPRESS)
+    return p
+
+
+def split_extra(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split ``argv`` at the first ``--``: (sweep arguments, arguments passed through to train)."""
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse and check the sweep's arguments; ``args.extra`` holds train's pass-through arguments."""
+    parser = build_parser()
+    own, extra = split_extra(argv)
+    args = parser.parse_args(own)
+    args.extra = extra
+    if args.jobs is not None and args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    if args.address and args.backend != "ray":
+        parser.error("--address needs --backend ray")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
+    for method in args.methods:
+        try:
+            parse_method(method)
+        except SweepError as err:
+            parser.error(str(err))
+    return args
+
+
+def _run_with_display(jobs: list[Job], backend, parallel: int, no_live: bool) -> None:
+    """:func:`execute` under a rich Live table, or with plain log lines."""
+    if no_live:
+        execute(jobs, backend, parallel, echo=lambda s: print(s, flush=True))
+        return
+    from rich.live import Live
+
+    with Live(render_table(jobs), refresh_per_second=2) as live:
+        execute(jobs, backend, parallel, live=live)
+        live.update(render_table(jobs))
+    print()
+
+
+def _raise_interrupt(signum, frame):
+    """SIGTERM handler: stop like Ctrl-C, so that the runs started are terminated too."""
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 a run failed, 2 bad arguments / no Ray, 130 Ctrl-C)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        jobs = plan(args.games, args.methods, args.seeds, args.log_dir, args.steps, args.extra, args.train_module)
+        if args.dry_run:
+            print(dry_run_text(jobs))
+            return 0
+        if args.backend == "ray":
+            backend = RayBackend(args.address, args.cpus_per_run, args.gpus_per_run)
+            parallel = args.jobs or backend.slots()
+        else:
+            backend = LocalBackend()
+            parallel = args.jobs or max(1, (os.cpu_count() or 2) // 2)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
+    try:
+        _run_with_display(jobs, backend, parallel, args.no_live)
+    except KeyboardInterrupt:
+        print(summary(jobs), file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    print(summary(jobs))
+    return 1 if any(j.status == FAILED for j in jobs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The main job: ``python -m rlzoo_transfer.train --game Alien --method zoo``.
+
+Trains DER (with the chosen transfer method) for 100k agent steps under the Atari 100k protocol, evaluating every
+``--eval-freq`` steps, and writes ``<log-dir>/<Game>/<method>/seed<k>/`` (see rlzoo_transfer/run.py).
+Bad input (unknown game / method / hyperparameter, missing zoo, existing results) is a one-line error, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from rlzoo_transfer.config import parse_overrides
+
+
+def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentParser:
+    from rlzoo_transfer.rl.methods import METHODS
+
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--game", required=True, help="Atari game, e.g. Alien, Gopher, Jamesbond (any ALE game)")
+    p.add_argument("--method", default="scratch", help=f"one of: {', '.join(METHODS)} (default scratch)")
+    p.add_argument("--source", default=None, help="source game of --method finetune (Seaquest or Riverraid)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=100_000, help="agent steps (default 100000)")
+    p.add_argument("--eval-freq", type=int, default=10_000, help="agent steps between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per periodic evaluation")
+    p.add_argument("--final-eval-episodes", type=int, default=100, help="episodes of the final evaluation")
+    p.add_argument("--log-dir", default="runs", help="runs go to LOG_DIR/<Game>/<method>/seed<k>/")
+    p.add_argument("-p", "--hyperparams", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override agents/*.yml values, e.g. -p learning_rate=2e-4 compile=true")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, auto)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.train", **spec_defaults) -> int:
+    from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.envs import UnknownGameError
+    from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
+    from rlzoo_transfer.run import RunError, RunSpec, run_folder, run_training
+
+    args = parser(prog).parse_args(argv)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        method = get_method(args.method)
+        if method.needs_source and not args.source:
+            raise UnknownMethodError(f"--method {args.method} needs --source (e.g. --source Seaquest)")
+        if args.steps <= 0 or args.eval_freq <= 0 or args.eval_episodes <= 0 or args.final_eval_episodes <= 0:
+            raise ConfigError("--steps, --eval-freq, --eval-episodes and --final-eval-episodes must be positive")
+        spec = RunSpec(game=args.game, method=args.method, seed=args.seed, steps=args.steps,
+                       eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
+                       final_eval_episodes=args.final_eval_episodes, log_dir=args.log_dir,
+                       hyperparams=parse_overrides(args.hyperparams), source=args.source, device=args.device,
+                       resume=args.resume, progress_bar=not args.no_progress,
+                       command=" ".join(shlex.quote(a) for a in [prog.split()[-1], *(argv or sys.argv[1:])]),
+                       **spec_defaults)
+        run_dir = run_training(spec)
+    except (ConfigError, UnknownGameError, UnknownMethodError, RunError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with the same command and --resume (checkpoint in "
+              f"{run_folder(spec)})", file=sys.stderr)
+        return 130
+    print(f"done: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

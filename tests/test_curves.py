@@ -1,0 +1,226 @@
+"""Tests of rlzoo_transfer.scores and rlzoo_transfer.curves on small hand-made run folders."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from rlzoo_transfer import curves, scores
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def make_run(root, game, method, seed, evals, final_mean=None, steps=20000, gates=None, pathway=None):
+    """Write a run folder in train's format: config.yml, evaluations.csv, final.json when ``final_mean``."""
+    d = root / game / method / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "config.yml").write_text(
+        f"game: {game}\nmethod: {method}\nseed: {seed}\nsteps: {steps}\nhyperparams: {{}}\n"
+        f"versions: {{}}\ncommit: abc123\ncommand: test\n")
+    lines = ["step,mean,std,n_episodes,returns"]
+    lines += [f"{step},{mean},0.0,2,{mean} {mean}" for step, mean in evals]
+    (d / "evaluations.csv").write_text("\n".join(lines) + "\n")
+    if final_mean is not None:
+        (d / "final.json").write_text(json.dumps(dict(game=game, method=method, seed=seed, steps=steps,
+                                                      mean=final_mean, std=1.0, n_episodes=2,
+                                                      returns=[final_mean, final_mean])))
+    if gates:
+        rows = ["step,layer,source,gate"] + [",".join(map(str, r)) for r in gates]
+        (d / "gates.csv").write_text("\n".join(rows) + "\n")
+    if pathway:
+        rows = ["step,model,weight"] + [",".join(map(str, r)) for r in pathway]
+        (d / "pathway.csv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    """Alien: scratch 2 complete + 1 incomplete, zoo 2 complete (gates), hub 1 complete (pathway);
+    Jamesbond: scratch 1 and zoo 1 complete."""
+    root = tmp_path / "runs"
+    make_run(root, "Alien", "scratch", 0, [(10000, 100.0), (20000, 300.0)], final_mean=100.0)
+    make_run(root, "Alien", "scratch", 1, [(10000, 200.0), (20000, 500.0)], final_mean=300.0)
+    make_run(root, "Alien", "scratch", 2, [(10000, 9999.0)])  # interrupted: never averaged
+    gates = [(10000, "torso.0", "Seaquest", 0.4), (10000, "torso.0", "Riverraid", 0.6),
+             (20000, "torso.0", "Seaquest", 0.3), (20000, "torso.0", "Riverraid", 0.7)]
+    make_run(root, "Alien", "zoo", 0, [(10000, 300.0), (20000, 600.0)], final_mean=400.0, gates=gates)
+    make_run(root, "Alien", "zoo", 1, [(10000, 500.0), (20000, 800.0)], final_mean=600.0, gates=gates)
+    make_run(root, "Alien", "hub", 0, [(10000, 50.0), (20000, 60.0)], final_mean=70.0,
+             pathway=[(10000, "Seaquest", 0.5), (10000, "Riverraid", 0.5), (20000, "Seaquest", 0.8),
+                      (20000, "Riverraid", 0.2)])
+    make_run(root, "Jamesbond", "scratch", 0, [(10000, 29.0), (20000, 30.0)], final_mean=29.0)
+    make_run(root, "Jamesbond", "zoo", 0, [(10000, 100.0), (20000, 302.8)], final_mean=302.8)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ scores
+
+
+def test_canonical_game_spellings():
+    assert scores.canonical_game("JamesBond") == "Jamesbond"
+    assert scores.canonical_game("jamesbond") == "Jamesbond"
+    assert scores.canonical_game("ALE/Jamesbond-v5") == "Jamesbond"
+    assert scores.canonical_game("RiverraidNoFrameskip-v4") == "Riverraid"
+    with pytest.raises(KeyError):
+        scores.canonical_game("Pong")
+    assert scores.maybe_canonical_game("Pong") == "Pong"
+
+
+def test_reference_scores_from_reference_md():
+    assert scores.GAMES["Alien"].random == 227.8 and scores.GAMES["Alien"].human == 7127.7
+    assert scores.GAMES["Gopher"].published["DER"] == 349.5
+    assert scores.GAMES["Jamesbond"].published["SPR"] == 366.5
+    assert scores.GAMES["Seaquest"].human == 42054.7
+    assert "DER" not in scores.GAMES["Riverraid"].published
+
+
+def test_human_normalized():
+    assert scores.human_normalized(227.8, "Alien") == pytest.approx(0.0)
+    assert scores.human_normalized(7127.7, "Alien") == pytest.approx(1.0)
+    assert scores.human_normalized(165.9, "JamesBond") == pytest.approx(0.5)  # (165.9-29)/(302.8-29)
+    np.testing.assert_allclose(scores.human_normalized([29.0, 302.8], "Jamesbond"), [0.0, 1.0])
+
+
+def test_mean_std():
+    assert scores.mean_std([100.0, 300.0]) == pytest.approx((200.0, 141.42135623730951, 2))
+    assert scores.mean_std([5.0]) == (5.0, 0.0, 1)
+
+
+def test_iqm_hand_values():
+    assert scores.iqm(np.arange(1, 9)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert scores.iqm([[1, 2, 3, 4], [5, 6, 7, 100]]) == pytest.approx(4.5)  # flattened: 3..6
+    np.testing.assert_allclose(scores.iqm([[1, 2, 3, 4], [10, 20, 30, 40]], axis=1), [2.5, 25.0])
+
+
+def test_bootstrap_ci_contains_point_and_is_seeded():
+    rng = np.random.default_rng(1)
+    groups = [rng.normal(g, 1.0, size=5) for g in range(3)]
+    point, low, high = scores.stratified_bootstrap_ci(groups, reps=500, seed=3)
+    assert point == pytest.approx(scores.iqm(np.concatenate(groups)))
+    assert low <= point <= high and low < high
+    assert scores.stratified_bootstrap_ci(groups, reps=500, seed=3) == (point, low, high)
+
+
+def test_bootstrap_ci_degenerate_and_stratified():
+    assert scores.stratified_bootstrap_ci([[0.7] * 5, [0.7] * 3], reps=200) == pytest.approx((0.7, 0.7, 0.7))
+    # one run per game: resampling *within* games cannot change anything (a pooled bootstrap would)
+    point, low, high = scores.stratified_bootstrap_ci([[1.0], [2.0], [3.0], [4.0]], reps=200)
+    assert point == low == high == pytest.approx(2.5)
+
+
+def test_bootstrap_mean_statistic():
+    point, low, high = scores.stratified_bootstrap_ci([[0.0, 1.0]], statistic=lambda x: x.mean(axis=1), reps=2000)
+    assert point == 0.5 and low == 0.0 and high == 1.0
+
+
+def test_probability_of_improvement_hand_cases():
+    # game 1: pairs (1,1) tie, (1,3) lose, (2,1) win, (2,3) lose -> 1.5 / 4; game 2: 5 > 4 -> 1
+    assert scores.probability_of_improvement([[1, 2], [5]], [[1, 3], [4]]) == pytest.approx((0.375 + 1) / 2)
+    assert scores.probability_of_improvement([[3, 3]], [[3]]) == 0.5
+    assert scores.probability_of_improvement([[0, 0]], [[1, 2]]) == 0.0
+
+
+def test_probability_of_improvement_ci():
+    assert scores.probability_of_improvement_ci([[5, 6, 7]], [[1, 2]], reps=300) == (1.0, 1.0, 1.0)
+    rng = np.random.default_rng(0)
+    x, y = [rng.normal(1, 1, 10), rng.normal(0, 1, 10)], [rng.normal(0, 1, 10), rng.normal(0, 1, 10)]
+    point, low, high = scores.probability_of_improvement_ci(x, y, reps=500, seed=1)
+    assert 0.0 <= low <= point <= high <= 1.0 and low < high
+    with pytest.raises(ValueError):
+        scores.probability_of_improvement([[1.0]], [[1.0], [2.0]])
+
+
+# -------------------------------------------------------------------------------------------- aggregation
+
+
+def test_load_runs_and_completeness(runs_root):
+    runs = curves.load_runs([runs_root])
+    assert len(runs) == 8
+    partial = [r for r in runs if not r.complete]
+    assert [(r.game, r.method, r.seed, r.last_step, r.planned_steps) for r in partial] == \
+        [("Alien", "scratch", 2, 10000, 20000)]
+    zoo = next(r for r in runs if r.method == "zoo" and r.game == "Alien")
+    assert zoo.evaluations[0].returns == [300.0, 300.0] and len(zoo.gates) == 4
+
+
+def test_aggregate_curves_hand_values(runs_root):
+    rows = curves.aggregate_curves(curves.load_runs([runs_root]))
+    scratch = [r for r in rows if (r["game"], r["method"]) == ("Alien", "scratch")]
+    assert [r["step"] for r in scratch] == [10000, 20000]
+    assert scratch[0]["mean"] == pytest.approx(150.0) and scratch[0]["std"] == pytest.approx(70.710678)
+    assert scratch[1]["mean"] == pytest.approx(400.0) and scratch[1]["std"] == pytest.approx(141.421356)
+    assert all(r["n_seeds"] == 2 for r in scratch)  # the incomplete seed 2 is not averaged in
+
+
+def test_final_scores_and_aggregates(runs_root):
+    finals = curves.final_scores(curves.load_runs([runs_root]))
+    assert finals[("Alien", "scratch")] == [100.0, 300.0]
+    agg = curves.aggregate_hns(finals, "zoo", reps=300)
+    # zoo HNS: Alien (400-227.8)/6899.9, (600-227.8)/6899.9, Jamesbond 1.0 -> IQM of 3 values = trim_mean
+    expected = scores.iqm([(400 - 227.8) / 6899.9, (600 - 227.8) / 6899.9, 1.0])
+    assert agg["iqm"][0] == pytest.approx(expected) and agg["n_runs"] == 3 and agg["n_games"] == 2
+    assert agg["iqm"][1] <= agg["iqm"][0] <= agg["iqm"][2]
+    poi = curves.improvement_over(finals, "zoo", "scratch", reps=300)
+    # Alien: zoo {400, 600} vs scratch {100, 300}: all 4 pairs won; Jamesbond 302.8 > 29 -> 1
+    assert poi["poi"] == (1.0, 1.0, 1.0) and poi["games"] == ["Alien", "Jamesbond"]
+    hub = curves.improvement_over(finals, "hub", "scratch", reps=300)
+    assert hub["poi"][0] == pytest.approx(0.0) and hub["games"] == ["Alien"]  # 70 < 100 and 70 < 300
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_plots_csv_report(runs_root, tmp_path):
+    out = tmp_path / "eval"
+    assert curves.main([str(runs_root), "--out", str(out), "--reps", "200"]) == 0
+    for name in ("curves_Alien.png", "curves_Jamesbond.png", "gates_Alien_zoo.png", "pathway_Alien_hub.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert not (out / "gates_Alien_scratch.png").exists()
+
+    with open(out / "curves.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["game", "method", "step", "mean", "std", "n_seeds"]
+    row = next(r for r in rows if (r["game"], r["method"], r["step"]) == ("Alien", "scratch", "20000"))
+    assert float(row["mean"]) == 400.0 and float(row["std"]) == pytest.approx(141.421356) and row["n_seeds"] == "2"
+
+    with open(out / "runs.csv") as fh:
+        run_rows = list(csv.DictReader(fh))
+    assert len(run_rows) == 8 and sum(r["complete"] == "0" for r in run_rows) == 1
+
+    report = (out / "report.md").read_text()
+    assert "## Final scores" in report and "## Human-normalised scores" in report
+    assert "200.0 ± 141.4 (n=2)" in report  # Alien scratch: finals 100, 300
+    assert "500.0 ± 141.4 (n=2)" in report  # Alien zoo: 400, 600
+    assert "| DER (published) | 739.9 | 301.6 |" in report
+    assert "| SPR (published) | 841.9 | 366.5 |" in report
+    assert "IQM HNS [95% CI]" in report and "P(method > scratch)" in report
+    assert "| zoo | 1.000 [1.000, 1.000] | Alien, Jamesbond |" in report
+    assert "![Alien](curves_Alien.png)" in report and "(gates_Alien_zoo.png)" in report
+    assert "(pathway_Alien_hub.png)" in report
+    incomplete = report.split("## Incomplete runs")[1]
+    assert "| Alien | scratch | 2 | 10000 | 20000 |" in incomplete
+    assert "9999" not in report.split("## Incomplete runs")[0]
+
+
+def test_cli_no_incomplete(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "Gopher", "scratch", 0, [(10000, 300.0)], final_mean=257.6)
+    assert curves.main([str(root / "Gopher" / "scratch" / "seed0"), "--out", str(tmp_path / "o"),
+                        "--reps", "50", "--band", "ci"]) == 0
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "None: every run folder has its `final.json`." in report
+    assert "| scratch | 0.000 |" in report  # HNS of the random score
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert curves.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert curves.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 1
+    assert "no run folders" in capsys.readouterr().err
+    bad = make_run(tmp_path / "runs", "Alien", "scratch", 0, [(10000, 1.0)])
+    (bad / "final.json").write_text("{not json")
+    assert curves.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o")]) == 2
+    assert "final.json" in capsys.readouterr().err

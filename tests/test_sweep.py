@@ -1,0 +1,217 @@
+"""Tests of rlzoo_transfer.sweep: planning, dry run, the local pool with skip / resume / failure, Ray, and
+(slow) a real two-run sweep of rlzoo_transfer.train."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rlzoo_transfer import sweep
+
+# A stand-in for rlzoo_transfer.train (selected with the hidden --train-module): writes the run folder in the
+# documented format, records its arguments, and fails on request (extra argument --fail / --no-final).
+FAKE_TRAIN = textwrap.dedent('''
+    import argparse, json, os, sys
+    p = argparse.ArgumentParser()
+    for a in ("--game", "--method", "--source", "--log-dir"):
+        p.add_argument(a)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--fail", action="store_true")
+    p.add_argument("--no-final", action="store_true")
+    a = p.parse_args()
+    folder = a.method + ("-" + a.source if a.source else "")
+    d = os.path.join(a.log_dir, a.game, folder, "seed%d" % a.seed)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "argv.txt"), "a") as fh:
+        fh.write(" ".join(sys.argv[1:]) + "\\n")
+    print("fake train", a.game, folder, a.seed)
+    if a.fail:
+        sys.exit(3)
+    with open(os.path.join(d, "evaluations.csv"), "w") as fh:
+        fh.write("step,mean,std,n_episodes,returns\\n%d,1.0,0.0,1,1.0\\n" % a.steps)
+    if not a.no_final:
+        with open(os.path.join(d, "final.json"), "w") as fh:
+            json.dump(dict(game=a.game, method=folder, seed=a.seed, steps=a.steps, mean=1.0, std=0.0,
+                           n_episodes=1, returns=[1.0]), fh)
+''')
+
+
+@pytest.fixture
+def fake_train(tmp_path, monkeypatch):
+    """Module name of the fake train, importable by the sweep's child processes."""
+    mod_dir = tmp_path / "mods"
+    mod_dir.mkdir()
+    (mod_dir / "fake_train_mod.py").write_text(FAKE_TRAIN)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mod_dir), os.environ.get("PYTHONPATH", "")]))
+    return "fake_train_mod"
+
+
+def argv_of(run_dir: Path) -> list[str]:
+    """Argument lines the fake train recorded in a run folder."""
+    path = run_dir / "argv.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# --------------------------------------------------------------------------------------------------- plan
+
+
+def test_parse_method():
+    assert sweep.parse_method("zoo") == ("zoo", None)
+    assert sweep.parse_method("finetune:Seaquest") == ("finetune", "Seaquest")
+    assert sweep.parse_method("finetune:seaquest") == ("finetune", "Seaquest")
+    for bad in ("", ":Seaquest", "finetune:", "a:b:c"):
+        with pytest.raises(sweep.SweepError):
+            sweep.parse_method(bad)
+
+
+def test_plan_folders_skip_and_resume(tmp_path):
+    log = tmp_path / "runs"
+    done = log / "Alien" / "scratch" / "seed0"
+    done.mkdir(parents=True)
+    (done / "final.json").write_text("{}")
+    (log / "Alien" / "scratch" / "seed1").mkdir()
+    jobs = sweep.plan(["Alien", "JamesBond"], ["scratch", "finetune:Seaquest"], [0, 1, 1], log, steps=500,
+                      extra=["-p", "lr=1e-4"])
+    assert len(jobs) == 8
+    by_name = {j.spec.name: j for j in jobs}
+    assert by_name["Alien/scratch/seed0"].status == sweep.SKIPPED
+    assert by_name["Alien/scratch/seed1"].resume and "--resume" in by_name["Alien/scratch/seed1"].args
+    fine = by_name["Jamesbond/finetune-Seaquest/seed0"]
+    assert fine.status == sweep.PENDING and not fine.resume
+    assert fine.run_dir == log / "Jamesbond" / "finetune-Seaquest" / "seed0"
+    assert fine.args == ["-m", "rlzoo_transfer.train", "--game", "Jamesbond", "--method", "finetune", "--seed", "0",
+                         "--source", "Seaquest", "--steps", "500", "--log-dir", str(log), "-p", "lr=1e-4"]
+
+
+def test_dry_run_lists_commands_and_touches_nothing(tmp_path, capsys):
+    log = tmp_path / "runs"
+    code = sweep.main(["--games", "Alien", "--methods", "scratch", "zoo", "--seeds", "0", "1", "--log-dir", str(log),
+                       "--steps", "300", "--dry-run", "--", "--device", "cpu"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(out) == 4 and not log.exists()
+    assert all(line.startswith(sys.executable) and "--device cpu" in line and "train.log" in line for line in out)
+    assert "--method zoo --seed 1 --steps 300" in out[3]
+
+
+def test_unknown_game_exit_2(tmp_path, capsys):
+    code = sweep.main(["--games", "NotAGame", "--methods", "zoo", "--seeds", "0", "--log-dir", str(tmp_path),
+                       "--dry-run"])
+    assert code == 2 and "NotAGame" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2(capsys):
+    for argv in (["--games", "Alien", "--methods", "finetune:", "--seeds", "0"],
+                 ["--games", "Alien", "--methods", "zoo", "--seeds", "0", "--jobs", "0"],
+                 ["--games", "Alien", "--methods", "zoo", "--seeds", "x"],
+                 ["--games", "Alien", "--methods", "zoo", "--seeds", "0", "--address", "auto"]):
+        with pytest.raises(SystemExit) as exc:
+            sweep.main(argv)
+        assert exc.value.code == 2
+    capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------------ local backend
+
+
+def test_local_sweep_skip_resume_and_pass_through(tmp_path, fake_train, capsys):
+    log = tmp_path / "runs"
+    finished = log / "Alien" / "scratch" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / "final.json").write_text("{}")
+    interrupted = log / "Alien" / "scratch" / "seed1"
+    interrupted.mkdir()
+    (interrupted / "config.yml").write_text("game: Alien\n")
+    code = sweep.main(["--games", "Alien", "--methods", "scratch", "finetune:Seaquest", "--seeds", "0", "1",
+                       "--log-dir", str(log), "--steps", "40", "--jobs", "2", "--train-module", fake_train])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "3 done, 1 skipped" in out
+    assert argv_of(finished) == []  # skipped: train never called
+    assert "--resume" in argv_of(interrupted)[0]
+    for seed in (0, 1):
+        run = log / "Alien" / "finetune-Seaquest" / f"seed{seed}"
+        assert (run / "final.json").is_file()
+        (line,) = argv_of(run)
+        assert "--method finetune" in line and "--source Seaquest" in line and "--steps 40" in line
+        assert "--resume" not in line
+        assert "fake train Alien finetune-Seaquest" in (run / "train.log").read_text()
+
+    # second sweep: everything is finished, nothing runs
+    code = sweep.main(["--games", "Alien", "--methods", "scratch", "finetune:Seaquest", "--seeds", "0", "1",
+                       "--log-dir", str(log), "--train-module", fake_train, "--no-live"])
+    assert code == 0 and "4 skipped" in capsys.readouterr().out
+    assert len(argv_of(interrupted)) == 1
+
+
+def test_local_sweep_failures_exit_1(tmp_path, fake_train, capsys):
+    log = tmp_path / "runs"
+    code = sweep.main(["--games", "Gopher", "--methods", "zoo", "--seeds", "0", "--log-dir", str(log),
+                       "--train-module", fake_train, "--no-live", "--", "--fail"])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAILED Gopher/zoo/seed0: exit 3" in out and "train.log" in out
+    code = sweep.main(["--games", "Gopher", "--methods", "zoo", "--seeds", "1", "--log-dir", str(log),
+                       "--train-module", fake_train, "--no-live", "--", "--no-final"])
+    assert code == 1 and "exit 0 but no final.json" in capsys.readouterr().out
+    # rerun without the failure: seed 0 (folder exists, no final.json) is resumed and succeeds
+    code = sweep.main(["--games", "Gopher", "--methods", "zoo", "--seeds", "0", "--log-dir", str(log),
+                       "--train-module", fake_train, "--no-live"])
+    assert code == 0 and "--resume" in argv_of(log / "Gopher" / "zoo" / "seed0")[-1]
+    capsys.readouterr()
+
+
+def test_last_eval_step(tmp_path):
+    assert sweep.last_eval_step(tmp_path) is None
+    (tmp_path / "evaluations.csv").write_text("step,mean,std,n_episodes,returns\n10000,1,0,1,1\n20000,2,0,1,2\n2")
+    assert sweep.last_eval_step(tmp_path) == 2  # a half-written row still parses its step
+    (tmp_path / "evaluations.csv").write_text("step,mean,std,n_episodes,returns\n10000,1,0,1,1\n20000,2,0,1,2\n")
+    assert sweep.last_eval_step(tmp_path) == 20000
+
+
+# --------------------------------------------------------------------------------------------------- Ray
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
+def test_ray_missing_is_a_clear_error(tmp_path, capsys):
+    code = sweep.main(["--games", "Alien", "--methods", "zoo", "--seeds", "0", "--log-dir", str(tmp_path),
+                       "--backend", "ray"])
+    assert code == 2 and "pip install" in capsys.readouterr().err
+
+
+def test_ray_sweep(tmp_path, fake_train, capsys):
+    pytest.importorskip("ray")
+    log = tmp_path / "runs"
+    code = sweep.main(["--games", "Alien", "--methods", "zoo", "--seeds", "0", "1", "--log-dir", str(log),
+                       "--backend", "ray", "--jobs", "2", "--train-module", fake_train, "--no-live"])
+    assert code == 0, capsys.readouterr().out
+    assert all((log / "Alien" / "zoo" / f"seed{s}" / "final.json").is_file() for s in (0, 1))
+
+
+# ------------------------------------------------------------------------------------------ real training
+
+
+@pytest.mark.slow
+def test_real_two_run_sweep(tmp_path, capsys):
+    """Two tiny runs of the real rlzoo_transfer.train on the local backend, then curves over them."""
+    if importlib.util.find_spec("rlzoo_transfer.train") is None:
+        pytest.skip("rlzoo_transfer.train does not exist yet")
+    log = tmp_path / "runs"
+    code = sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "1", "--log-dir", str(log),
+                       "--steps", "300", "--jobs", "2", "--no-live", "--", "--device", "cpu", "--eval-freq", "150",
+                       "--eval-episodes", "1", "--final-eval-episodes", "1", "-p", "learning_starts=100"])
+    out = capsys.readouterr().out
+    assert code == 0, out + "".join((log / "Alien" / "scratch" / f"seed{s}" / "train.log").read_text()
+                                    for s in (0, 1) if (log / "Alien" / "scratch" / f"seed{s}" / "train.log").exists())
+    for seed in (0, 1):
+        final = json.loads((log / "Alien" / "scratch" / f"seed{seed}" / "final.json").read_text())
+        assert final["steps"] == 300 and final["n_episodes"] == 1
+    from rlzoo_transfer import curves
+
+    assert curves.main([str(log), "--out", str(tmp_path / "eval"), "--reps", "100"]) == 0
+    assert (tmp_path / "eval" / "curves_Alien.png").stat().st_size > 0

@@ -14,6 +14,7 @@ So one env class serves training (returns logged unclipped, as the papers do) an
 from __future__ import annotations
 
 import difflib
+import os
 import time
 from typing import Any, Sequence
 
@@ -98,7 +99,7 @@ class AtariVecEnv(VecEnv):
 
         self.game, self.rom_id = resolve_game(game)
         self._env = AtariVectorEnv(
-            self.rom_id, n_envs, num_threads=num_threads or min(n_envs, 4),
+            self.rom_id, n_envs, num_threads=num_threads or min(n_envs, max(1, (os.cpu_count() or 2) // 2)),
             max_num_frames_per_episode=FRAMES_PER_EPISODE, repeat_action_probability=0.0,
             autoreset_mode="SameStep", frameskip=4, maxpool=True, stack_num=4, img_height=84, img_width=84,
             grayscale=True, noop_max=noop_max, episodic_life=False, reward_clipping=False, use_fire_reset=False,

@@ -9,6 +9,7 @@ The run folder (``<log_dir>/<Game>/<method>/seed<k>/``) gets:
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import yaml
 
 from rlzoo_transfer.config import load_config, split_config
 from rlzoo_transfer.envs import action_meanings, make_env, resolve_game
-from rlzoo_transfer.rl.callbacks import EvalCheckpointCallback, read_evaluations, write_atomic, write_evaluations
+from rlzoo_transfer.rl.callbacks import EvalCheckpointCallback, ProgressLogCallback, read_evaluations, write_atomic, write_evaluations
 from rlzoo_transfer.rl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
@@ -35,6 +36,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class RunError(RuntimeError):
     """A run that cannot start (existing results, missing checkpoint); the message says what to do."""
+
+
+class RunIncomplete(RuntimeError):
+    """The run hit its time limit; it checkpointed and continues with --resume."""
 
 
 @dataclass
@@ -54,11 +59,18 @@ class RunSpec:
     resume: bool = False
     n_envs: int = 1
     progress_bar: bool = True
-    base_config: str = "der"
+    checkpoint_freq: int | None = None  # default: every evaluation
+    max_minutes: float | None = None  # wall-clock budget; past it the run checkpoints and stops
+    finish_on_time_limit: bool = False  # ... or finishes (final evaluation) at the step reached
+    eval_envs: int = 8
+    eval_at_start: bool = True
     command: str = ""
 
 
 def git_commit() -> str:
+    """HEAD (with -dirty for uncommitted changes), or $RLZOO_COMMIT where the tree is a copy without .git."""
+    if os.environ.get("RLZOO_COMMIT"):
+        return os.environ["RLZOO_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                              timeout=10).stdout.strip()
@@ -105,7 +117,7 @@ def run_training(spec: RunSpec) -> Path:
     """Train, evaluate and write the run folder; resumes from its checkpoint with ``spec.resume``."""
     game, _ = resolve_game(spec.game)
     spec.game = game
-    config = load_config(get_method(spec.method).config_file, spec.hyperparams, base=spec.base_config)
+    config = load_config(get_method(spec.method).config_file, spec.hyperparams)
     run_dir = run_folder(spec)
     ckpt = find_checkpoint(run_dir)
     if (run_dir / "final.json").exists() and not spec.resume:
@@ -134,16 +146,24 @@ def run_training(spec: RunSpec) -> Path:
             "hyperparams": config, "actions": action_meanings(game), "versions": versions(),
             "commit": git_commit(), "command": spec.command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, sort_keys=False))
+    deadline = time.time() + 60 * spec.max_minutes if spec.max_minutes else None
     callback = EvalCheckpointCallback(game, run_dir, spec.eval_freq, spec.eval_episodes, spec.seed,
-                                      config["eval_epsilon"], checkpoint=lambda m: save_checkpoint(m, run_dir))
+                                      config["eval_epsilon"], checkpoint=lambda m: save_checkpoint(m, run_dir),
+                                      checkpoint_freq=spec.checkpoint_freq, deadline=deadline,
+                                      eval_envs=spec.eval_envs, eval_at_start=spec.eval_at_start)
+    callbacks = [callback] if spec.progress_bar else [callback, ProgressLogCallback(spec.steps, stream=sys.stderr)]
     remaining = spec.steps - model.num_timesteps
     if remaining > 0:
-        model.learn(remaining, callback=callback, reset_num_timesteps=not spec.resume or ckpt is None,
+        model.learn(remaining, callback=callbacks, reset_num_timesteps=not spec.resume or ckpt is None,
                     progress_bar=spec.progress_bar, tb_log_name="DER")
+    if model.num_timesteps < spec.steps and not spec.finish_on_time_limit:
+        save_checkpoint(model, run_dir)
+        raise RunIncomplete(f"time limit reached at step {model.num_timesteps}/{spec.steps}; "
+                            f"continue with --resume (checkpoint in {run_dir})")
     model.save(run_dir / "model.tmp.zip")
     (run_dir / "model.tmp.zip").replace(run_dir / "model.zip")
     returns = evaluate(model.policy, game, spec.final_eval_episodes, seed=spec.seed * 1_000_003 + 999_999_937,
-                       epsilon=config["eval_epsilon"])
+                       epsilon=config["eval_epsilon"], max_envs=spec.eval_envs)
     final = {"game": game, "method": get_method(spec.method).folder(spec.source), "seed": spec.seed,
              "steps": int(model.num_timesteps), "mean": float(np.mean(returns)), "std": float(np.std(returns)),
              "n_episodes": len(returns), "returns": returns}

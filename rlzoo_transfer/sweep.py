@@ -390,12 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             "arguments after -- are passed to every train run.")
     p.add_argument("--games", nargs="+", required=True, help="games, e.g. Alien Gopher Jamesbond")
     p.add_argument("--methods", nargs="+", required=True,
-                   help="methods, e.g. scratch zoo hub finetune:Seaquest (NAME:SOURCE -> --method NAME --source SOURCE)")
+                   help="methods, e.g. scratch zoo hub finetune:Seaquest "
+                        "(NAME:SOURCE -> --method NAME --source SOURCE)")
     p.add_argument("--seeds", nargs="+", type=int, required=True, help="seeds, e.g. 0 1 2 3 4")
     p.add_argument("--steps", type=int, default=None, help="agent steps per run (default: train's default)")
     p.add_argument("--log-dir", type=Path, default=Path("runs"), help="run root (default: runs)")
     p.add_argument("--jobs", type=int, default=None,
-                   help="runs at a time (default: max(1, cpu_count // 2) locally, cluster CPUs / --cpus-per-run on Ray)")
+                   help="runs at a time (default: max(1, cpu_count // 2) locally, "
+                        "cluster CPUs / --cpus-per-run on Ray)")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="where to run (default: local)")
     p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://host:10001 (ray backend)")
     p.add_argument("--cpus-per-run", type=float, default=1, help="CPUs reserved per Ray task (default: 1)")

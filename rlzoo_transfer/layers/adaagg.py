@@ -34,10 +34,11 @@ Modes (``mode``):
 * ``"adaptive"``: per-sample gates ``a(x)`` of shape (B, m) (eq. 2).
 * ``"lite"`` (eq. 4-5): in training the batch-mean gate ``a_bar = mean_b a(x_b)`` (m,) is used for the whole
   batch and the temporal ensemble ``gate_ema <- 0.9 gate_ema + 0.1 a_bar`` (buffer, ``ema_decay`` = lambda =
-  0.9) is updated by every training-mode forward (set ``update_ema = False`` to freeze it, e.g. for forward
-  passes that are not training batches).  In evaluation ``gate_ema`` is used and the gate net is not run.
+  0.9) is updated by every training-mode forward run with gradients enabled - the forwards that train, so
+  acting or computing targets under ``torch.no_grad()`` leaves it alone (``update_ema = False`` freezes it
+  altogether).  In evaluation ``gate_ema`` is used and the gate net is not run.
   ``gate_ema`` is initialised to the prior of an untrained gate (1/m for ``"sum"``, 0.5 for ``"none"``), so
-  evaluating before training is sensible; the first training forward replaces it by that batch's mean
+  evaluating before training is sensible; the first update replaces it by that batch's mean
   (``ema_steps`` counts updates), so eq. 4 starts from data.
 * ``"average"``: fixed ``a_i = 1/m`` (the paper's average-aggregation ablation); no gate net.
 
@@ -61,8 +62,9 @@ channel and L output positions per sample (H'W' for conv, 1 for linear), in mult
 The cheaper estimate wins (``last_path`` records the choice).  Both paths give the same result up to
 floating-point rounding (tests check them against each other and against a per-sample loop).
 
-``last_gate`` (m,) holds the detached batch-mean gate of the last forward (``None`` before any forward),
-for logging (``track_stats = False`` skips it).
+``last_gate`` (m,), a non-persistent buffer, holds the batch-mean gate of the last forward (NaN before any
+forward), for logging; it is written in place, so it stays valid under CUDA graphs (``track_stats = False``
+skips it, e.g. under ``torch.func`` transforms).
 """
 from __future__ import annotations
 
@@ -119,11 +121,11 @@ class AdaAggBase(nn.Module):
         self.m, self.mode, self.gate_norm = m, mode, gate_norm
         self.path = "auto"
         self.last_path: str | None = None
-        self.last_gate: torch.Tensor | None = None
         self.track_stats = True
         self.update_ema = True
         self.ema_decay = 0.9
         fk = dict(device=like.device, dtype=like.dtype)
+        self.register_buffer("last_gate", torch.full((m,), float("nan"), **fk), persistent=False)
         if mode == "average":
             self.gate = None
         else:
@@ -164,7 +166,7 @@ class AdaAggBase(nn.Module):
             return self.gates(x)
         if self.mode == "lite" and self.training:
             a = self.gates(x).mean(0)
-            if self.update_ema:
+            if self.update_ema and torch.is_grad_enabled():
                 with torch.no_grad():   # eq. 4; the first update takes the batch mean itself
                     d = a.detach().to(self.gate_ema.dtype)
                     ema = torch.where(self.ema_steps > 0, self.ema_decay * self.gate_ema + (1 - self.ema_decay) * d, d)
@@ -214,7 +216,8 @@ class AdaAggBase(nn.Module):
         a = self._gate_for(x)
         shared = a.dim() == 1
         if self.track_stats:
-            self.last_gate = a.detach().clone() if shared else a.detach().mean(0)
+            with torch.no_grad():
+                self.last_gate.copy_(a if shared else a.mean(0))
         w, b = self._source_weights()
         batch, positions = x.shape[0], self._out_positions(x)
         path = self.choose_path(batch, positions, shared)
@@ -237,7 +240,8 @@ class AdaAggBase(nn.Module):
         ab = a.expand(batch, m)
         if out_side:   # y = sum_i T_i (a_i z_i) = T_cat @ [a_1 z_1; ...; a_m z_m],  T_cat: (O, m*O)
             t_cat = self.align.permute(1, 0, 2).reshape(o, m * o)
-            y = torch.matmul(t_cat, (z * ab.unsqueeze(-1)).reshape(batch, m * o, positions))
+            u = (z * ab.unsqueeze(-1)).reshape(batch, m * o, positions).transpose(1, 2).reshape(-1, m * o)
+            y = (u @ t_cat.t()).reshape(batch, positions, o).transpose(1, 2)       # one 2-D matmul
         else:
             y = torch.bmm(ab.unsqueeze(1), z)                            # (B, 1, O*L)
         y = y.reshape(batch, o, *spatial)

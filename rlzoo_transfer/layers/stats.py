@@ -1,6 +1,6 @@
 """Gate and pathway statistics of the last forward pass, for logging and plots (Zoo-Tuning Fig. 5).
 
-Every AdaAgg layer keeps ``last_gate`` (m,), the detached batch-mean gate of its last forward; every
+Every AdaAgg layer keeps ``last_gate`` (m,), the batch-mean gate of its last forward (NaN before one); every
 HubPathway keeps ``last_pathway`` (m,), the detached batch-mean pathway weight G(x), and ``last_load`` (m,),
 the fraction of the batch routed to each model.  Reading them costs a device-to-host copy, so log them
 periodically, not every step.
@@ -16,8 +16,8 @@ from rlzoo_transfer.layers.pathway import HubPathway
 
 def gate_means(net: nn.Module) -> dict[str, torch.Tensor]:
     """{module path: mean gate per source (m,)} for every AdaAgg layer of ``net`` that has run a forward."""
-    return {name: mod.last_gate for name, mod in net.named_modules()
-            if isinstance(mod, AdaAggBase) and mod.last_gate is not None}
+    return {name: mod.last_gate.clone() for name, mod in net.named_modules()
+            if isinstance(mod, AdaAggBase) and not bool(mod.last_gate.isnan().any())}
 
 
 def pathway_means(net: nn.Module) -> dict[str, torch.Tensor]:

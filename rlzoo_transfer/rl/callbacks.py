@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -69,20 +70,26 @@ class EvalCheckpointCallback(BaseCallback):
     :param seed: run seed (evaluations are seeded from seed and step)
     :param epsilon: evaluation epsilon
     :param checkpoint: ``f(model)`` that writes the checkpoint
+    :param checkpoint_freq: agent steps between checkpoints (a multiple of ``eval_freq``; 0 = never)
+    :param deadline: ``time.time()`` after which training stops (the caller checkpoints or finishes)
+    :param eval_envs: games evaluated in parallel
     """
 
     def __init__(self, game: str, run_dir: Path, eval_freq: int, n_episodes: int, seed: int, epsilon: float,
-                 checkpoint: Callable, verbose: int = 0):
+                 checkpoint: Callable, checkpoint_freq: int | None = None, deadline: float | None = None,
+                 eval_envs: int = 8, eval_at_start: bool = True, verbose: int = 0):
         super().__init__(verbose)
         self.game, self.run_dir, self.eval_freq = game, Path(run_dir), eval_freq
         self.n_episodes, self.seed, self.epsilon, self.checkpoint = n_episodes, seed, epsilon, checkpoint
+        self.checkpoint_freq = eval_freq if checkpoint_freq is None else checkpoint_freq
+        self.deadline, self.eval_envs, self.eval_at_start = deadline, eval_envs, eval_at_start
         self.csv = self.run_dir / "evaluations.csv"
 
     def evaluate_now(self) -> None:
         step = self.model.num_timesteps
         rows = [r for r in read_evaluations(self.csv) if int(r["step"]) < step]
         returns = evaluate(self.model.policy, self.game, self.n_episodes, seed=self.seed * 1_000_003 + step,
-                           epsilon=self.epsilon)
+                           epsilon=self.epsilon, max_envs=self.eval_envs)
         rows.append(eval_row(step, returns))
         write_evaluations(self.csv, rows)
         self.logger.record("eval/mean_return", float(np.mean(returns)))
@@ -99,12 +106,12 @@ class EvalCheckpointCallback(BaseCallback):
             append_stats(self.run_dir / "pathway.csv", ["step", "model", "weight"], paths)
 
     def _on_training_start(self) -> None:
-        if self.model.num_timesteps == 0 and not read_evaluations(self.csv):
+        if self.eval_at_start and self.model.num_timesteps == 0 and not read_evaluations(self.csv):
             self.evaluate_now()  # step 0: the jump-start a transferred network gives before any learning
             self.logger.dump(0)
 
     def _on_step(self) -> bool:
-        return True
+        return self.deadline is None or time.time() < self.deadline
 
     def _on_rollout_end(self) -> None:
         step, last = self.model.num_timesteps, getattr(self, "_last_eval", None)
@@ -113,5 +120,30 @@ class EvalCheckpointCallback(BaseCallback):
         if step // self.eval_freq > max(last, 0) // self.eval_freq:
             self.evaluate_now()
             self.logger.dump(step)
-            self.checkpoint(self.model)
+            if self.checkpoint_freq and step // self.checkpoint_freq > max(last, 0) // self.checkpoint_freq:
+                self.checkpoint(self.model)
         self._last_eval = step
+
+
+class ProgressLogCallback(BaseCallback):
+    """A progress line (step, steps/s, ETA, last losses) every ``every`` seconds, for logs without a progress bar."""
+
+    def __init__(self, total: int, every: float = 60.0, stream=None):
+        super().__init__()
+        self.total, self.every, self.stream = total, every, stream
+
+    def _on_training_start(self) -> None:
+        self._t0 = self._last = time.time()
+        self._s0 = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        now = time.time()
+        if now - self._last >= self.every:
+            self._last = now
+            step = self.model.num_timesteps
+            rate = (step - self._s0) / max(now - self._t0, 1e-9)
+            eta = (self.total - step) / max(rate, 1e-9)
+            losses = getattr(self.model, "last_losses", {})
+            print(f"step {step}/{self.total}  {rate:.1f} steps/s  ETA {eta / 60:.1f} min  "
+                  + " ".join(f"{k}={v:.4f}" for k, v in losses.items()), file=self.stream, flush=True)
+        return True

@@ -166,6 +166,9 @@ def test_lite_temporal_ensemble_follows_eq4():
     torch.testing.assert_close(layer.gate_ema, ema)          # evaluation does not update it...
     torch.testing.assert_close(layer.last_gate, ema)         # ...and uses it
     layer.train()
+    with torch.no_grad():                                    # not a training batch (acting, targets)
+        layer(x)
+    torch.testing.assert_close(layer.gate_ema, ema)
     layer.update_ema = False
     layer(x)
     torch.testing.assert_close(layer.gate_ema, ema)

@@ -1,0 +1,119 @@
+"""Source policies: ``python -m rlzoo_transfer.pretrain --game Seaquest`` (and Riverraid, any game).
+
+Trains exactly DER's network (so it transfers layer by layer) for far more than 100k agent steps with the
+settings of ``agents/pretrain.yml`` (DER's, with a Rainbow replay ratio, see that file), in ``n_envs`` parallel
+games, resumable (``--resume``).  At the end it writes ``pretrain/<Game>.pt`` (the online network's state_dict:
+tensors only, loadable with ``torch.load(weights_only=True)``) and updates ``pretrain/zoo.yml`` with the game, its
+action meanings, agent steps, final 100-episode score, sha256, command and commit.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from rlzoo_transfer.config import parse_overrides, read_yaml
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
+    """Write ``<zoo_dir>/<Game>.pt`` from a finished run and record it in ``<zoo_dir>/zoo.yml`` (atomically)."""
+    import torch
+
+    from rlzoo_transfer.rl.callbacks import write_atomic
+    from rlzoo_transfer.rl.der import DER
+
+    config = yaml.safe_load((run_dir / "config.yml").read_text())
+    final = json.loads((run_dir / "final.json").read_text())
+    model = DER.load(run_dir / "model.zip", device="cpu")
+    state = {k: v.detach().clone().cpu() for k, v in model.policy.q_net.state_dict().items()}
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    game = config["game"]
+    out = zoo_dir / f"{game}.pt"
+    tmp = out.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(out)
+    entry = {
+        "game": game, "file": out.name, "sha256": sha256(out), "actions": config["actions"],
+        "network": "DERNetwork", "n_atoms": config["hyperparams"]["n_atoms"],
+        "hidden": config["hyperparams"]["hidden"], "agent_steps": final["steps"],
+        "final_eval": {"mean": round(final["mean"], 2), "std": round(final["std"], 2),
+                       "n_episodes": final["n_episodes"]},
+        "hyperparams": config["hyperparams"], "n_envs": config["n_envs"], "device": config["device"],
+        "versions": config["versions"], "command": command, "commit": config["commit"],
+        "created": time.strftime("%Y-%m-%d"),
+    }
+    manifest = zoo_dir / "zoo.yml"
+    zoo = read_yaml(manifest) if manifest.exists() else {}
+    zoo.setdefault("sources", {})[game] = entry
+    write_atomic(manifest, yaml.safe_dump(zoo, sort_keys=False))
+    # the run's small files travel with the checkpoint, so its score can be traced
+    for name in ("evaluations.csv", "final.json", "config.yml"):
+        (zoo_dir / game).mkdir(exist_ok=True)
+        (zoo_dir / game / name).write_bytes((run_dir / name).read_bytes())
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlzoo_transfer.config import ConfigError, load_config
+    from rlzoo_transfer.envs import UnknownGameError, resolve_game
+    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, run_training
+
+    p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--game", required=True)
+    p.add_argument("--steps", type=int, default=1_000_000, help="agent steps (default 1M)")
+    p.add_argument("--n-envs", type=int, default=64, help="games played in parallel")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-freq", type=int, default=250_000)
+    p.add_argument("--eval-episodes", type=int, default=8)
+    p.add_argument("--final-eval-episodes", type=int, default=100)
+    p.add_argument("--checkpoint-freq", type=int, default=None, help="agent steps between checkpoints "
+                   "(default: every evaluation; 0 = none)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget: at the limit, finish (final evaluation, export) at the step reached")
+    p.add_argument("--log-dir", default="runs/pretrain")
+    p.add_argument("--zoo-dir", default=str(ZOO_DIR))
+    p.add_argument("-p", "--hyperparams", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    command = " ".join(shlex.quote(a) for a in ["python -m rlzoo_transfer.pretrain", *(argv or sys.argv[1:])])
+    try:
+        game, _ = resolve_game(args.game)
+        pre = read_yaml(Path(__file__).resolve().parent.parent / "agents" / "pretrain.yml")
+        hyper = {**pre, **parse_overrides(args.hyperparams)}
+        load_config(None, hyper)  # validates the keys before any work
+        spec = RunSpec(game=game, method="scratch", seed=args.seed, steps=args.steps, eval_freq=args.eval_freq,
+                       eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
+                       log_dir=args.log_dir, hyperparams=hyper, device=args.device, resume=args.resume,
+                       n_envs=args.n_envs, progress_bar=not args.no_progress, checkpoint_freq=args.checkpoint_freq,
+                       max_minutes=args.max_minutes, finish_on_time_limit=True,
+                       eval_envs=min(32, args.n_envs), eval_at_start=False, command=command)
+        run_dir = run_training(spec)
+        entry = export_source(run_dir, Path(args.zoo_dir), command)
+    except (ConfigError, UnknownGameError, RunError, RunIncomplete, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{game}: {entry['agent_steps']} agent steps, final score {entry['final_eval']['mean']} "
+          f"-> {Path(args.zoo_dir) / entry['file']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

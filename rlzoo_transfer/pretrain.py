@@ -63,9 +63,10 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     zoo.setdefault("sources", {})[game] = entry
     write_atomic(manifest, yaml.safe_dump(zoo, sort_keys=False))
     # the run's small files travel with the checkpoint, so its score can be traced
+    (zoo_dir / game).mkdir(exist_ok=True)
     for name in ("evaluations.csv", "final.json", "config.yml"):
-        (zoo_dir / game).mkdir(exist_ok=True)
-        (zoo_dir / game / name).write_bytes((run_dir / name).read_bytes())
+        if (run_dir / name).exists():
+            (zoo_dir / game / name).write_bytes((run_dir / name).read_bytes())
     return entry
 
 

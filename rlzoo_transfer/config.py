@@ -71,6 +71,10 @@ def load_config(method_file: str | None = None, overrides: dict[str, Any] | None
         if isinstance(default, bool) != isinstance(value, bool) or (
                 isinstance(default, (int, float)) and not isinstance(value, (int, float))):
             raise ConfigError(f"hyperparameter {key}={value!r}: expected a {type(default).__name__} like {default!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"hyperparameter {key}={value!r}: expected an int like {default!r}")
+            value = int(value)
         config[key] = type(default)(value) if isinstance(default, float) else value
     return config
 

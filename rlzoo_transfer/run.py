@@ -131,7 +131,14 @@ def run_training(spec: RunSpec) -> Path:
     env = make_env(game, spec.n_envs, seed=spec.seed)
     tb_dir = str(run_dir / "tb")
     if spec.resume and ckpt is not None:
-        model = load_checkpoint(DER, ckpt, env, spec.device)
+        try:
+            model = load_checkpoint(DER, ckpt, env, spec.device)
+        except Exception as e:  # a truncated or corrupt file: say what to do, not a traceback
+            env.close()
+            why = (str(e).strip().splitlines() or [""])[0]
+            raise RunError(f"cannot resume {run_dir}: its checkpoint is unreadable ({type(e).__name__}: {why}); "
+                           f"delete {ckpt} and --resume to restart from step 0, or delete {run_dir} to start "
+                           f"afresh") from None
         model.tensorboard_log = tb_dir
         step = model.num_timesteps
         rows = [r for r in read_evaluations(run_dir / "evaluations.csv") if int(r["step"]) <= step]

@@ -93,10 +93,18 @@ class DER(OffPolicyAlgorithm):
 
     # --- acting -------------------------------------------------------------------------------------------------
     def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):
-        """Act with a fresh noise sample (training mode: noisy weights), or uniformly during warm-up."""
+        """Act with a fresh noise sample (training mode: noisy weights), or uniformly during warm-up.
+
+        Not through SB3's ``predict``: it puts the policy in eval mode (mean weights), i.e. no NoisyNet exploration.
+        """
         self.policy.set_training_mode(True)
         self.policy.reset_noise()
-        actions, buffer_actions = super()._sample_action(learning_starts, action_noise, n_envs)
+        if self.num_timesteps < learning_starts:
+            actions, buffer_actions = super()._sample_action(learning_starts, action_noise, n_envs)
+        else:
+            with torch.no_grad():
+                q = self.policy.q_values(torch.as_tensor(self._last_obs, device=self.device))
+            actions = buffer_actions = q.argmax(dim=1).cpu().numpy()
         self.policy.set_training_mode(False)
         return actions, buffer_actions
 
@@ -128,6 +136,8 @@ class DER(OffPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         losses, ces = [], []
+        if self.replay_buffer.tree.total <= 0:  # no n-step window complete yet (learning_starts < n_steps)
+            return
         for _ in range(gradient_steps):
             batch = self.replay_buffer.sample(batch_size, beta=self.beta)
             self.policy.reset_noise()

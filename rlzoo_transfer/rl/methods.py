@@ -1,38 +1,287 @@
-"""Transfer methods: name -> how to build the DER network (and which agents/<file>.yml holds its settings).
+"""Transfer methods: name -> how to build the DER network, and which ``agents/<file>.yml`` holds its settings.
 
 A method is one small builder: ``network(game, source, settings) -> (net_builder, net_kwargs)``, where
 ``net_builder(observation_space, n_actions, n_atoms=..., **net_kwargs)`` returns a network with DERNetwork's
-contract (rl/policies.py).  The builder is a module-level function so SB3 can save and reload the policy.
+contract (rl/policies.py).  Builders are module-level functions, so SB3 can save and re-create the policy.
 Adding a method touches no algorithm code.
+
+| method | network |
+| --- | --- |
+| scratch | DER, random init |
+| finetune (--source G) | DER initialised from source G (all layers, output rows mapped by action meaning) |
+| zoo | Zoo-Tuning: every conv / linear an AdaAgg layer over the sources (adaptive per-sample gates) |
+| zoo-lite | lite Zoo-Tuning: batch-mean gates, their temporal ensemble at evaluation (eq. 4-5) |
+| zoo-avg | average aggregation (fixed 1/m), the paper's ablation |
+| zoo-noalign | Zoo-Tuning without channel alignment T, the paper's ablation |
+| hub | Hub-Pathway over the whole source policies; explore / exploit losses via auxiliary_loss |
+| hub-random, hub-noexplore, hub-noexploit | its ablations |
+| kflow | Knowledge Flow (Liu, Peng & Schwing 2019): teachers' layer outputs flow into a fresh student |
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rlzoo_transfer.rl.policies import build_der_network
+import torch
+from torch import nn
+
+from rlzoo_transfer.envs import action_meanings
+from rlzoo_transfer.layers import HubPathway, gate_means, set_noise, zoo_convert
+from rlzoo_transfer.rl.policies import DERNetwork, build_der_network
+from rlzoo_transfer.zoo import DEFAULT_ZOO, load_zoo
 
 
 class UnknownMethodError(ValueError):
     pass
 
 
+def _sources(names: str | list[str]) -> list[str]:
+    return [s.strip() for s in names.split(",")] if isinstance(names, str) else list(names)
+
+
+def _zoo_state_dicts(n_actions: int, n_atoms: int, hidden: int, sigma0: float, game: str, sources: list[str],
+                     zoo_dir: str | None, fresh_output: bool) -> tuple[DERNetwork, list[dict]]:
+    template = DERNetwork(n_actions, n_atoms, hidden, sigma0)
+    actions = action_meanings(game)
+    if len(actions) != n_actions:
+        raise ValueError(f"{game} has {len(actions)} actions, the network {n_actions}")
+    return template, load_zoo(sources, template, actions, n_atoms, zoo_dir or DEFAULT_ZOO, fresh_output)
+
+
+# --- finetune -----------------------------------------------------------------------------------------------------
+def build_finetune(observation_space, n_actions: int, n_atoms: int = 51, hidden: int = 256, sigma0: float = 0.1,
+                   game: str = "", source: str = "", zoo_dir: str | None = None,
+                   fresh_output: bool = False) -> DERNetwork:
+    """DER whose every layer starts from ``source`` (its output rows mapped to ``game``'s actions)."""
+    net, (sd,) = _zoo_state_dicts(n_actions, n_atoms, hidden, sigma0, game, [source], zoo_dir, fresh_output)
+    net.load_state_dict(sd)
+    return net
+
+
+# --- Zoo-Tuning ---------------------------------------------------------------------------------------------------
+class ZooNetwork(nn.Module):
+    """A DERNetwork whose conv / linear layers are AdaAgg layers (``layers.zoo_convert``); logs its gates."""
+
+    def __init__(self, net: nn.Module, source_names: list[str]):
+        super().__init__()
+        self.net, self.source_names = net, list(source_names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def statistics(self) -> dict[str, float]:
+        """``gate/<layer>/<source>``: batch-mean gate of each AdaAgg layer's last forward (Zoo-Tuning Fig. 5)."""
+        return {f"gate/{layer}/{self.source_names[i]}": v
+                for layer, g in gate_means(self.net).items() for i, v in enumerate(g.float().cpu().tolist())}
+
+
+OUTPUT_LAYERS = ("value_out", "advantage_out")
+
+
+def build_zoo(observation_space, n_actions: int, n_atoms: int = 51, hidden: int = 256, sigma0: float = 0.1,
+              game: str = "", sources: str | list[str] = "Seaquest,Riverraid", zoo_dir: str | None = None,
+              mode: str = "adaptive", align: bool = True, align_output: bool = False, gate_norm: str = "sum",
+              fresh_output: bool = False) -> ZooNetwork:
+    """Zoo-Tuning DER: every conv / linear aggregates the sources' layer (Zoo-Tuning eq. 1-2).
+
+    ``align_output=False`` builds the two C51 output layers without alignment T: their rows are
+    (action, atom) pairs, not channels, so a channel permutation has no meaning there, and T on the
+    (A*51)-wide advantage layer costs more than the layer itself.  ``gate_norm="sum"``: DER has no BatchNorm,
+    so gates are normalised to a convex combination that keeps the sources' scale (layers/adaagg.py).
+    """
+    names = _sources(sources)
+    template, sds = _zoo_state_dicts(n_actions, n_atoms, hidden, sigma0, game, names, zoo_dir, fresh_output)
+    net = zoo_convert(template, sds, mode=mode, align=align, gate_norm=gate_norm,
+                      no_align=() if align_output else OUTPUT_LAYERS)
+    return ZooNetwork(net, names)
+
+
+# --- Hub-Pathway --------------------------------------------------------------------------------------------------
+class ProbabilityOutput(nn.Module):
+    """A source policy as a hub model Theta_i: (n, 4, 84, 84) -> atom probabilities (n, A, K)."""
+
+    def __init__(self, net: DERNetwork):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).exp()
+
+
+class HubNetwork(nn.Module):
+    """Hub-Pathway DER: routed, aggregated ensemble of the source policies (Hub-Pathway eq. 1-5).
+
+    Pathway generator: a fresh DER torso (conv 4->32, conv 32->64) + Linear(576, 2m) -> [G_p | G_n] (eq. 3).
+    Aggregation: the top-k weights are renormalised so the output is a proper mixture of the activated models'
+    atom distributions, p(z | s, a) = sum_i G_bar_i(s) p_i(z | s, a); DER's C51 cross-entropy on it is L_task.
+    ``auxiliary_loss``: explore_weight * L_explore (eq. 4, trains G) + L_exploit (eq. 5: each activated model's
+    own C51 loss on the rows routed to it, PER-weighted, trains Theta_i).
+    """
+
+    def __init__(self, models: list[DERNetwork], source_names: list[str], k: int = 2, explore_weight: float = 0.1,
+                 random_pathway: bool = False, explore: bool = True, exploit: bool = True):
+        super().__init__()
+        m = len(models)
+        generator = nn.Sequential(nn.Conv2d(4, 32, 5, stride=5), nn.ReLU(), nn.Conv2d(32, 64, 5, stride=5),
+                                  nn.ReLU(), nn.Flatten(), nn.Linear(DERNetwork.feature_dim, 2 * m))
+        self.hub = HubPathway([ProbabilityOutput(net) for net in models], generator=generator, k=min(k, m),
+                              renormalize=True, random_pathway=random_pathway, explore=explore, exploit=exploit)
+        self.source_names, self.explore_weight = list(source_names), explore_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hub(x).clamp_min(1e-8).log()
+
+    def auxiliary_loss(self, ctx) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.hub.explore and not self.hub.random_pathway:
+            out["explore_loss"] = self.explore_weight * self.hub.explore_loss()
+        if self.hub.exploit:
+            def loss_fn(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                return ctx.weights[rows] * ctx.per_sample_loss(probs.clamp_min(1e-8).log(), rows)
+
+            out["exploit_loss"] = self.hub.exploit_loss(loss_fn)
+        return out
+
+    def statistics(self) -> dict[str, float]:
+        """``pathway/<source>``: batch-mean pathway weight G(x) of the last forward (Hub-Pathway Fig. 3a)."""
+        if self.hub.last_pathway is None:
+            return {}
+        return {f"pathway/{self.source_names[i]}": v for i, v in enumerate(self.hub.last_pathway.cpu().tolist())}
+
+
+def build_hub(observation_space, n_actions: int, n_atoms: int = 51, hidden: int = 256, sigma0: float = 0.1,
+              game: str = "", sources: str | list[str] = "Seaquest,Riverraid", zoo_dir: str | None = None,
+              k: int = 2, explore_weight: float = 0.1, random_pathway: bool = False, explore: bool = True,
+              exploit: bool = True, fresh_output: bool = False) -> HubNetwork:
+    names = _sources(sources)
+    _, sds = _zoo_state_dicts(n_actions, n_atoms, hidden, sigma0, game, names, zoo_dir, fresh_output)
+    models = []
+    for sd in sds:
+        net = DERNetwork(n_actions, n_atoms, hidden, sigma0)
+        net.load_state_dict(sd)
+        models.append(net)
+    return HubNetwork(models, names, k, explore_weight, random_pathway, explore, exploit)
+
+
+# --- Knowledge Flow -----------------------------------------------------------------------------------------------
+FLOW_POINTS = ("conv1", "conv2", "value_hidden", "advantage_hidden")
+
+
+def _identity_transform(layer: nn.Module) -> nn.Module:
+    """A trainable transform Q of a teacher's output at a flow point, initialised to identity."""
+    if isinstance(layer, nn.Conv2d):
+        t = nn.Conv2d(layer.out_channels, layer.out_channels, 1, bias=False)
+        nn.init.dirac_(t.weight)
+    else:
+        t = nn.Linear(layer.out_features, layer.out_features, bias=False)
+        nn.init.eye_(t.weight)
+    return t
+
+
+class KnowledgeFlowNetwork(nn.Module):
+    """Knowledge Flow (Liu, Peng & Schwing, ICLR 2019) for DER.
+
+    At each flow point l (after conv1, conv2 and both noisy hidden layers, post-ReLU) the student's activation is
+        h^l <- w_0^l h^l + sum_i w_i^l Q_i^l(t_i^l),   (w_0^l, ..., w_m^l) = softmax(theta^l)          (KF eq. 1)
+    with t_i^l teacher i's own activation (teachers frozen, noise off) and Q_i^l trainable (1x1 conv / linear,
+    identity at init); theta^l starts at 0 (equal weights).  The dependency loss
+    lambda(t) * sum_l sum_{i>=1} w_i^l, lambda(t) = dependency_weight * progress, drives the teacher weights to 0
+    over training, so the student becomes independent.  At evaluation (eval mode) only the student computes.
+    """
+
+    def __init__(self, student: DERNetwork, teachers: list[DERNetwork], source_names: list[str],
+                 dependency_weight: float = 1.0):
+        super().__init__()
+        self.student, self.teachers = student, nn.ModuleList(teachers)
+        for t in self.teachers:
+            t.requires_grad_(False)
+            set_noise(t, False)
+        self.transforms = nn.ModuleDict({p: nn.ModuleList([_identity_transform(getattr(student, p))
+                                                           for _ in teachers]) for p in FLOW_POINTS})
+        self.theta = nn.Parameter(torch.zeros(len(FLOW_POINTS), len(teachers) + 1))
+        self.source_names, self.dependency_weight = list(source_names), dependency_weight
+
+    @staticmethod
+    def _activations(net: DERNetwork, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h1 = torch.relu(net.conv1(x))
+        h2 = torch.relu(net.conv2(h1))
+        f = h2.flatten(1)
+        return {"conv1": h1, "conv2": h2, "value_hidden": torch.relu(net.value_hidden(f)),
+                "advantage_hidden": torch.relu(net.advantage_hidden(f))}
+
+    def flow_weights(self) -> torch.Tensor:
+        """(points, 1 + m): student weight first."""
+        return torch.softmax(self.theta, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.student
+        if not self.training:
+            return s(x)
+        with torch.no_grad():
+            teach = [self._activations(t, x) for t in self.teachers]
+        w = self.flow_weights()
+
+        def flow(point: str, h: torch.Tensor) -> torch.Tensor:
+            j = FLOW_POINTS.index(point)
+            out = w[j, 0] * h
+            for i, q in enumerate(self.transforms[point]):
+                out = out + w[j, i + 1] * q(teach[i][point])
+            return out
+
+        h1 = flow("conv1", torch.relu(s.conv1(x)))
+        f = flow("conv2", torch.relu(s.conv2(h1))).flatten(1)
+        vh = flow("value_hidden", torch.relu(s.value_hidden(f)))
+        ah = flow("advantage_hidden", torch.relu(s.advantage_hidden(f)))
+        v = s.value_out(vh).view(-1, 1, s.n_atoms)
+        a = s.advantage_out(ah).view(-1, s.n_actions, s.n_atoms)
+        return torch.log_softmax(v + a - a.mean(1, keepdim=True), dim=-1)
+
+    def auxiliary_loss(self, ctx) -> dict[str, torch.Tensor]:
+        lam = self.dependency_weight * ctx.progress
+        return {"dependency_loss": lam * self.flow_weights()[:, 1:].sum()}
+
+    def statistics(self) -> dict[str, float]:
+        w = self.flow_weights().detach().cpu()
+        return {f"flow/{p}/{name}": float(w[j, i]) for j, p in enumerate(FLOW_POINTS)
+                for i, name in enumerate(["student", *self.source_names])}
+
+
+def build_kflow(observation_space, n_actions: int, n_atoms: int = 51, hidden: int = 256, sigma0: float = 0.1,
+                game: str = "", sources: str | list[str] = "Seaquest,Riverraid", zoo_dir: str | None = None,
+                dependency_weight: float = 1.0, fresh_output: bool = False) -> KnowledgeFlowNetwork:
+    names = _sources(sources)
+    _, sds = _zoo_state_dicts(n_actions, n_atoms, hidden, sigma0, game, names, zoo_dir, fresh_output)
+    teachers = []
+    for sd in sds:
+        net = DERNetwork(n_actions, n_atoms, hidden, sigma0)
+        net.load_state_dict(sd)
+        teachers.append(net)
+    return KnowledgeFlowNetwork(DERNetwork(n_actions, n_atoms, hidden, sigma0), teachers, names, dependency_weight)
+
+
+# --- registry -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method:
     name: str
     summary: str
     paper: str
-    network: Callable[[str, str | None, dict[str, Any]], tuple[Callable, dict[str, Any]]]
+    builder: Callable[..., nn.Module]
     config_file: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings the method pins (e.g. zoo-lite: mode=lite)
     needs_source: bool = False
 
     def folder(self, source: str | None) -> str:
         """Run-folder name: ``finetune-Seaquest`` for a method with a source, else the method name."""
         return f"{self.name}-{source}" if self.needs_source and source else self.name
 
-
-def _scratch(game: str, source: str | None, settings: dict[str, Any]):
-    return build_der_network, {}
+    def network(self, game: str, source: str | None, settings: dict[str, Any]):
+        """(net_builder, net_kwargs) for the policy."""
+        if self.builder is build_der_network:
+            return build_der_network, {}
+        kwargs = {**settings, **self.fixed, "game": game}
+        if self.needs_source:
+            kwargs["source"] = source
+        return self.builder, kwargs
 
 
 METHODS: dict[str, Method] = {}
@@ -43,7 +292,26 @@ def register(method: Method) -> Method:
     return method
 
 
-register(Method("scratch", "DER from random initialisation", "van Hasselt et al. 2019", _scratch))
+ZT = "Shu et al., Zoo-Tuning, ICML 2021"
+HP = "Shu et al., Hub-Pathway, NeurIPS 2022"
+register(Method("scratch", "DER from random initialisation", "van Hasselt et al. 2019", build_der_network))
+register(Method("finetune", "DER initialised from one source (--source)", "Zoo-Tuning's baseline", build_finetune,
+                "finetune", needs_source=True))
+register(Method("zoo", "every conv / linear an AdaAgg layer over the sources", ZT, build_zoo, "zoo"))
+register(Method("zoo-lite", "lite Zoo-Tuning: temporal ensemble of batch-mean gates", ZT, build_zoo, "zoo",
+                {"mode": "lite"}))
+register(Method("zoo-avg", "average aggregation (ablation)", ZT, build_zoo, "zoo", {"mode": "average"}))
+register(Method("zoo-noalign", "Zoo-Tuning without channel alignment T (ablation)", ZT, build_zoo, "zoo",
+                {"align": False}))
+register(Method("hub", "Hub-Pathway over the source policies", HP, build_hub, "hub"))
+register(Method("hub-random", "Hub-Pathway with a random pathway (ablation)", HP, build_hub, "hub",
+                {"random_pathway": True}))
+register(Method("hub-noexplore", "Hub-Pathway without the explore loss (ablation)", HP, build_hub, "hub",
+                {"explore": False}))
+register(Method("hub-noexploit", "Hub-Pathway without the exploit loss (ablation)", HP, build_hub, "hub",
+                {"exploit": False}))
+register(Method("kflow", "Knowledge Flow: teachers flow into a fresh student", "Liu, Peng & Schwing, ICLR 2019",
+                build_kflow, "kflow"))
 
 
 def get_method(name: str) -> Method:

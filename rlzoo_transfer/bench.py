@@ -1,0 +1,768 @@
+"""Throughput and cost ratios, measured side by side in one run: ``python -m rlzoo_transfer.bench``.
+
+What it measures (all on one ``--device``, batch 32, 18 actions: Alien's full action set):
+
+1. ``env_steps_per_s``: agent steps per second of ``AtariVecEnv`` with 1 and 8 games, random actions.
+2. ``act_ms``: one action as DER acts after warm-up (``DER._sample_action``: training mode, fresh noise,
+   ``policy.predict`` on one observation), per method.
+3. ``update_ms``: one learner update.
+   ``reference`` is a straightforward eager PyTorch DER update written here as a plain loop (Kaixhin/Rainbow
+   style: its own network, factorised noise resampled every update, online forward on obs, online forward on
+   next_obs, target forward on next_obs, the classic floor/ceil C51 projection with ``index_add_``, PER-weighted
+   cross-entropy, backward, grad-norm clip 10, Adam(lr 1e-4, eps 1.5e-4)); it gets ready-made batches, so it
+   does NOT pay for replay sampling or priority updates.  ``scratch`` is our real update: one
+   ``DER.train(gradient_steps=1, batch_size=32)`` on a DER whose ``PrioritizedNStepReplay`` holds a few thousand
+   real Alien transitions (sampling, n-step returns, priorities and logging included).  Every other method of
+   ``rl.methods.METHODS`` is built with ``run.build_model`` and timed the same way (a method that fails to build
+   is reported, not fatal).  ``scratch-*`` variants measure candidate speed-ups of our update without changing
+   ``der.py``: Adam with ``foreach`` / ``fused`` kernels, one online forward over ``cat(obs, next_obs)``, and
+   with ``--compile`` ``DER(compile=True)``.  ``scratch_breakdown_ms`` splits one update into its phases.
+4. ``eval_act_ms``: greedy action on one observation in evaluation mode (noise off, no grad), for scratch,
+   zoo-lite and zoo-lite after ``layers.export_module`` (a plain DER network again).
+5. ``adaagg``: forward+backward cost of AdaAgg layers (adaptive, align=True) relative to the plain layer, for
+   m = 2 and 5 sources, on DER-sized and ResNet-50-sized conv / linear layers.
+
+Timing: the variants of one comparison are run interleaved - repetition r runs each variant once, in an order
+rotated every repetition - so slow drifts of a noisy machine (other jobs, frequency changes) hit all of them alike.
+Reported times are medians over repetitions; ratios are medians of the per-repetition ratios (paired samples).
+
+Targets (from the issues; printed PASS / MISS, never a failure of the command):
+ours (scratch) <= 0.8x reference; zoo <= 1.5x scratch; zoo-lite exported == scratch at evaluation (within 10%);
+hub (k=1) <= 1.6x scratch (``hub(k=1)``: the hub method built with ``k=1``, its default being 2).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+GAME = "Alien"
+BATCH = 32
+N_ACTIONS = 18
+TARGETS_DOC = (
+    ("scratch <= 0.8x reference", "our real DER update vs the straightforward eager update"),
+    ("zoo <= 1.5x scratch", "Zoo-Tuning (adaptive AdaAgg over 2 sources) update"),
+    ("zoo-lite exported == scratch (eval)", "evaluation action after export_module, within 10%"),
+    ("hub(k=1) <= 1.6x scratch", "Hub-Pathway with one active source per sample"),
+)
+
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ====================================================================================== timing helpers
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 2,
+                number: int = 1) -> dict[str, list[float]]:
+    """Milliseconds per call of each fn, ``repeats`` samples each, the fns interleaved (rotated order).
+
+    :param fns: name -> zero-argument callable
+    :param number: calls per sample (the sample is their mean)
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for k in names:
+            fns[k]()
+    _sync(device)
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        s = r % len(names)
+        for k in names[s:] + names[:s]:
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fns[k]()
+            _sync(device)
+            samples[k].append((time.perf_counter() - t0) * 1e3 / number)
+    return samples
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over repetitions of a_r / b_r (samples from one interleaved run)."""
+    return float(statistics.median([x / y for x, y in zip(a, b) if y > 0]))
+
+
+def quartiles(xs: list[float]) -> list[float]:
+    q = np.percentile(np.asarray(xs), [25, 75])
+    return [round(float(q[0]), 3), round(float(q[1]), 3)]
+
+
+# ====================================================================================== machine
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "numpy": np.__version__,
+    }
+    try:
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+# ====================================================================================== the reference DER
+class RefNoisyLinear(nn.Module):
+    """Factorised-Gaussian noisy linear layer, written plainly (Fortunato et al. 2018; Kaixhin/Rainbow).
+
+    Parameter and buffer names are NoisyLinear's, so a DERNetwork state_dict loads into the reference network.
+    """
+
+    def __init__(self, in_features: int, out_features: int, std_init: float = 0.1):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight_sigma = nn.Parameter(torch.empty(out_features, in_features))
+        self.register_buffer("weight_epsilon", torch.empty(out_features, in_features))
+        self.bias_mu = nn.Parameter(torch.empty(out_features))
+        self.bias_sigma = nn.Parameter(torch.empty(out_features))
+        self.register_buffer("bias_epsilon", torch.empty(out_features))
+        mu_range = 1.0 / math.sqrt(in_features)
+        with torch.no_grad():
+            self.weight_mu.uniform_(-mu_range, mu_range)
+            self.weight_sigma.fill_(std_init / math.sqrt(in_features))
+            self.bias_mu.uniform_(-mu_range, mu_range)
+            self.bias_sigma.fill_(std_init / math.sqrt(out_features))
+        self.reset_noise()
+
+    @staticmethod
+    def _scale_noise(size: int, device) -> torch.Tensor:
+        x = torch.randn(size, device=device)
+        return x.sign().mul_(x.abs().sqrt_())
+
+    def reset_noise(self) -> None:
+        eps_in = self._scale_noise(self.in_features, self.weight_mu.device)
+        eps_out = self._scale_noise(self.out_features, self.weight_mu.device)
+        self.weight_epsilon.copy_(eps_out.outer(eps_in))
+        self.bias_epsilon.copy_(eps_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.linear(x, self.weight_mu + self.weight_sigma * self.weight_epsilon,
+                            self.bias_mu + self.bias_sigma * self.bias_epsilon)
+        return F.linear(x, self.weight_mu, self.bias_mu)
+
+
+class RefDERNet(nn.Module):
+    """DER's network, written plainly: conv 4->32 5x5 s5, conv 32->64 5x5 s5, noisy dueling C51 head.
+
+    Module names equal DERNetwork's (rl/policies.py), so ``load_state_dict(der_net.state_dict())`` works.
+    """
+
+    def __init__(self, n_actions: int, atoms: int = 51, hidden: int = 256, in_channels: int = 4,
+                 noisy_std: float = 0.1):
+        super().__init__()
+        self.n_actions, self.atoms = n_actions, atoms
+        self.conv1 = nn.Conv2d(in_channels, 32, 5, stride=5)
+        self.conv2 = nn.Conv2d(32, 64, 5, stride=5)
+        self.value_hidden = RefNoisyLinear(576, hidden, noisy_std)
+        self.value_out = RefNoisyLinear(hidden, atoms, noisy_std)
+        self.advantage_hidden = RefNoisyLinear(576, hidden, noisy_std)
+        self.advantage_out = RefNoisyLinear(hidden, n_actions * atoms, noisy_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 4, 84, 84) float in [0, 1] -> log p (B, A, atoms)."""
+        x = F.relu(self.conv2(F.relu(self.conv1(x)))).view(-1, 576)
+        v = self.value_out(F.relu(self.value_hidden(x))).view(-1, 1, self.atoms)
+        a = self.advantage_out(F.relu(self.advantage_hidden(x))).view(-1, self.n_actions, self.atoms)
+        q = v + a - a.mean(1, keepdim=True)
+        return F.log_softmax(q, dim=2)
+
+    def reset_noise(self) -> None:
+        for layer in (self.value_hidden, self.value_out, self.advantage_hidden, self.advantage_out):
+            layer.reset_noise()
+
+
+def reference_loss(online: RefDERNet, target: RefDERNet, obs: torch.Tensor, actions: torch.Tensor,
+                   returns: torch.Tensor, discounts: torch.Tensor, next_obs: torch.Tensor, weights: torch.Tensor,
+                   v_min: float = -10.0, v_max: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DER loss the classic way: (PER-weighted mean loss, per-sample cross-entropy (B,)).
+
+    Double-Q bootstrap action from the online net, target net's distribution for it, Algorithm 1 of Bellemare et
+    al. (2017) with floor / ceil and ``index_add_`` (with the usual fix for atoms landing exactly on a support point).
+    """
+    batch, atoms = obs.shape[0], online.atoms
+    support = torch.linspace(v_min, v_max, atoms, device=obs.device)
+    delta_z = (v_max - v_min) / (atoms - 1)
+    states, next_states = obs.float() / 255.0, next_obs.float() / 255.0
+    log_p = online(states)
+    log_p_a = log_p[range(batch), actions]
+    with torch.no_grad():
+        pns = online(next_states).exp()
+        argmax_indices_ns = (support.expand_as(pns) * pns).sum(2).argmax(1)
+        pns = target(next_states).exp()
+        pns_a = pns[range(batch), argmax_indices_ns]
+        tz = returns.unsqueeze(1) + discounts.unsqueeze(1) * support.unsqueeze(0)
+        tz = tz.clamp(min=v_min, max=v_max)
+        b = (tz - v_min) / delta_z
+        lower, upper = b.floor().to(torch.int64), b.ceil().to(torch.int64)
+        lower[(upper > 0) & (lower == upper)] -= 1
+        upper[(lower < (atoms - 1)) & (lower == upper)] += 1
+        m = states.new_zeros(batch, atoms)
+        offset = (torch.arange(batch, device=obs.device) * atoms).unsqueeze(1).expand(batch, atoms)
+        m.view(-1).index_add_(0, (lower + offset).view(-1), (pns_a * (upper.float() - b)).view(-1))
+        m.view(-1).index_add_(0, (upper + offset).view(-1), (pns_a * (b - lower.float())).view(-1))
+    ce = -torch.sum(m * log_p_a, 1)
+    return (weights * ce).mean(), ce.detach()
+
+
+class ReferenceDER:
+    """A plain eager DER learner: online + target RefDERNet, Adam, one ``update(batch)`` per call.
+
+    :param n_actions: A
+    :param device: torch device
+    :param lr: Adam learning rate (1e-4); ``adam_eps`` 1.5e-4; ``norm_clip`` 10 (DER / Kaixhin flags)
+    """
+
+    def __init__(self, n_actions: int, device: torch.device | str = "cpu", lr: float = 1e-4,
+                 adam_eps: float = 1.5e-4, norm_clip: float = 10.0):
+        self.online = RefDERNet(n_actions).to(device)
+        self.online.train()
+        self.target = RefDERNet(n_actions).to(device)
+        self.target.load_state_dict(self.online.state_dict())
+        self.target.train()
+        for p in self.target.parameters():
+            p.requires_grad = False
+        self.norm_clip = norm_clip
+        self.optimiser = torch.optim.Adam(self.online.parameters(), lr=lr, eps=adam_eps)
+
+    def update(self, batch, resample_noise: bool = True) -> torch.Tensor:
+        """One learning step on ``batch`` (a ReplaySample-like tuple); returns the per-sample loss (B,)."""
+        if resample_noise:
+            self.online.reset_noise()
+            self.target.reset_noise()
+        loss, ce = reference_loss(self.online, self.target, batch.observations, batch.actions, batch.returns,
+                                  batch.discounts, batch.next_observations, batch.weights)
+        self.optimiser.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.online.parameters(), self.norm_clip)
+        self.optimiser.step()
+        return ce
+
+
+# ====================================================================================== models and data
+def _silent_logger():
+    from stable_baselines3.common.logger import Logger
+
+    return Logger(folder=None, output_formats=[])
+
+
+def fill_replay(buffer, env, steps: int, seed: int = 0) -> None:
+    """Step ``env`` with uniform random actions and store the transitions the way SB3 does."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset()
+    n = env.num_envs
+    for _ in range(max(1, steps // n)):
+        actions = rng.integers(env.action_space.n, size=n)
+        new_obs, rewards, dones, infos = env.step(actions)
+        next_obs = new_obs.copy()
+        for i, done in enumerate(dones):
+            if done and infos[i].get("terminal_observation") is not None:
+                next_obs[i] = infos[i]["terminal_observation"]
+        buffer.add(obs, next_obs, actions, rewards, dones, infos)
+        obs = new_obs
+
+
+def _prepare(model, replay, obs1: np.ndarray):
+    """Share the filled replay, silence the logger, set the state ``_sample_action`` reads."""
+    model.replay_buffer = replay
+    model.set_logger(_silent_logger())
+    model._last_obs = obs1
+    model.policy.set_training_mode(True)
+    return model
+
+
+def build_method_model(name: str, env, device: str, source: str | None, seed: int = 0,
+                       overrides: dict[str, Any] | None = None):
+    """A DER for registered method ``name`` (as ``python -m rlzoo_transfer.train`` builds it)."""
+    from rlzoo_transfer.config import load_config
+    from rlzoo_transfer.rl.methods import get_method
+    from rlzoo_transfer.run import RunSpec, build_model
+
+    method = get_method(name)
+    config = load_config(method.config_file, {"buffer_size": 2000, **(overrides or {})})
+    spec = RunSpec(game=GAME, method=name, seed=seed, source=source if method.needs_source else None,
+                   device=device, progress_bar=False)
+    return build_model(spec, config, env, tb_dir=None)
+
+
+def _cat_forward_loss(model):
+    """DER's loss with ONE online forward over cat(obs, next_obs) instead of two (same math, same noise)."""
+    from rlzoo_transfer.rl.distributional import categorical_target
+
+    pol = model.policy
+
+    def loss_fn(obs, actions, returns, discounts, next_obs, weights, progress):
+        batch = obs.shape[0]
+        rows = torch.arange(batch, device=obs.device)
+        x_all = pol.scale(torch.cat([obs, next_obs]))
+        lp_all = pol.q_net(x_all)
+        log_probs = lp_all[:batch]
+        with torch.no_grad():
+            next_action = (lp_all[batch:].detach().exp() * pol.support).sum(-1).argmax(1)
+            next_probs = pol.q_net_target(x_all[batch:])[rows, next_action].exp()
+            target = categorical_target(next_probs, returns, discounts, pol.support)
+        ce = -(target * log_probs[rows, actions]).sum(-1)
+        return (weights * ce).mean(), ce.detach(), {}
+
+    return loss_fn
+
+
+def scratch_breakdown(model, repeats: int, device: torch.device) -> dict[str, float]:
+    """Median ms of each phase of one ``DER.train`` step, replayed phase by phase (mirrors rl/der.py)."""
+    phases = ("sample", "noise", "forward_loss", "backward", "clip", "adam", "priorities")
+    out: dict[str, list[float]] = {p: [] for p in phases}
+    pol, rb = model.policy, model.replay_buffer
+    for r in range(repeats + 2):
+        t: dict[str, float] = {}
+
+        def mark(name, t0):
+            _sync(device)
+            t[name] = (time.perf_counter() - t0) * 1e3
+            return time.perf_counter()
+
+        t0 = time.perf_counter()
+        batch = rb.sample(BATCH, beta=model.beta)
+        t0 = mark("sample", t0)
+        pol.reset_noise()
+        pol.reset_target_noise()
+        t0 = mark("noise", t0)
+        loss, ce, _ = model._loss_fn(batch.observations, batch.actions, batch.returns, batch.discounts,
+                                     batch.next_observations, batch.weights, 0.0)
+        t0 = mark("forward_loss", t0)
+        pol.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t0 = mark("backward", t0)
+        nn.utils.clip_grad_norm_(pol.q_net.parameters(), model.max_grad_norm)
+        t0 = mark("clip", t0)
+        pol.optimizer.step()
+        t0 = mark("adam", t0)
+        rb.update_priorities(batch.indices, ce.cpu().numpy())
+        float(loss.item())
+        mark("priorities", t0)
+        if r >= 2:
+            for p in phases:
+                out[p].append(t[p])
+    return {p: round(median(v), 3) for p, v in out.items()}
+
+
+# ====================================================================================== sections
+def bench_env(repeats: int, quick: bool, device: torch.device) -> dict[str, float]:
+    from rlzoo_transfer.envs import make_env
+
+    rng = np.random.default_rng(0)
+    envs, fns = {}, {}
+    agent_steps = 200 if quick else 800
+    for n in (1, 8):
+        env = make_env(GAME, n, seed=0)
+        env.reset()
+        envs[n] = env
+        k = max(1, agent_steps // n)
+
+        def run(env=env, n=n, k=k):
+            for _ in range(k):
+                env.step(rng.integers(env.action_space.n, size=n))
+        fns[str(n)] = run
+    samples = interleaved(fns, repeats, device, warmup=1)
+    out = {}
+    for n in (1, 8):
+        k = max(1, agent_steps // n)
+        out[str(n)] = round(n * k / (median(samples[str(n)]) / 1e3), 1)
+        envs[n].close()
+    return out
+
+
+def bench_adaagg(repeats: int, quick: bool, device: torch.device) -> tuple[dict, dict]:
+    """(ratios {layer: {m: adaagg/plain}}, ms {layer: {"plain": ms, "m2": ms, "m5": ms}})."""
+    from rlzoo_transfer.layers import AdaAggConv2d, AdaAggLinear
+
+    cases = {
+        "der_conv 32->64 5x5 s5, 20x20, B32": (lambda: nn.Conv2d(32, 64, 5, stride=5), (32, 32, 20, 20)),
+        "der_linear 576->256, B32": (lambda: nn.Linear(576, 256), (32, 576)),
+        "resnet_conv 256->256 3x3, 14x14, B8": (lambda: nn.Conv2d(256, 256, 3, padding=1), (8, 256, 14, 14)),
+        "resnet_linear 2048->1000, B8": (lambda: nn.Linear(2048, 1000), (8, 2048)),
+    }
+    ratios, ms = {}, {}
+    torch.manual_seed(0)
+    for name, (make, shape) in cases.items():
+        plain = make().to(device)
+        layers = {"plain": plain}
+        for m in (2, 5):
+            cls = AdaAggConv2d if isinstance(plain, nn.Conv2d) else AdaAggLinear
+            layers[f"m{m}"] = cls([make() for _ in range(m)], mode="adaptive", align=True).to(device)
+        x = torch.randn(*shape, device=device, requires_grad=True)
+
+        def fwd_bwd(layer):
+            def run():
+                x.grad = None
+                layer.zero_grad(set_to_none=True)
+                layer(x).sum().backward()
+            return run
+        reps = repeats if "resnet_conv" not in name else max(2, repeats // 3)
+        samples = interleaved({k: fwd_bwd(v) for k, v in layers.items()}, reps, device, warmup=1)
+        ratios[name] = {str(m): round(paired_ratio(samples[f"m{m}"], samples["plain"]), 2) for m in (2, 5)}
+        ms[name] = {k: round(median(v), 3) for k, v in samples.items()}
+        paths = {k: getattr(v, "last_path", None) for k, v in layers.items() if k != "plain"}
+        ms[name]["paths"] = paths
+    return ratios, ms
+
+
+def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None = None, device: str = "cpu",
+              compile: bool = False, source: str = "Seaquest", fill: int | None = None,
+              sections: tuple[str, ...] = ("env", "act", "update", "eval", "adaagg")) -> dict[str, Any]:
+    """Run the benchmark and return the result dict (see the module docstring)."""
+    from rlzoo_transfer.envs import make_env
+    from rlzoo_transfer.layers import export_module
+    from rlzoo_transfer.rl.methods import METHODS
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    result: dict[str, Any] = {"device": str(dev), "machine": machine_info(dev),
+                              "settings": {"game": GAME, "batch_size": BATCH, "n_actions": N_ACTIONS,
+                                           "repeats": repeats, "quick": quick, "compile": compile,
+                                           "source": source},
+                              "failed": {}, "notes": {}}
+    t_start = time.perf_counter()
+    if "env" in sections:
+        log("env throughput ...")
+        result["env_steps_per_s"] = bench_env(max(3, repeats // 4), quick, dev)
+
+    # --- models sharing one replay filled with real Alien transitions ---------------------------------------
+    env = make_env(GAME, 1, seed=0)
+    if int(env.action_space.n) != N_ACTIONS:
+        raise RuntimeError(f"{GAME} has {env.action_space.n} actions, expected {N_ACTIONS}")
+    log("building scratch and filling its replay ...")
+    scratch = build_method_model("scratch", env, device, source)
+    replay = scratch.replay_buffer
+    fill = fill if fill is not None else (600 if quick else 4000)
+    replay_capacity = replay.capacity
+    if fill > replay_capacity:
+        from rlzoo_transfer.rl.buffers import PrioritizedNStepReplay
+
+        replay = PrioritizedNStepReplay(fill + 100, env.observation_space, env.action_space, device=dev,
+                                        n_steps=scratch.n_step_return, gamma=scratch.gamma,
+                                        alpha=scratch.priority_exponent, reward_clip=scratch.reward_clip, seed=0)
+    fill_replay(replay, env, fill)
+    result["settings"]["replay_transitions"] = replay.size()
+    obs1 = env.reset()
+    models: dict[str, Any] = {"scratch": _prepare(scratch, replay, obs1)}
+
+    wanted = [m for m in METHODS if m != "scratch"] if methods is None else [m for m in methods if m != "scratch"]
+    for name in wanted:
+        if name not in METHODS:
+            result["failed"][name] = f"not a registered method (registered: {', '.join(METHODS)})"
+            continue
+        try:
+            models[name] = _prepare(build_method_model(name, env, device, source), replay, obs1)
+            log(f"built {name}")
+        except Exception as e:  # noqa: BLE001 - a method that does not build is reported, not fatal
+            result["failed"][name] = f"{type(e).__name__}: {e}"
+            log(f"method {name} failed to build: {type(e).__name__}: {e}")
+            if os.environ.get("RLZOO_BENCH_DEBUG"):
+                traceback.print_exc()
+    if "hub" in METHODS and (methods is None or "hub(k=1)" in methods or "hub" in methods):
+        try:   # the target is for one active source per sample; the hub default is k=2
+            models["hub(k=1)"] = _prepare(build_method_model("hub", env, device, source, overrides={"k": 1}),
+                                          replay, obs1)
+        except Exception as e:  # noqa: BLE001
+            result["failed"]["hub(k=1)"] = f"{type(e).__name__}: {e}"
+
+    # --- our update's variants (measured without touching der.py) -------------------------------------------
+    variants: dict[str, Any] = {}
+    if not quick:
+        for name, kw in (("scratch-foreach-adam", {"foreach": True}), ("scratch-fused-adam", {"fused": True})):
+            try:
+                m = _prepare(build_method_model("scratch", env, device, source), replay, obs1)
+                m.policy.optimizer = torch.optim.Adam(m.policy.q_net.parameters(), lr=m.learning_rate,
+                                                      eps=m.adam_eps, **kw)
+                variants[name] = m
+            except Exception as e:  # noqa: BLE001
+                result["failed"][name] = f"{type(e).__name__}: {e}"
+        m = _prepare(build_method_model("scratch", env, device, source), replay, obs1)
+        m._loss_fn = _cat_forward_loss(m)
+        variants["scratch-catfwd"] = m
+    if compile:
+        try:
+            log("compiling scratch-compiled (DER(compile=True)) ...")
+            m = _prepare(build_method_model("scratch", env, device, source, overrides={"compile": True}),
+                         replay, obs1)
+            t0 = time.perf_counter()
+            m.train(gradient_steps=1, batch_size=BATCH)
+            m.train(gradient_steps=1, batch_size=BATCH)
+            result["settings"]["compile_s"] = round(time.perf_counter() - t0, 1)
+            variants["scratch-compiled"] = m
+        except Exception as e:  # noqa: BLE001
+            result["failed"]["scratch-compiled"] = f"{type(e).__name__}: {e}"
+
+    # --- action selection (training mode, as DER acts) ------------------------------------------------------
+    if "act" in sections:
+        log("action selection ...")
+        fns = {k: (lambda m=m: m._sample_action(0, None, 1)) for k, m in models.items()}
+        samples = interleaved(fns, repeats * 2, dev, warmup=3, number=5)
+        result["act_ms"] = {k: round(median(v), 3) for k, v in samples.items()}
+
+    # --- updates ----------------------------------------------------------------------------------------------
+    if "update" in sections:
+        log("updates ...")
+        torch.manual_seed(0)
+        ref = ReferenceDER(N_ACTIONS, dev)
+        pool = [replay.sample(BATCH, beta=0.4) for _ in range(8)]
+        counter = [0]
+
+        def ref_step():
+            counter[0] += 1
+            ref.update(pool[counter[0] % len(pool)])
+
+        fns = {"reference": ref_step}
+        for k, m in {**models, **variants}.items():
+            fns[k] = lambda m=m: m.train(gradient_steps=1, batch_size=BATCH)
+        good = {}
+        for k, fn in fns.items():   # a method whose update raises is reported and left out
+            try:
+                fn()
+                good[k] = fn
+            except Exception as e:  # noqa: BLE001
+                result["failed"][k] = f"update: {type(e).__name__}: {e}"
+                log(f"{k} update failed: {type(e).__name__}: {e}")
+        samples = interleaved(good, repeats, dev, warmup=2)
+        result["update_ms"] = {k: round(median(v), 3) for k, v in samples.items()}
+        result["update_iqr_ms"] = {k: quartiles(v) for k, v in samples.items()}
+        result["ratios"] = {
+            "vs_reference": {k: round(paired_ratio(v, samples["reference"]), 3) for k, v in samples.items()},
+            "vs_scratch": {k: round(paired_ratio(v, samples["scratch"]), 3) for k, v in samples.items()},
+        }
+        log("scratch breakdown ...")
+        result["scratch_breakdown_ms"] = scratch_breakdown(models["scratch"], repeats, dev)
+
+    # --- evaluation: zoo-lite before / after export_module vs scratch ----------------------------------------
+    if "eval" in sections:
+        lite_key = "zoo-lite" if "zoo-lite" in models else None
+        pols = {"scratch": copy.deepcopy(models["scratch"].policy)}
+        if lite_key is not None:
+            try:
+                pols[lite_key] = copy.deepcopy(models[lite_key].policy)
+                exported = copy.deepcopy(models[lite_key].policy)
+                exported.q_net = export_module(exported.q_net)
+                pols[f"{lite_key}-exported"] = exported
+            except Exception as e:  # noqa: BLE001
+                result["failed"][f"{lite_key}-exported"] = f"{type(e).__name__}: {e}"
+        obs_t = torch.as_tensor(obs1, device=dev)
+        obs8 = torch.as_tensor(np.repeat(obs1, 8, axis=0), device=dev)
+        for p in pols.values():
+            p.set_training_mode(False)
+
+        def q_act(p, o):
+            def run():
+                with torch.no_grad():
+                    p.q_values(o).argmax(1).cpu()
+            return run
+        log("evaluation forward ...")
+        s1 = interleaved({k: q_act(p, obs_t) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=5)
+        s8 = interleaved({k: q_act(p, obs8) for k, p in pols.items()}, repeats, dev, warmup=2, number=2)
+        result["eval_act_ms"] = {k: round(median(v), 3) for k, v in s1.items()}
+        result["eval_forward8_ms"] = {k: round(median(v), 3) for k, v in s8.items()}
+        result["eval_ratios_vs_scratch"] = {k: round(paired_ratio(v, s1["scratch"]), 3) for k, v in s1.items()}
+
+    if "adaagg" in sections:
+        log("AdaAgg layers ...")
+        result["adaagg"], result["adaagg_ms"] = bench_adaagg(max(3, repeats // 2), quick, dev)
+
+    result["targets"] = evaluate_targets(result, models)
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    env.close()
+    return result
+
+
+def _hub_k(model) -> int | None:
+    for mod in model.policy.q_net.modules():
+        if type(mod).__name__ == "HubPathway":
+            return int(mod.k)
+    return None
+
+
+def evaluate_targets(result: dict[str, Any], models: dict[str, Any]) -> list[dict[str, Any]]:
+    """PASS / MISS / N/A for each documented target (never raises)."""
+    rr = result.get("ratios", {})
+    vs_ref, vs_scr = rr.get("vs_reference", {}), rr.get("vs_scratch", {})
+    out = []
+
+    def add(name, key, value, limit, cmp="<=", note=""):
+        if value is None:
+            status = "N/A"
+        elif cmp == "<=":
+            status = "PASS" if value <= limit else "MISS"
+        else:  # "~=": within 10% either way
+            status = "PASS" if abs(value - 1.0) <= limit else "MISS"
+        out.append({"target": name, "measured": key, "value": value, "limit": limit, "status": status,
+                    "note": note})
+
+    add("scratch <= 0.8x reference", "scratch", vs_ref.get("scratch"), 0.8)
+    zoo_key = "zoo" if "zoo" in vs_scr else None
+    add("zoo <= 1.5x scratch", zoo_key, vs_scr.get(zoo_key) if zoo_key else None, 1.5)
+    ev = result.get("eval_ratios_vs_scratch", {})
+    ex_key = next((k for k in ev if k.endswith("-exported")), None)
+    add("zoo-lite exported == scratch at evaluation (+-10%)", ex_key, ev.get(ex_key) if ex_key else None, 0.10,
+        cmp="~=")
+    hub_keys = [k for k in ("hub(k=1)", "hub") if k in vs_scr]
+    hub_key = next((k for k in hub_keys if k in models and _hub_k(models[k]) == 1), hub_keys[0] if hub_keys else None)
+    note = ""
+    if hub_key and hub_key in models:
+        k = _hub_k(models[hub_key])
+        note = f"k={k}" + ("" if k == 1 else " (target is for k=1)")
+    add("hub(k=1) <= 1.6x scratch", hub_key, vs_scr.get(hub_key) if hub_key else None, 1.6, note=note)
+    return out
+
+
+# ====================================================================================== output
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def render(result: dict[str, Any]) -> str:
+    """The result as markdown tables (readable in a terminal too)."""
+    mach = result["machine"]
+    parts = [f"# rlzoo_transfer bench ({result['device']})", "",
+             *([f"`{result['command']}`", ""] if result.get("command") else []),
+             f"{mach['cpu']}, {mach['cpu_count']} CPUs, torch {mach['torch']}, {mach['threads']} threads"
+             + (f", GPU {mach['gpu']}" if "gpu" in mach else "")
+             + (f", load avg {mach['load_avg_1m']}" if "load_avg_1m" in mach else "")
+             + f"; {result['settings']['repeats']} interleaved repetitions, medians"
+             + (" (quick)" if result["settings"]["quick"] else "") + "."]
+    if "env_steps_per_s" in result:
+        parts += ["", "## Env throughput (AtariVecEnv, random actions)", "",
+                  _table(["n_envs", "agent steps/s"], [[k, v] for k, v in result["env_steps_per_s"].items()])]
+    if "update_ms" in result:
+        r = result["ratios"]
+        rows = [[k, v, f"{result['update_iqr_ms'][k][0]}-{result['update_iqr_ms'][k][1]}",
+                 r["vs_reference"][k], r["vs_scratch"][k], result.get("act_ms", {}).get(k, "")]
+                for k, v in result["update_ms"].items()]
+        parts += ["", f"## Update (batch {BATCH}, {N_ACTIONS} actions) and action selection", "",
+                  _table(["variant", "update ms", "IQR ms", "x reference", "x scratch", "act ms"], rows), "",
+                  "reference: plain eager DER update on ready-made batches (no replay sampling / priorities); "
+                  "scratch: our real `DER.train(1, 32)` incl. PER sampling, priorities, logging. "
+                  "scratch-* are candidate speed-ups measured without changing der.py."]
+        if "scratch_breakdown_ms" in result:
+            b = result["scratch_breakdown_ms"]
+            parts += ["", "### Scratch update by phase (ms, medians)", "",
+                      _table(list(b) + ["sum"], [[*b.values(), round(sum(b.values()), 3)]])]
+    if "eval_act_ms" in result:
+        rows = [[k, v, result["eval_forward8_ms"][k], result["eval_ratios_vs_scratch"][k]]
+                for k, v in result["eval_act_ms"].items()]
+        parts += ["", "## Evaluation (noise off, no grad)", "",
+                  _table(["network", "act ms (1 obs)", "forward ms (8 obs)", "x scratch (1 obs)"], rows)]
+    if "adaagg" in result:
+        rows = [[k, result["adaagg_ms"][k]["plain"], v["2"], v["5"], result["adaagg_ms"][k]["paths"].get("m2"),
+                 result["adaagg_ms"][k]["paths"].get("m5")] for k, v in result["adaagg"].items()]
+        parts += ["", "## AdaAgg (adaptive, align) forward+backward cost vs the plain layer", "",
+                  _table(["layer", "plain ms", "x plain m=2", "x plain m=5", "path m=2", "path m=5"], rows)]
+    parts += ["", "## Targets (benchmarks, not tests)", "",
+              _table(["target", "measured", "value", "status"],
+                     [[t["target"], t["measured"] or "-", "-" if t["value"] is None else t["value"],
+                       t["status"] + (f" ({t['note']})" if t["note"] else "")] for t in result["targets"]])]
+    for k, v in result.get("notes", {}).items():
+        parts.append(f"\nnote {k}: {v}")
+    if result.get("failed"):
+        parts += ["", "## Not measured", "", _table(["variant", "error"], list(result["failed"].items()))]
+    return "\n".join(parts) + "\n"
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Targets: " + "; ".join(t for t, _ in TARGETS_DOC) + " (PASS / MISS only).")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 30, quick 3)")
+    p.add_argument("--quick", action="store_true", help="few repetitions, small replay (for tests)")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help="transfer methods to time besides reference and scratch (default: all registered)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--compile", action="store_true", help="also time scratch-compiled: DER(compile=True)")
+    p.add_argument("--source", default="Seaquest", help="source game for methods that need one (finetune)")
+    p.add_argument("--sections", nargs="*", default=["env", "act", "update", "eval", "adaagg"],
+                   choices=["env", "act", "update", "eval", "adaagg"], help="what to measure (default all)")
+    p.add_argument("--out", default=None, help="also write the JSON here (atomically)")
+    p.add_argument("--md", default=None, help="also write the tables (markdown) here (atomically)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 30)
+    if repeats < 1:
+        print("error: --repeats must be >= 1", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    result = run_bench(repeats=repeats, quick=args.quick, methods=args.methods, device=args.device,
+                       compile=args.compile, source=args.source, sections=tuple(args.sections))
+    result["command"] = " ".join(["python -m rlzoo_transfer.bench", *(sys.argv[1:] if argv is None else argv)])
+    text = json.dumps(result, indent=1)
+    if args.out:
+        write_atomic(args.out, text + "\n")
+    table = render(result)
+    if args.md:
+        write_atomic(args.md, table)
+    print(text if args.json else table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

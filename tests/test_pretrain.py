@@ -1,0 +1,88 @@
+"""The pretrain CLI with a tiny budget: the exported source checkpoint and its zoo.yml entry."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rlzoo_transfer.rl.policies import DERNetwork
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pretrain")
+    zoo, log = tmp / "zoo", tmp / "runs"
+    cmd = [sys.executable, "-m", "rlzoo_transfer.pretrain", "--game", "Riverraid", "--steps", "600", "--n-envs", "4",
+           "--eval-freq", "100000", "--final-eval-episodes", "2", "-p", "learning_starts=200", "batch_size=32",
+           "buffer_size=4000", "--zoo-dir", str(zoo), "--log-dir", str(log), "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return zoo, log, proc
+
+
+def test_checkpoint_loads_into_a_der_network(pretrained):
+    zoo, log, proc = pretrained
+    path = zoo / "Riverraid.pt"
+    assert f"-> {path}" in proc.stdout
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    net = DERNetwork(18)
+    net.load_state_dict(state)  # strict: exactly DER's network, 18 actions
+    assert state["advantage_out.weight_mu"].shape == (18 * 51, 256)
+    x = torch.rand(2, 4, 84, 84)
+    net.eval()
+    out = net(x)
+    assert out.shape == (2, 18, 51) and torch.isfinite(out).all()
+    # it is the run's trained online network, exported tensor for tensor
+    from rlzoo_transfer.rl.der import DER
+
+    model = DER.load(log / "Riverraid" / "scratch" / "seed0" / "model.zip", device="cpu")
+    assert model._n_updates > 0
+    online = model.policy.q_net.state_dict()
+    assert set(online) == set(state)
+    for k, v in online.items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_zoo_manifest_records_the_source(pretrained):
+    zoo, log, _ = pretrained
+    manifest = yaml.safe_load((zoo / "zoo.yml").read_text())
+    entry = manifest["sources"]["Riverraid"]
+    assert entry["file"] == "Riverraid.pt"
+    assert entry["sha256"] == hashlib.sha256((zoo / "Riverraid.pt").read_bytes()).hexdigest()
+    assert entry["agent_steps"] == 600
+    assert entry["final_eval"]["n_episodes"] == 2
+    assert len(entry["actions"]) == 18 and entry["actions"][0] == "NOOP"
+    assert entry["network"] == "DERNetwork" and entry["n_atoms"] == 51 and entry["hidden"] == 256
+    # pretrain.yml settings with the command-line overrides on top
+    hp = entry["hyperparams"]
+    assert hp["learning_starts"] == 200 and hp["batch_size"] == 32 and hp["buffer_size"] == 4000
+    assert hp["n_steps"] == 3 and hp["learning_rate"] == 2.5e-4
+    assert entry["n_envs"] == 4 and entry["device"] == "cpu"
+    assert "--steps 600" in entry["command"] and entry["commit"]
+    # the run's small files travel with the checkpoint
+    for name in ("final.json", "config.yml"):
+        assert (zoo / "Riverraid" / name).exists()
+    assert (log / "Riverraid" / "scratch" / "seed0" / "model.zip").exists()
+
+
+def test_bad_game_is_a_one_line_error(tmp_path):
+    from rlzoo_transfer import pretrain
+
+    proc = subprocess.run([sys.executable, "-m", "rlzoo_transfer.pretrain", "--game", "Rivereid", "--zoo-dir",
+                           str(tmp_path), "--log-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: unknown game") and "Did you mean Riverraid" in proc.stderr
+    assert pretrain.main(["--game", "Riverraid", "-p", "batch_sise=64", "--zoo-dir", str(tmp_path),
+                          "--log-dir", str(tmp_path)]) == 2
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,205 @@
+"""The train CLI end to end on a real game with tiny budgets: every file of the run folder, the bad-input errors
+(exit 2, one line, no traceback), kill and --resume, a corrupt checkpoint."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rlzoo_transfer import train
+
+ROOT = Path(__file__).resolve().parent.parent
+# Alien: an untrained agent's evaluation game ends in ~0.5 s (Seaquest's idle agent may sit for 27k steps)
+GAME = "Alien"
+TINY = ["--eval-episodes", "1", "--final-eval-episodes", "1", "-p", "learning_starts=100", "buffer_size=2000",
+        "--no-progress"]
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rlzoo_transfer.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def steps_in(csv_path: Path) -> list[int]:
+    with open(csv_path) as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    log = tmp_path_factory.mktemp("runs")
+    args = ["--game", GAME, "--steps", "400", "--eval-freq", "200", "--log-dir", str(log), *TINY]
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    return log / GAME / "scratch" / "seed0", args, proc
+
+
+def test_run_folder_has_every_file(finished):
+    run, args, proc = finished
+    assert f"done: {run}" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    for name in ("config.yml", "evaluations.csv", "final.json", "model.zip", "checkpoint", "tb"):
+        assert (run / name).exists(), name
+    assert not list(run.glob("*.tmp*")) and not (run / "checkpoint.tmp").exists()
+
+    config = yaml.safe_load((run / "config.yml").read_text())
+    assert config["game"] == GAME and config["method"] == "scratch" and config["seed"] == 0
+    assert config["steps"] == 400 and config["eval_freq"] == 200
+    assert config["hyperparams"]["learning_starts"] == 100 and config["hyperparams"]["buffer_size"] == 2000
+    assert config["hyperparams"]["n_steps"] == 20 and config["hyperparams"]["learning_rate"] == 1e-4  # der.yml
+    assert {"python", "torch", "stable-baselines3", "ale-py", "numpy"} <= set(config["versions"])
+    assert config["commit"] and config["commit"] != "unknown"
+    assert config["command"].startswith("rlzoo_transfer.train") and "--steps 400" in config["command"]
+    assert len(config["actions"]) == 18 and config["actions"][0] == "NOOP"
+
+    with open(run / "evaluations.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 200, 400]
+    for r in rows:
+        assert int(r["n_episodes"]) == 1 and float(r["mean"]) == float(r["returns"]) and float(r["std"]) == 0
+
+    final = json.loads((run / "final.json").read_text())
+    assert final["steps"] == 400 and final["n_episodes"] == len(final["returns"]) == 1
+    assert final["mean"] == pytest.approx(np.mean(final["returns"])) and final["game"] == GAME
+    assert final["method"] == "scratch" and final["seed"] == 0
+
+    assert {p.name for p in (run / "checkpoint").iterdir()} >= {"model.zip", "replay.npz", "rng.pt"}
+    assert list((run / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_saved_model_loads_and_acts(finished):
+    from rlzoo_transfer.rl.der import DER
+
+    run, _, _ = finished
+    model = DER.load(run / "model.zip", device="cpu")
+    assert model.num_timesteps == 400 and model._n_updates == 300
+    obs = np.random.default_rng(0).integers(0, 256, (3, 4, 84, 84), dtype=np.uint8)
+    actions, _ = model.predict(obs, deterministic=True)
+    assert actions.shape == (3,) and ((0 <= actions) & (actions < 18)).all()
+
+
+def test_rerunning_a_finished_run_is_a_one_line_error(finished):
+    run, args, _ = finished
+    before = (run / "final.json").read_text()
+    proc = cli(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "finished run" in lines[0]
+    assert (run / "final.json").read_text() == before
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    rc = train.main(argv)
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--game", "Alein"], "unknown game 'Alein'. Did you mean Alien"),
+    (["--game", GAME, "--method", "zooo"], "unknown method 'zooo'"),
+    (["--game", GAME, "-p", "learning_rat=2e-4"], "unknown hyperparameter 'learning_rat'. Did you mean 'learning_rate'"),
+    (["--game", GAME, "-p", "learning_rate=fast"], "learning_rate='fast': expected a float"),
+    (["--game", GAME, "-p", "batch_size=3.5"], "batch_size=3.5: expected an int"),
+    (["--game", GAME, "-p", "compile=1"], "compile=1: expected a bool"),
+    (["--game", GAME, "-p", "learning_rate"], "expected key=value"),
+    (["--game", GAME, "--steps", "0"], "must be positive"),
+    (["--game", GAME, "--steps", "-100"], "must be positive"),
+    (["--game", GAME, "--eval-freq", "0"], "must be positive"),
+])
+def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
+    rc, err = run_main([*extra, "--log-dir", str(tmp_path), "--no-progress"], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert message in lines[0]
+    assert not list(tmp_path.rglob("*.csv")) and not list(tmp_path.rglob("config.yml")), "nothing was started"
+
+
+def test_unknown_game_from_the_command_line(tmp_path):
+    proc = cli("--game", "NoSuchGame", "--log-dir", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Valid games:" in proc.stderr and "Alien" in proc.stderr
+
+
+def test_integral_float_is_accepted_for_an_int_hyperparameter():
+    from rlzoo_transfer.config import load_config
+
+    config = load_config(None, {"buffer_size": 2.0e3, "learning_rate": 1})
+    assert config["buffer_size"] == 2000 and isinstance(config["buffer_size"], int)
+    assert config["learning_rate"] == 1.0 and isinstance(config["learning_rate"], float)
+
+
+def test_kill_then_resume(tmp_path, capsys):
+    log = tmp_path / "runs"
+    args = ["--game", GAME, "--steps", "400", "--eval-freq", "200", "--log-dir", str(log), *TINY]
+    run = log / GAME / "scratch" / "seed0"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlzoo_transfer.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (run / "checkpoint" / "model.zip").exists():  # the checkpoint folder appears complete (rename)
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "no checkpoint within 3 minutes"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert not (run / "final.json").exists()
+    assert not (run / "model.zip").exists()
+    killed_at = steps_in(run / "evaluations.csv")
+    assert killed_at[:2] == [0, 200]
+
+    # an unfinished run is not silently overwritten
+    rc, err = run_main(args, capsys)
+    assert rc == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+
+    done = cli(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    resumed = [l for l in done.stderr.splitlines() if l.startswith("resuming")]
+    assert len(resumed) == 1
+    step = int(resumed[0].rsplit(" ", 1)[1])
+    assert step == 200
+    assert steps_in(run / "evaluations.csv") == [0, 200, 400]  # each step exactly once
+    final = json.loads((run / "final.json").read_text())
+    assert final["steps"] == 400 and final["n_episodes"] == 1
+    assert (run / "model.zip").exists()
+    from rlzoo_transfer.rl.der import DER
+
+    model = DER.load(run / "model.zip", device="cpu")
+    assert model.num_timesteps == 400
+    # updates continued where they stopped; the checkpoint is taken at the end of its step's rollout, before that
+    # step's update, so a resumed run has at most one update fewer than an uninterrupted one (300)
+    assert 299 <= model._n_updates <= 300
+
+
+@pytest.mark.parametrize("broken", ["model.zip", "replay.npz", "rng.pt"])
+def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(finished, broken, tmp_path, capsys):
+    src, args, _ = finished
+    log = tmp_path / "runs"
+    run = log / GAME / "scratch" / "seed0"
+    shutil.copytree(src, run)
+    (run / "final.json").unlink()
+    data = (run / "checkpoint" / broken).read_bytes()
+    (run / "checkpoint" / broken).write_bytes(data[: len(data) // 3])  # a write cut short
+    argv = ["--game", GAME, "--steps", "600", "--eval-freq", "200", "--log-dir", str(log), *TINY, "--resume"]
+    rc, err = run_main(argv, capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "checkpoint is unreadable" in lines[0] and "delete" in lines[0]
+    assert not (run / "final.json").exists()

@@ -1,0 +1,147 @@
+"""Classification on real offline data (scikit-learn's digits): training works, every method runs, resume is
+exact, bad input is one line and exit status 2."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rlzoo_transfer.vision.classify import ClassifyConfig, main, run_classification
+from rlzoo_transfer.vision.data import (BatchStream, ImageDataset, EvalTransform, TrainTransform, digits_images,
+                                        open_split, random_resized_crop_box, write_image_folder)
+from rlzoo_transfer.vision.resnet import resnet_small
+
+torch.set_num_threads(1)
+SMALL = dict(arch="small", width=8, image_size=8, crop_scale=(0.7, 1.0), crop_pct=1.0, tensorboard=False,
+             progress=False, log_every=10)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    x, y = digits_images()
+    idx = np.random.default_rng(0).permutation(len(y))
+    write_image_folder(root, "train", x[idx[:700]], y[idx[:700]])
+    write_image_folder(root, "test", x[idx[700:1000]], y[idx[700:1000]])
+    return root
+
+
+@pytest.fixture(scope="module")
+def sources(digits, tmp_path_factory):
+    """Three small checkpoints in torchvision format (random initialisations; only their keys matter here)."""
+    root = tmp_path_factory.mktemp("zoo")
+    paths = []
+    for i in range(3):
+        torch.manual_seed(i)
+        p = root / f"src{i}.pt"
+        torch.save(resnet_small(3 + i, width=8).state_dict(), p)       # different source heads: ignored
+        paths.append(str(p))
+    return paths
+
+
+def test_digits_training_lowers_loss_and_beats_chance(digits, tmp_path):
+    res = run_classification(ClassifyConfig(data=str(digits), method="scratch", iters=150, lr=0.05,
+                                            out=str(tmp_path / "run"), **SMALL))
+    assert res["final_loss"] < 0.5 * res["first_loss"]
+    assert res["top1"] > 60.0, res["top1"]                                  # chance is 10%
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["top1"] == res["top1"]
+    env = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
+    assert "commit" in env and env["versions"]["torch"]
+
+
+@pytest.mark.parametrize("method", ["single", "zoo", "zoo-lite", "zoo-avg", "ensemble", "hub"])
+def test_every_method_fine_tunes(digits, sources, tmp_path, method):
+    zoo = sources[:1] if method == "single" else sources
+    res = run_classification(ClassifyConfig(data=str(digits), zoo=zoo, method=method, iters=12, batch_size=16,
+                                            out=str(tmp_path / method), **SMALL))
+    assert 0.0 <= res["top1"] <= 100.0 and np.isfinite(res["final_loss"])
+    if method == "zoo-lite":                                                # collapses to one network
+        assert res["params_inference"] < res["params_train"] / 2
+    if method == "ensemble":
+        assert len(res["members_top1"]) == 3
+    if method in ("zoo", "zoo-lite"):
+        assert any(k.startswith("gate/layer1.0.conv1/") for k in res["gates"])
+
+
+def test_resume_after_a_crash_continues_exactly(digits, sources, tmp_path, monkeypatch):
+    common = dict(data=str(digits), zoo=sources, method="zoo-lite", iters=8, batch_size=16, milestones=[3, 6],
+                  save_every=4, **SMALL)
+    straight = run_classification(ClassifyConfig(out=str(tmp_path / "a"), **common))
+    import rlzoo_transfer.vision.classify as classify
+
+    calls = {"n": 0}
+    real = classify.objective
+
+    def crash_on_sixth(*args, **kwargs):                  # the process dies during iteration 6
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(classify, "objective", crash_on_sixth)
+    with pytest.raises(KeyboardInterrupt):
+        run_classification(ClassifyConfig(out=str(tmp_path / "b"), **common))
+    monkeypatch.setattr(classify, "objective", real)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["iteration"] == 4
+    resumed = run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True, **common))
+    a = torch.load(tmp_path / "a" / "model.pt")
+    b = torch.load(tmp_path / "b" / "model.pt")
+    assert resumed["iterations"] == 8 and all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["top1"] == resumed["top1"]
+    with pytest.raises(classify.UsageError, match="made with method='zoo-lite'"):
+        run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True, **(common | {"method": "zoo"})))
+
+
+def test_csv_list_format(digits, tmp_path):
+    rows = ["path,label,split"]
+    for split in ("train", "test"):
+        for c in range(10):
+            for p in sorted((digits / split / str(c)).glob("*.png"))[:6]:
+                rows.append(f"{p.relative_to(digits)},{c},{split}")
+    (digits / "list.csv").write_text("\n".join(rows) + "\n")     # paths relative to the CSV's folder
+    tr = open_split(digits / "list.csv", "train")
+    assert len(tr) == 60 and tr.classes == sorted(tr.classes, key=int)
+    res = run_classification(ClassifyConfig(data=str(digits / "list.csv"), method="scratch", iters=3,
+                                            batch_size=16, out=str(tmp_path / "run"), **SMALL))
+    assert res["iterations"] == 3
+
+
+def test_transforms_and_stream(digits):
+    for _ in range(50):
+        t, l, h, w = random_resized_crop_box(10, 14)
+        assert 0 <= t and 0 <= l and t + h <= 10 and l + w <= 14 and h > 0 and w > 0
+    split = open_split(digits, "train")
+    x, y = ImageDataset(split, TrainTransform(12, (0.5, 1.0), hflip=True))[0]
+    assert x.shape == (3, 12, 12) and isinstance(y, int)
+    assert ImageDataset(split, EvalTransform(16))[3][0].shape == (3, 16, 16)
+    ds = list(range(10))
+    s1 = BatchStream(ds, 4, seed=1, collate_fn=list)
+    first = [next(s1) for _ in range(5)]                 # 2 batches per epoch (the 2 leftovers dropped)
+    s2 = BatchStream(ds, 4, seed=1, collate_fn=list)
+    [next(s2) for _ in range(3)]
+    s3 = BatchStream(ds, 4, seed=1, collate_fn=list)
+    s3.load_state(s2.state())
+    assert [next(s3) for _ in range(2)] == first[3:]
+    assert len(set(first[0]) | set(first[1])) == 8
+
+
+def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
+    cases = [
+        ["--data", str(tmp_path / "missing")],
+        ["--data", str(digits), "--method", "fancy"],
+        ["--data", str(digits), "--arch", "resnet18", "--method", "single", "--zoo", sources[0]],
+        ["--data", str(digits), "--arch", "small", "--method", "single", "--zoo", sources[0]],   # width 16 != 8
+        ["--data", str(digits), "--arch", "small", "--width", "8", "--method", "single", "--zoo",
+         str(tmp_path / "nope.pt")],
+    ]
+    for argv in cases:
+        assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), err
+    proc = subprocess.run([sys.executable, "-m", "rlzoo_transfer.vision.classify", "--data", str(digits),
+                           "--method", "fancy"], capture_output=True, text=True, timeout=60,
+                          env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown method" in proc.stderr

@@ -1,0 +1,98 @@
+"""python -m rlzoo_transfer.select on a tiny generated data set: scores, rankings, judgement, errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rlzoo_transfer.select import (CountSketch, last_conv_name, lgc_gradients, main, parse_accuracies,
+                                   sample_per_class)
+from rlzoo_transfer.vision.data import Split, digits_images, write_image_folder
+from rlzoo_transfer.vision.resnet import resnet18, resnet50, resnet_small
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    x, y = digits_images()
+    keep = np.flatnonzero(y < 4)[:160]                    # 4 classes, ~40 images each
+    write_image_folder(root / "data", "train", x[keep], y[keep])
+    write_image_folder(root / "data", "test", x[keep[:20]], y[keep[:20]])
+    paths = []
+    for i, n_cls in enumerate((3, 12, 5)):
+        torch.manual_seed(i)
+        p = root / f"src{i}" / "model.pt"                # same file names: told apart by their folders
+        p.parent.mkdir()
+        torch.save(resnet_small(n_cls, width=8).state_dict(), p)
+        paths.append(str(p))
+    headless = root / "headless.pt"
+    torch.save({k: v for k, v in resnet_small(3, width=8).state_dict().items() if not k.startswith("fc.")}, headless)
+    return root, paths, str(headless)
+
+
+def test_select_cli_ranks_and_judges(tiny, tmp_path, capsys):
+    root, paths, headless = tiny
+    accs = [f"{p}={a}" for p, a in zip(paths, (70.0, 90.0, 80.0))]
+    rc = main(["--data", str(root / "data"), "--zoo", *paths, headless, "--arch", "small", "--width", "8",
+               "--image-size", "8", "--crop-pct", "1", "--per-class", "10", "--lgc-probes", "4",
+               "--accuracies", *accs, f"{headless}=60", "--out", str(tmp_path / "sel.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "ranking by lfc" in out and "src1/model.pt" in out and "spearman" in out
+    res = json.loads((tmp_path / "sel.json").read_text())
+    assert res["n_samples"] == 40 and res["last_conv"] == "layer3.0.conv2"
+    row = res["scores"][paths[0]]
+    assert set(row) == {"lfc", "lgc", "leep", "nce", "logme", "h_score"}
+    assert all(np.isfinite(v) for v in row.values())
+    assert res["scores"][headless]["leep"] is None and res["scores"][headless]["lfc"] is not None
+    assert set(res["rankings"]["lfc"]) == set(paths) | {headless} and len(res["rankings"]["leep"]) == 3
+    j = res["judgement"]["lfc"]
+    assert -1 <= j["spearman"] <= 1 and 1 <= j["trials_to_best"] <= 4
+    assert res["judgement"]["leep"]["spearman"] is None        # one model lacks a head: not comparable
+    assert res["environment"]["commit"] is None or len(res["environment"]["commit"]) == 40
+
+
+def test_select_bad_input(tiny, tmp_path, capsys):
+    root, paths, _ = tiny
+    base = ["--data", str(root / "data"), "--zoo", *paths, "--image-size", "8"]
+    for argv in (base + ["--arch", "resnet18"], base + ["--arch", "small", "--width", "8", "--scores", "magic"],
+                 ["--data", str(tmp_path / "none"), "--zoo", *paths, "--arch", "small", "--width", "8"],
+                 base + ["--arch", "small", "--width", "8", "--accuracies", "nobody.pt=3"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_lgc_gradients_are_per_sample_gradients_of_the_outputs():
+    torch.manual_seed(0)
+    net = resnet_small(3, width=4).eval()
+    x = torch.randn(5, 3, 8, 8)
+    g = lgc_gradients(net, x, probes=10, proj_dim=None)              # 3 classes <= 10 probes: exact Jacobian
+    w = net.layer3[0].conv2.weight
+    assert g.shape == (5, 3 * w.numel())
+    for i in (0, 4):
+        for c in range(3):
+            net.zero_grad()
+            net(x[i:i + 1])[0, c].backward()
+            assert np.allclose(g[i, c * w.numel():(c + 1) * w.numel()], w.grad.reshape(-1).numpy(), atol=1e-5)
+    sk = lgc_gradients(net, x, probes=10, proj_dim=64)               # sketched: the same kernel on average
+    assert sk.shape == (5, 64)
+
+
+def test_count_sketch_preserves_inner_products_in_expectation():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 5000, generator=g)
+    est = [float(CountSketch(5000, 256, seed=s).block(a, 0).prod(0).sum()) for s in range(200)]
+    exact = float((a[0] * a[1]).sum())
+    assert abs(np.mean(est) - exact) < 4 * np.std(est) / np.sqrt(len(est))
+
+
+def test_helpers():
+    assert last_conv_name(resnet18()) == "layer4.1.conv2" and last_conv_name(resnet50()) == "layer4.2.conv3"
+    split = Split([f"p{i}" for i in range(12)], [0] * 8 + [1] * 4, ["a", "b"])
+    s = sample_per_class(split, 5, seed=0)
+    assert s.labels == [0] * 5 + [1] * 4
+    assert parse_accuracies(["a.pt=1.5", "dir/b=2"], ["x/a.pt", "dir/b.pt"]) == {"x/a.pt": 1.5, "dir/b.pt": 2.0}
+    with pytest.raises(ValueError, match="no value"):
+        parse_accuracies(["a.pt=1"], ["a.pt", "b.pt"])

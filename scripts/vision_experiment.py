@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 import sys
 import time
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rlzoo_transfer.select import run_selection  # noqa: E402
+from rlzoo_transfer.selection import rank_models, spearman, trials_to_best  # noqa: E402
 from rlzoo_transfer.vision.classify import ClassifyConfig, environment, run_classification, write_json  # noqa: E402
 from rlzoo_transfer.vision.data import digits_images, write_image_folder  # noqa: E402
 
@@ -75,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--crop-scale", type=float, nargs=2, default=[0.7, 1.0])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--summarise", action="store_true",
+                   help="only rewrite OUT/summary.md from OUT/results.json (no training)")
     return p.parse_args(argv)
 
 
@@ -160,6 +164,26 @@ def summarise(results: dict, args) -> str:
             cells.append(f"{np.mean(vals):.4f}")
         acc = np.mean([results["runs"][str(sd)][f"single:{s}"]["top1"] for sd in seeds])
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {acc:.2f} |")
+    mean_acc = {s: float(np.mean([results["runs"][str(sd)][f"single:{s}"]["top1"] for sd in seeds])) for s in SOURCES}
+    lines += ["", "Seed-mean scores against seed-mean single accuracies (less noisy than one seed):", "",
+              "| score | Spearman | trials to best | ranking |", "| --- | --- | --- | --- |"]
+    for sc in scores:
+        ms = {s: float(np.mean([results["selection"][str(sd)]["scores"][s][sc] for sd in seeds])) for s in SOURCES}
+        lines.append(f"| {sc} | {spearman(ms, mean_acc):+.3f} | {trials_to_best(ms, mean_acc)} | "
+                     f"{' > '.join(rank_models(ms))} |")
+    lines.append(f"| (accuracy) | | | {' > '.join(rank_models(mean_acc))} |")
+    sd_single = np.mean([np.std([results["runs"][str(sd)][f"single:{s}"]["top1"] for sd in seeds]) for s in SOURCES])
+    lines += ["", f"Spread of the six mean single accuracies: {max(mean_acc.values()) - min(mean_acc.values()):.2f} "
+              f"points; mean seed-to-seed std of one source: {sd_single:.2f} points.", ""]
+    gated = [m for m in ("zoo", "zoo-lite") if "mean_gate" in results["runs"][str(seeds[0])][m]]
+    if gated:
+        lines += ["Mean gate per source (average over layers of the batch-mean gate at the last logged step; raw "
+                  "sigmoids, 0.5 at initialisation):", "", "| method | seed | " + " | ".join(ZOO) + " |",
+                  "| --- | --- |" + " --- |" * len(ZOO)]
+        for m in gated:
+            for sd in seeds:
+                g = results["runs"][str(sd)][m]["mean_gate"]
+                lines.append(f"| {m} | {sd} | " + " | ".join(f"{v:.3f}" for v in g) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -167,6 +191,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     out, work = Path(args.out), Path(args.work)
+    if args.summarise:
+        results = json.loads((out / "results.json").read_text())
+        (out / "summary.md").write_text(summarise(results, args))
+        print((out / "summary.md").read_text())
+        return 0
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     env = environment()

@@ -57,7 +57,8 @@ class DER(OffPolicyAlgorithm):
                  policy_kwargs: dict[str, Any] | None = None, tensorboard_log: str | None = None, verbose: int = 0,
                  seed: int | None = None, device: str | torch.device = "auto", _init_setup_model: bool = True):
         policy_kwargs = dict(policy_kwargs or {})
-        policy_kwargs.setdefault("optimizer_kwargs", {"eps": adam_eps})
+        # fused Adam: one kernel over all parameters instead of ~10 per tensor (bench: the update's largest saving)
+        policy_kwargs.setdefault("optimizer_kwargs", {"eps": adam_eps, "fused": True})
         super().__init__(policy, env, learning_rate, buffer_size=buffer_size, learning_starts=learning_starts,
                          batch_size=batch_size, tau=1.0, gamma=gamma, train_freq=train_freq,
                          gradient_steps=gradient_steps, replay_buffer_class=PrioritizedNStepReplay,
@@ -156,15 +157,16 @@ class DER(OffPolicyAlgorithm):
             losses.append(loss.item())
             ces.append(float(ce.mean()))
         self.last_losses = {"loss": float(np.mean(losses)), "cross_entropy": float(np.mean(ces)),
-                            **{k: float(v) for k, v in aux.items()}}
+                            **{k: float(v.detach()) for k, v in aux.items()}}
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/beta", self.beta)
         for k, v in self.last_losses.items():
             self.logger.record(f"train/{k}", v)
-        for k, v in self.policy.statistics().items():
-            self.logger.record(f"stats/{k}", v)
+        if self._n_updates % 100 < gradient_steps:  # statistics cost a device->host copy: log them sparsely
+            for k, v in self.policy.statistics().items():
+                self.logger.record(f"stats/{k}", v)
 
-    def learn(self, total_timesteps: int, callback=None, log_interval: int = 100, tb_log_name: str = "DER",
+    def learn(self, total_timesteps: int, callback=None, log_interval: int = 4, tb_log_name: str = "DER",
               reset_num_timesteps: bool = True, progress_bar: bool = False):
         return super().learn(total_timesteps=total_timesteps, callback=callback, log_interval=log_interval,
                              tb_log_name=tb_log_name, reset_num_timesteps=reset_num_timesteps,

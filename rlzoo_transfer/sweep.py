@@ -192,8 +192,9 @@ def last_eval_step(run_dir: Path) -> int | None:
 class LocalBackend:
     """Runs jobs as child processes of this one, with their output appended to ``train.log``."""
 
-    def __init__(self):
+    def __init__(self, threads: int = 1):
         self._procs: dict[int, tuple[subprocess.Popen, object]] = {}
+        self.threads = threads  # torch / OpenMP threads per run: runs x threads <= cores (oversubscription stalls)
 
     def submit(self, job: Job) -> int:
         """Start the job's process; returns its handle (the pid)."""
@@ -202,6 +203,7 @@ class LocalBackend:
         log.write(f"# rlzoo_transfer.sweep: {shlex.join(job.command())}\n")
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault("OMP_NUM_THREADS", str(self.threads))
         proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
         self._procs[proc.pid] = (proc, log)
@@ -467,8 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend = RayBackend(args.address, args.cpus_per_run, args.gpus_per_run)
             parallel = args.jobs or backend.slots()
         else:
-            backend = LocalBackend()
             parallel = args.jobs or max(1, (os.cpu_count() or 2) // 2)
+            backend = LocalBackend(threads=max(1, (os.cpu_count() or 1) // parallel))
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

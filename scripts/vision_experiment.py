@@ -139,6 +139,18 @@ def summarise(results: dict, args) -> str:
         params = results["runs"][str(seeds[0])][r]["params_inference"]
         lines.append(f"| {name} | {src} | {np.mean(vals):.2f} | {np.std(vals):.2f} | {min(vals):.2f} | "
                      f"{max(vals):.2f} | {np.mean(secs):.1f} | {params:,} |")
+    lines += ["", "Paired by seed, against the single fine-tunings of the same zoo {A, B, C} (top-1 points):", "",
+              "| method | minus mean of singles A, B, C | minus best single of the seed | seeds above the best single |",
+              "| --- | --- | --- | --- |"]
+    for m in ["scratch"] + ZOO_METHODS:
+        d_mean, d_best = [], []
+        for sd in seeds:
+            singles = [results["runs"][str(sd)][f"single:{z}"]["top1"] for z in ZOO]
+            v = results["runs"][str(sd)][m]["top1"]
+            d_mean.append(v - np.mean(singles))
+            d_best.append(v - max(singles))
+        lines.append(f"| {m} | {np.mean(d_mean):+.2f} +- {np.std(d_mean):.2f} | {np.mean(d_best):+.2f} +- "
+                     f"{np.std(d_best):.2f} | {sum(d > 0 for d in d_best)}/{len(seeds)} |")
     lines += ["", "Source networks (accuracy on their own held-out 15%):", "",
               "| source | classes | own test top-1 |", "| --- | --- | --- |"]
     for s in SOURCES:
@@ -177,8 +189,9 @@ def summarise(results: dict, args) -> str:
               f"points; mean seed-to-seed std of one source: {sd_single:.2f} points.", ""]
     gated = [m for m in ("zoo", "zoo-lite") if "mean_gate" in results["runs"][str(seeds[0])][m]]
     if gated:
-        lines += ["Mean gate per source (average over layers of the batch-mean gate at the last logged step; raw "
-                  "sigmoids, 0.5 at initialisation):", "", "| method | seed | " + " | ".join(ZOO) + " |",
+        lines += ["Mean gate per source after fine-tuning, averaged over the 9 AdaAgg layers (zoo: batch-mean gate "
+                  "on the last test batch; zoo-lite: the temporal-ensemble gate used at inference; raw sigmoids, "
+                  "about 0.5 at initialisation):", "", "| method | seed | " + " | ".join(ZOO) + " |",
                   "| --- | --- |" + " --- |" * len(ZOO)]
         for m in gated:
             for sd in seeds:

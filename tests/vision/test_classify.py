@@ -43,11 +43,12 @@ def sources(digits, tmp_path_factory):
 
 def test_digits_training_lowers_loss_and_beats_chance(digits, tmp_path):
     res = run_classification(ClassifyConfig(data=str(digits), method="scratch", iters=150, lr=0.05,
-                                            out=str(tmp_path / "run"), **SMALL))
+                                            out=str(tmp_path / "run"), **(SMALL | {"tensorboard": True})))
     assert res["final_loss"] < 0.5 * res["first_loss"]
     assert res["top1"] > 60.0, res["top1"]                                  # chance is 10%
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["top1"] == res["top1"]
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     env = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
     assert "commit" in env and env["versions"]["torch"]
 

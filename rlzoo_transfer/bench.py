@@ -15,8 +15,9 @@ What it measures (all on one ``--device``, batch 32, 18 actions: Alien's full ac
    real Alien transitions (sampling, n-step returns, priorities and logging included).  Every other method of
    ``rl.methods.METHODS`` is built with ``run.build_model`` and timed the same way (a method that fails to build
    is reported, not fatal).  ``scratch-*`` variants measure candidate speed-ups of our update without changing
-   ``der.py``: Adam with ``foreach`` / ``fused`` kernels, one online forward over ``cat(obs, next_obs)``, and
-   with ``--compile`` ``DER(compile=True)``.  ``scratch_breakdown_ms`` splits one update into its phases.
+   ``der.py``: the other Adam implementations (``scratch-adam-single|foreach|fused``, whichever DER does not
+   use), one online forward over ``cat(obs, next_obs)`` (``scratch-catfwd``), the update on one intra-op thread
+   (``scratch-1thread``), and with ``--compile`` ``DER(compile=True)``.  ``scratch_breakdown_ms`` splits one update into its phases.
 4. ``eval_act_ms``: greedy action on one observation in evaluation mode (noise off, no grad), for scratch,
    zoo-lite and zoo-lite after ``layers.export_module`` (a plain DER network again).
 5. ``adaagg``: forward+backward cost of AdaAgg layers (adaptive, align=True) relative to the plain layer, for
@@ -25,6 +26,9 @@ What it measures (all on one ``--device``, batch 32, 18 actions: Alien's full ac
 Timing: the variants of one comparison are run interleaved - repetition r runs each variant once, in an order
 rotated every repetition - so slow drifts of a noisy machine (other jobs, frequency changes) hit all of them alike.
 Reported times are medians over repetitions; ratios are medians of the per-repetition ratios (paired samples).
+Updates are timed in two groups, each with ``reference`` and ``scratch`` (``update_groups``): reference, scratch and
+the scratch variants; reference, scratch and the transfer methods - short repetitions pair better.  On a loaded
+machine (``machine.load_avg_1m`` above the core count) expect wide IQRs; ``--threads 1`` is steadier there.
 
 Targets (from the issues; printed PASS / MISS, never a failure of the command):
 ours (scratch) <= 0.8x reference; zoo <= 1.5x scratch; zoo-lite exported == scratch at evaluation (within 10%);
@@ -509,7 +513,14 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
     # --- our update's variants (measured without touching der.py) -------------------------------------------
     variants: dict[str, Any] = {}
     if not quick:
-        for name, kw in (("scratch-foreach-adam", {"foreach": True}), ("scratch-fused-adam", {"fused": True})):
+        defaults = scratch.policy.optimizer.defaults
+        current = "fused" if defaults.get("fused") else ("foreach" if defaults.get("foreach") else "single")
+        result["settings"]["scratch_adam"] = current
+        for impl, kw in (("single", {"foreach": False, "fused": False}), ("foreach", {"foreach": True}),
+                         ("fused", {"fused": True})):
+            if impl == current:
+                continue
+            name = f"scratch-adam-{impl}"
             try:
                 m = _prepare(build_method_model("scratch", env, device, source), replay, obs1)
                 m.policy.optimizer = torch.optim.Adam(m.policy.q_net.parameters(), lr=m.learning_rate,
@@ -537,12 +548,11 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
     if "act" in sections:
         log("action selection ...")
         fns = {k: (lambda m=m: m._sample_action(0, None, 1)) for k, m in models.items()}
-        samples = interleaved(fns, repeats * 2, dev, warmup=3, number=5)
+        samples = interleaved(fns, repeats, dev, warmup=3, number=3)
         result["act_ms"] = {k: round(median(v), 3) for k, v in samples.items()}
 
     # --- updates ----------------------------------------------------------------------------------------------
     if "update" in sections:
-        log("updates ...")
         torch.manual_seed(0)
         ref = ReferenceDER(N_ACTIONS, dev)
         pool = [replay.sample(BATCH, beta=0.4) for _ in range(8)]
@@ -552,24 +562,48 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
             counter[0] += 1
             ref.update(pool[counter[0] % len(pool)])
 
-        fns = {"reference": ref_step}
-        for k, m in {**models, **variants}.items():
-            fns[k] = lambda m=m: m.train(gradient_steps=1, batch_size=BATCH)
-        good = {}
-        for k, fn in fns.items():   # a method whose update raises is reported and left out
-            try:
-                fn()
-                good[k] = fn
-            except Exception as e:  # noqa: BLE001
-                result["failed"][k] = f"update: {type(e).__name__}: {e}"
-                log(f"{k} update failed: {type(e).__name__}: {e}")
-        samples = interleaved(good, repeats, dev, warmup=2)
-        result["update_ms"] = {k: round(median(v), 3) for k, v in samples.items()}
-        result["update_iqr_ms"] = {k: quartiles(v) for k, v in samples.items()}
-        result["ratios"] = {
-            "vs_reference": {k: round(paired_ratio(v, samples["reference"]), 3) for k, v in samples.items()},
-            "vs_scratch": {k: round(paired_ratio(v, samples["scratch"]), 3) for k, v in samples.items()},
-        }
+        def train_fn(m):
+            return lambda: m.train(gradient_steps=1, batch_size=BATCH)
+
+        def usable(fns):   # a method whose update raises is reported and left out
+            good = {}
+            for k, fn in fns.items():
+                try:
+                    fn()
+                    good[k] = fn
+                except Exception as e:  # noqa: BLE001
+                    result["failed"][k] = f"update: {type(e).__name__}: {e}"
+                    log(f"{k} update failed: {type(e).__name__}: {e}")
+            return good
+
+        base = {"reference": ref_step, "scratch": train_fn(models["scratch"])}
+        extra = {k: train_fn(m) for k, m in variants.items()}
+        threads = torch.get_num_threads()
+        if threads > 1 and not quick:   # the same update on one intra-op thread, switched per call
+            def one_thread(fn=train_fn(models["scratch"])):
+                torch.set_num_threads(1)
+                try:
+                    fn()
+                finally:
+                    torch.set_num_threads(threads)
+            extra["scratch-1thread"] = one_thread
+        core = usable({**base, **extra})
+        others = usable({k: train_fn(m) for k, m in models.items() if k != "scratch"})
+        # two interleaved groups, each with reference and scratch: short repetitions pair better on a noisy machine
+        groups = [core, {**base, **others}] if others and not quick else [{**core, **others}]
+        result["update_groups"] = [list(g) for g in groups]
+        result["update_ms"], result["update_iqr_ms"] = {}, {}
+        result["ratios"] = {"vs_reference": {}, "vs_scratch": {}}
+        for gi, group in enumerate(groups):
+            log(f"updates, group {gi + 1}/{len(groups)}: {', '.join(group)}")
+            samples = interleaved(group, repeats, dev, warmup=2)
+            for k, v in samples.items():
+                if k in result["update_ms"]:   # reference / scratch: reported from the first group
+                    continue
+                result["update_ms"][k] = round(median(v), 3)
+                result["update_iqr_ms"][k] = quartiles(v)
+                result["ratios"]["vs_reference"][k] = round(paired_ratio(v, samples["reference"]), 3)
+                result["ratios"]["vs_scratch"][k] = round(paired_ratio(v, samples["scratch"]), 3)
         log("scratch breakdown ...")
         result["scratch_breakdown_ms"] = scratch_breakdown(models["scratch"], repeats, dev)
 
@@ -596,8 +630,8 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
                     p.q_values(o).argmax(1).cpu()
             return run
         log("evaluation forward ...")
-        s1 = interleaved({k: q_act(p, obs_t) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=5)
-        s8 = interleaved({k: q_act(p, obs8) for k, p in pols.items()}, repeats, dev, warmup=2, number=2)
+        s1 = interleaved({k: q_act(p, obs_t) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=3)
+        s8 = interleaved({k: q_act(p, obs8) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=3)
         result["eval_act_ms"] = {k: round(median(v), 3) for k, v in s1.items()}
         result["eval_forward8_ms"] = {k: round(median(v), 3) for k, v in s8.items()}
         result["eval_ratios_vs_scratch"] = {k: round(paired_ratio(v, s1["scratch"]), 3) for k, v in s1.items()}
@@ -733,6 +767,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="*", default=None,
                    help="transfer methods to time besides reference and scratch (default: all registered)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     p.add_argument("--compile", action="store_true", help="also time scratch-compiled: DER(compile=True)")
     p.add_argument("--source", default="Seaquest", help="source game for methods that need one (finetune)")
     p.add_argument("--sections", nargs="*", default=["env", "act", "update", "eval", "adaagg"],
@@ -748,6 +783,11 @@ def main(argv: list[str] | None = None) -> int:
     if repeats < 1:
         print("error: --repeats must be >= 1", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2

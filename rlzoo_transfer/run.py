@@ -124,7 +124,6 @@ def run_training(spec: RunSpec) -> Path:
         raise RunError(f"{run_dir} already holds a finished run (final.json); choose another --seed or --log-dir")
     if run_dir.exists() and (ckpt or (run_dir / "evaluations.csv").exists()) and not spec.resume:
         raise RunError(f"{run_dir} holds an unfinished run; continue it with --resume, or use another --log-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
 
@@ -145,7 +144,12 @@ def run_training(spec: RunSpec) -> Path:
         write_evaluations(run_dir / "evaluations.csv", rows)  # rows written after the checkpoint are redone
         print(f"resuming {run_dir} from step {step}", file=sys.stderr)
     else:
-        model = build_model(spec, config, env, tb_dir)
+        try:  # before the run folder exists: a bad zoo leaves nothing behind
+            model = build_model(spec, config, env, tb_dir)
+        except Exception:
+            env.close()
+            raise
+        run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yml", yaml.safe_dump({
             "game": game, "method": spec.method, "source": spec.source, "seed": spec.seed, "steps": spec.steps,
             "eval_freq": spec.eval_freq, "eval_episodes": spec.eval_episodes,

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
     from rlzoo_transfer.run import RunError, RunSpec, run_folder, run_training
+    from rlzoo_transfer.zoo import ZooError
 
     args = parser(prog).parse_args(argv)
     try:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
                        command=" ".join(shlex.quote(a) for a in [prog.split()[-1], *(argv or sys.argv[1:])]),
                        **spec_defaults)
         run_dir = run_training(spec)
-    except (ConfigError, UnknownGameError, UnknownMethodError, RunError, FileNotFoundError) as e:
+    except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -46,12 +46,12 @@ def read_manifest(zoo_dir: Path | str = DEFAULT_ZOO) -> dict[str, dict]:
     path = Path(zoo_dir) / "zoo.yml"
     if not path.exists():
         raise ZooError(f"no zoo manifest at {path}: train sources with `python -m rlzoo_transfer.pretrain "
-                       f"--game Seaquest` (and Riverraid), or pass --zoo DIR")
+                       f"--game Seaquest` (and Riverraid), or point to a zoo folder with -p zoo_dir=DIR")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ZooError(f"{path} is not valid YAML ({e}); restore it from git (`git checkout {path}`)") from None
-    sources = data.get("sources")
+    sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, dict) or not sources:
         raise ZooError(f"{path} lists no sources; pretrain some with `python -m rlzoo_transfer.pretrain`")
     return sources
@@ -63,6 +63,11 @@ def load_source(game: str, zoo_dir: Path | str = DEFAULT_ZOO) -> Source:
     if game not in sources:
         raise ZooError(f"source {game!r} is not in {Path(zoo_dir) / 'zoo.yml'} (it has {', '.join(sources)})")
     entry = sources[game]
+    lacking = [k for k in ("file", "sha256", "actions") if not isinstance(entry, dict) or k not in entry]
+    if lacking:
+        manifest = Path(zoo_dir) / "zoo.yml"
+        raise ZooError(f"source {game!r} in {manifest} has no {lacking[0]!r}; restore the manifest "
+                       f"(`git checkout {manifest}`) or re-run `python -m rlzoo_transfer.pretrain --game {game}`")
     path = Path(zoo_dir) / entry["file"]
     if not path.exists():
         raise ZooError(f"source checkpoint {path} is missing: `git checkout {path}` or re-run "
@@ -133,8 +138,10 @@ def load_zoo(games: list[str], template: torch.nn.Module, target_actions: list[s
     for game in games:
         src = load_source(game, zoo_dir)
         check_architecture(src, template)
-        sd = map_actions(src, target_actions, n_atoms)
-        if fresh_output:
+        if fresh_output:  # the source's output rows are not used, so its action set does not matter
+            sd = {k: v.clone() for k, v in src.state_dict.items() if not k.startswith(OUTPUT_LAYER + ".")}
             sd.update({k: v.clone() for k, v in template.state_dict().items() if k.startswith(OUTPUT_LAYER + ".")})
+        else:
+            sd = map_actions(src, target_actions, n_atoms)
         out.append(sd)
     return out

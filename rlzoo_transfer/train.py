@@ -30,6 +30,8 @@ def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentPar
                    help="override agents/*.yml values, e.g. -p learning_rate=2e-4 compile=true")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, auto)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's; use 1 per run when several runs share the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return p
 
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     try:
         import torch
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         method = get_method(args.method)
         if method.needs_source and not args.source:
             raise UnknownMethodError(f"--method {args.method} needs --source (e.g. --source Seaquest)")

@@ -80,14 +80,14 @@ def load_config(method_file: str | None = None, overrides: dict[str, Any] | None
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(DER kwargs, network kwargs, run kwargs); method keys (anything else) go with the network."""
+    """(DER kwargs, network kwargs, run kwargs + {"method": method settings}).
+
+    DER's own keys are those of ``agents/der.yml`` (less the network and run keys); every key a method's file adds
+    is a method setting, passed to its network builder.
+    """
+    base = read_yaml(AGENTS_DIR / "der.yml")
     net = {k: v for k, v in config.items() if k in NETWORK_KEYS}
     run = {k: v for k, v in config.items() if k in RUN_KEYS}
-    import inspect
-
-    from rlzoo_transfer.rl.der import DER
-
-    der_params = set(inspect.signature(DER.__init__).parameters)
-    algo = {k: v for k, v in config.items() if k in der_params and k not in net}
-    method = {k: v for k, v in config.items() if k not in net and k not in run and k not in algo}
+    algo = {k: v for k, v in config.items() if k in base and k not in net and k not in run}
+    method = {k: v for k, v in config.items() if k not in base}
     return algo, net, {**run, "method": method}

@@ -1,0 +1,42 @@
+"""publish: only the small files of runs reach eval/runs, and a stale final score is withdrawn."""
+import json
+
+from rlzoo_transfer.publish import main, publish
+
+
+def _run(root, method, finished):
+    d = root / "Alien" / method / "seed0"
+    (d / "checkpoint").mkdir(parents=True)
+    (d / "checkpoint" / "replay.npz").write_bytes(b"x" * 100)
+    (d / "model.zip").write_bytes(b"zip")
+    (d / "config.yml").write_text("game: Alien\n")
+    (d / "evaluations.csv").write_text("step,mean,std,n_episodes,returns\n0,1.0,0.0,1,1\n")
+    (d / "gates.csv").write_text("step,layer,source,gate\n0,conv1,Seaquest,0.5\n")
+    if finished:
+        (d / "final.json").write_text(json.dumps({"mean": 1.0}))
+    return d
+
+
+def test_copies_small_files_only(tmp_path):
+    src, dst = tmp_path / "runs", tmp_path / "eval"
+    _run(src, "scratch", True)
+    _run(src, "zoo", False)
+    out = publish(src, dst)
+    assert [p.relative_to(dst).as_posix() for p in out] == ["Alien/scratch/seed0", "Alien/zoo/seed0"]
+    assert sorted(f.name for f in (dst / "Alien/scratch/seed0").iterdir()) == \
+        ["config.yml", "evaluations.csv", "final.json", "gates.csv"]
+    assert not (dst / "Alien/zoo/seed0/final.json").exists()
+
+
+def test_stale_final_score_is_withdrawn(tmp_path):
+    src, dst = tmp_path / "runs", tmp_path / "eval"
+    run = _run(src, "scratch", True)
+    publish(src, dst)
+    (run / "final.json").unlink()  # the run was restarted
+    publish(src, dst)
+    assert not (dst / "Alien/scratch/seed0/final.json").exists()
+
+
+def test_missing_root_is_an_error(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "no run folder" in capsys.readouterr().err

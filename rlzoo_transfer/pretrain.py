@@ -9,7 +9,6 @@ action meanings, agent steps, final 100-episode score, sha256, command and commi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -19,16 +18,9 @@ from pathlib import Path
 import yaml
 
 from rlzoo_transfer.config import parse_overrides, read_yaml
+from rlzoo_transfer.zoo import sha256
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:

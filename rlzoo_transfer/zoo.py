@@ -34,7 +34,8 @@ class Source:
     entry: dict
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -72,7 +73,7 @@ def load_source(game: str, zoo_dir: Path | str = DEFAULT_ZOO) -> Source:
     if not path.exists():
         raise ZooError(f"source checkpoint {path} is missing: `git checkout {path}` or re-run "
                        f"`python -m rlzoo_transfer.pretrain --game {game}`")
-    digest = _sha256(path)
+    digest = sha256(path)
     if digest != entry["sha256"]:
         raise ZooError(f"source checkpoint {path} is corrupt or changed: sha256 {digest[:12]}... but zoo.yml "
                        f"records {entry['sha256'][:12]}...; restore it (`git checkout {path}`) or re-run pretrain")

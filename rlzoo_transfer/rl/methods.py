@@ -48,6 +48,16 @@ def _zoo_state_dicts(n_actions: int, n_atoms: int, hidden: int, sigma0: float, g
     return template, load_zoo(sources, template, actions, n_atoms, zoo_dir or DEFAULT_ZOO, fresh_output)
 
 
+def _source_networks(n_actions: int, n_atoms: int, hidden: int, sigma0: float, sds: list[dict]) -> list[DERNetwork]:
+    """One DERNetwork per source state_dict."""
+    nets = []
+    for sd in sds:
+        net = DERNetwork(n_actions, n_atoms, hidden, sigma0)
+        net.load_state_dict(sd)
+        nets.append(net)
+    return nets
+
+
 # --- finetune -----------------------------------------------------------------------------------------------------
 def build_finetune(observation_space, n_actions: int, n_atoms: int = 51, hidden: int = 256, sigma0: float = 0.1,
                    game: str = "", source: str = "", zoo_dir: str | None = None,
@@ -155,11 +165,7 @@ def build_hub(observation_space, n_actions: int, n_atoms: int = 51, hidden: int 
               exploit: bool = True, fresh_output: bool = False) -> HubNetwork:
     names = _sources(sources)
     _, sds = _zoo_state_dicts(n_actions, n_atoms, hidden, sigma0, game, names, zoo_dir, fresh_output)
-    models = []
-    for sd in sds:
-        net = DERNetwork(n_actions, n_atoms, hidden, sigma0)
-        net.load_state_dict(sd)
-        models.append(net)
+    models = _source_networks(n_actions, n_atoms, hidden, sigma0, sds)
     return HubNetwork(models, names, k, explore_weight, random_pathway, explore, exploit)
 
 
@@ -251,11 +257,7 @@ def build_kflow(observation_space, n_actions: int, n_atoms: int = 51, hidden: in
                 dependency_weight: float = 1.0, fresh_output: bool = False) -> KnowledgeFlowNetwork:
     names = _sources(sources)
     _, sds = _zoo_state_dicts(n_actions, n_atoms, hidden, sigma0, game, names, zoo_dir, fresh_output)
-    teachers = []
-    for sd in sds:
-        net = DERNetwork(n_actions, n_atoms, hidden, sigma0)
-        net.load_state_dict(sd)
-        teachers.append(net)
+    teachers = _source_networks(n_actions, n_atoms, hidden, sigma0, sds)
     return KnowledgeFlowNetwork(DERNetwork(n_actions, n_atoms, hidden, sigma0), teachers, names, dependency_weight)
 
 

@@ -113,8 +113,26 @@ def build_model(spec: RunSpec, config: dict[str, Any], env, tb_dir: str | None) 
                device=spec.device, **algo_kwargs)
 
 
-def run_training(spec: RunSpec) -> Path:
-    """Train, evaluate and write the run folder; resumes from its checkpoint with ``spec.resume``."""
+@dataclass
+class PreparedRun:
+    """A run ready to train: what ``run_training`` (one agent) and ``rl.lockstep`` (K agents) both need."""
+
+    spec: RunSpec
+    run_dir: Path
+    model: DER
+    env: Any
+    config: dict[str, Any]
+    callback: EvalCheckpointCallback
+    callbacks: list
+    reset_num_timesteps: bool
+
+    @property
+    def remaining(self) -> int:
+        return self.spec.steps - self.model.num_timesteps
+
+
+def prepare_run(spec: RunSpec) -> PreparedRun:
+    """Check the run folder, build (or resume) the model and its env, write ``config.yml``, make the callbacks."""
     game, _ = resolve_game(spec.game)
     spec.game = game
     config = load_config(get_method(spec.method).config_file, spec.hyperparams)
@@ -163,21 +181,35 @@ def run_training(spec: RunSpec) -> Path:
                                       checkpoint_freq=spec.checkpoint_freq, deadline=deadline,
                                       eval_envs=spec.eval_envs, eval_at_start=spec.eval_at_start)
     callbacks = [callback] if spec.progress_bar else [callback, ProgressLogCallback(spec.steps, stream=sys.stderr)]
-    remaining = spec.steps - model.num_timesteps
-    if remaining > 0:
-        model.learn(remaining, callback=callbacks, reset_num_timesteps=not spec.resume or ckpt is None,
-                    progress_bar=spec.progress_bar, tb_log_name="DER")
+    return PreparedRun(spec, run_dir, model, env, config, callback, callbacks,
+                       reset_num_timesteps=not spec.resume or ckpt is None)
+
+
+def finish_run(run: PreparedRun) -> Path:
+    """After training: checkpoint and raise RunIncomplete at a time limit, else save the model, evaluate
+    ``final_eval_episodes`` games and write ``final.json``."""
+    spec, model, run_dir = run.spec, run.model, run.run_dir
     if model.num_timesteps < spec.steps and not spec.finish_on_time_limit:
         save_checkpoint(model, run_dir)
+        run.env.close()
         raise RunIncomplete(f"time limit reached at step {model.num_timesteps}/{spec.steps}; "
                             f"continue with --resume (checkpoint in {run_dir})")
     model.save(run_dir / "model.tmp.zip")
     (run_dir / "model.tmp.zip").replace(run_dir / "model.zip")
-    returns = evaluate(model.policy, game, spec.final_eval_episodes, seed=spec.seed * 1_000_003 + 999_999_937,
-                       epsilon=config["eval_epsilon"], max_envs=spec.eval_envs)
-    final = {"game": game, "method": get_method(spec.method).folder(spec.source), "seed": spec.seed,
+    returns = evaluate(model.policy, spec.game, spec.final_eval_episodes, seed=spec.seed * 1_000_003 + 999_999_937,
+                       epsilon=run.config["eval_epsilon"], max_envs=spec.eval_envs)
+    final = {"game": spec.game, "method": get_method(spec.method).folder(spec.source), "seed": spec.seed,
              "steps": int(model.num_timesteps), "mean": float(np.mean(returns)), "std": float(np.std(returns)),
              "n_episodes": len(returns), "returns": returns}
     write_atomic(run_dir / "final.json", json.dumps(final, indent=1))
-    env.close()
+    run.env.close()
     return run_dir
+
+
+def run_training(spec: RunSpec) -> Path:
+    """Train, evaluate and write the run folder; resumes from its checkpoint with ``spec.resume``."""
+    run = prepare_run(spec)
+    if run.remaining > 0:
+        run.model.learn(run.remaining, callback=run.callbacks, reset_num_timesteps=run.reset_num_timesteps,
+                        progress_bar=spec.progress_bar, tb_log_name="DER")
+    return finish_run(run)

@@ -21,6 +21,12 @@ def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentPar
     p.add_argument("--method", default="scratch", help=f"one of: {', '.join(METHODS)} (default scratch)")
     p.add_argument("--source", default=None, help="source game of --method finetune (Seaquest or Riverraid)")
     p.add_argument("--seed", type=int, default=0)
+    add_run_options(p)
+    return p
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options every run has (train and lockstep share them)."""
     p.add_argument("--steps", type=int, default=100_000, help="agent steps (default 100000)")
     p.add_argument("--eval-freq", type=int, default=10_000, help="agent steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes per periodic evaluation")
@@ -33,7 +39,6 @@ def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentPar
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's; use 1 per run when several runs share the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    return p
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.train", **spec_defaults) -> int:

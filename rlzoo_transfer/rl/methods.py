@@ -272,6 +272,11 @@ class Method:
     fixed: dict[str, Any] = field(default_factory=dict)  # settings the method pins (e.g. zoo-lite: mode=lite)
     needs_source: bool = False
 
+    @property
+    def lockstep(self) -> bool:
+        """Whether agents of this method can train in a lock-step group (rl/lockstep.py): no auxiliary loss."""
+        return self.builder not in (build_hub, build_kflow)
+
     def folder(self, source: str | None) -> str:
         """Run-folder name: ``finetune-Seaquest`` for a method with a source, else the method name."""
         return f"{self.name}-{source}" if self.needs_source and source else self.name

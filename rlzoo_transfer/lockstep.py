@@ -1,0 +1,120 @@
+"""Train several runs in lock-step in one process: ``python -m rlzoo_transfer.lockstep``.
+
+    python -m rlzoo_transfer.lockstep --games Alien Jamesbond --methods scratch --seeds 0 1 2 3 [train options]
+
+trains every (game, method, seed) combination as one group (``rl/lockstep.py``): one stacked network update for
+all agents per step, each agent with its own env, replay and run folder - the same folders and files as
+``python -m rlzoo_transfer.train`` writes, so ``curves`` and ``--resume`` of a single run work unchanged.  The
+agents must share a network shape (the same method and number of actions; hub and kflow cannot) - a clear error
+otherwise.  Finished runs (``final.json``) are skipped; with ``--resume`` interrupted ones continue from their
+checkpoints.  ``sweep --lockstep K`` groups a sweep's runs into such groups of at most K.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from rlzoo_transfer.config import parse_overrides
+from rlzoo_transfer.train import add_run_options
+
+PROG = "python -m rlzoo_transfer.lockstep"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--games", nargs="+", required=True, help="Atari games (networks need equal action counts)")
+    p.add_argument("--methods", nargs="+", default=["scratch"],
+                   help="methods, NAME or NAME:SOURCE (finetune:Seaquest); all of one network shape")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    add_run_options(p)
+    return p
+
+
+def run_lockstep(specs, progress: bool = True) -> list:
+    """Prepare, train in lock-step and finish ``specs`` (``run.RunSpec``s); returns their run folders.
+
+    Every run is finished (final evaluation) or, at a time limit, checkpointed before any error is raised.
+    """
+    from rlzoo_transfer.rl.lockstep import Lockstep
+    from rlzoo_transfer.run import RunIncomplete, finish_run, prepare_run
+
+    runs = []
+    try:
+        for spec in specs:
+            runs.append(prepare_run(spec))
+        Lockstep(runs, progress=progress).learn()
+    except BaseException:
+        for r in runs:
+            r.env.close()
+        raise
+    done, incomplete = [], []
+    for r in runs:
+        try:
+            done.append(finish_run(r))
+        except RunIncomplete as e:
+            incomplete.append(str(e))
+    if incomplete:
+        raise RunIncomplete("; ".join(incomplete))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.envs import UnknownGameError, resolve_game
+    from rlzoo_transfer.rl.lockstep import LockstepError
+    from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
+    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, run_folder
+    from rlzoo_transfer.zoo import ZooError
+
+    args = parser().parse_args(argv)
+    command = " ".join(shlex.quote(a) for a in [PROG, *(argv if argv is not None else sys.argv[1:])])
+    try:
+        import torch
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        if args.steps <= 0 or args.eval_freq <= 0 or args.eval_episodes <= 0 or args.final_eval_episodes <= 0:
+            raise ConfigError("--steps, --eval-freq, --eval-episodes and --final-eval-episodes must be positive")
+        overrides = parse_overrides(args.hyperparams)
+        specs = []
+        for game in args.games:
+            game = resolve_game(game)[0]
+            for text in args.methods:
+                name, _, source = text.partition(":")
+                method = get_method(name)
+                if method.needs_source and not source:
+                    raise UnknownMethodError(f"method {name} needs a source: write {name}:Seaquest")
+                if not method.lockstep:
+                    raise LockstepError(f"method {name} has an auxiliary loss and cannot train in lock-step; "
+                                        f"use python -m rlzoo_transfer.train --method {name}")
+                for seed in args.seeds:
+                    spec = RunSpec(game=game, method=name, seed=seed, steps=args.steps, eval_freq=args.eval_freq,
+                                   eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
+                                   log_dir=args.log_dir, hyperparams=overrides, source=source or None,
+                                   device=args.device, resume=args.resume, progress_bar=False, command=command)
+                    if (run_folder(spec) / "final.json").exists():
+                        print(f"skip {run_folder(spec)}: final.json exists", file=sys.stderr)
+                        continue
+                    specs.append(spec)
+        if not specs:
+            print("nothing to train: every run is finished")
+            return 0
+        dirs = run_lockstep(specs, progress=not args.no_progress)
+    except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,
+            FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RunIncomplete as e:
+        print(f"stopped at the time limit: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with the same command and --resume", file=sys.stderr)
+        return 130
+    for d in dirs:
+        print(f"done: {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

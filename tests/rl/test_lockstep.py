@@ -1,0 +1,190 @@
+"""Lock-step training of K agents (rl/lockstep.py) against single runs, on real ALE games.
+
+With noise off and the same seeds, agent k of a K = 2 group must see the same batches and produce the same losses,
+update after update, as the single run of its seed; the run folders must have the single run's files.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from rlzoo_transfer.layers import set_noise
+from rlzoo_transfer.lockstep import main as lockstep_main
+from rlzoo_transfer.rl.lockstep import Lockstep, LockstepError, StackedNetworks
+from rlzoo_transfer.run import RunSpec, prepare_run
+
+TINY = {"learning_starts": 100, "buffer_size": 2000, "batch_size": 16, "n_steps": 5,
+        "target_update_interval": 50}
+STEPS = 260
+
+
+def _spec(tmp_path, seed: int, game: str = "Gopher", method: str = "scratch", **kw) -> RunSpec:
+    return RunSpec(game=game, method=method, seed=seed, steps=kw.pop("steps", STEPS), eval_freq=10_000,
+                   eval_episodes=1, final_eval_episodes=1, log_dir=str(tmp_path), hyperparams=dict(TINY),
+                   progress_bar=False, eval_at_start=False, **kw)
+
+
+def _noise_off(run) -> None:
+    set_noise(run.model.policy, False)
+
+
+def _single_losses(tmp_path, seed: int) -> tuple[list[dict], dict]:
+    run = prepare_run(_spec(tmp_path / "single", seed))
+    _noise_off(run)
+    losses = []
+    train = run.model.train
+
+    def record(gradient_steps, batch_size):
+        train(gradient_steps, batch_size)
+        losses.append(dict(run.model.last_losses))
+
+    run.model.train = record
+    run.model.learn(run.remaining, callback=[run.callback], progress_bar=False)
+    del run.model.train
+    run.env.close()
+    return losses, {k: v.detach().clone() for k, v in run.model.policy.q_net.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def two_single_runs(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("single")
+    return {seed: _single_losses(tmp, seed) for seed in (3, 4)}
+
+
+def test_lockstep_k2_equals_two_single_runs(tmp_path, two_single_runs):
+    runs = [prepare_run(_spec(tmp_path / "lock", seed)) for seed in (3, 4)]
+    for r in runs:
+        _noise_off(r)
+    group = Lockstep(runs, progress=False)
+    history: list[list[dict]] = []
+    train = group._train
+
+    def record():
+        before = runs[0].model._n_updates
+        train()
+        if runs[0].model._n_updates > before:
+            history.append([dict(d) for d in group.last_losses])
+
+    group._train = record
+    group.learn()
+    for r in runs:
+        r.env.close()
+    n_updates = STEPS - TINY["learning_starts"]
+    for k, seed in enumerate((3, 4)):
+        single, single_state = two_single_runs[seed]
+        assert len(single) == len(history) == n_updates
+        got = np.array([h[k]["loss"] for h in history])
+        want = np.array([d["loss"] for d in single])
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
+        ce_got = np.array([h[k]["cross_entropy"] for h in history])
+        np.testing.assert_allclose(ce_got, [d["cross_entropy"] for d in single], rtol=2e-4, atol=1e-5)
+        state = dict(runs[k].model.policy.q_net.named_parameters())   # (the noise buffers differ by design)
+        for name, value in single_state.items():
+            torch.testing.assert_close(state[name], value, rtol=1e-3, atol=1e-4, msg=name)
+    # the two agents really differ (different seeds), so equality above is not trivial
+    assert not np.allclose([h[0]["loss"] for h in history], [h[1]["loss"] for h in history])
+
+
+def test_stacked_networks_match_each_agent(tmp_path):
+    """vmapped forward == each network's own forward; noise redraw gives every agent its own sample."""
+    runs = [prepare_run(_spec(tmp_path, seed, steps=10)) for seed in (0, 1, 2)]
+    nets = [r.model.policy.q_net for r in runs]
+    stacked = StackedNetworks(nets, [r.model.policy.q_net_target for r in runs], runs[0].model.policy.support,
+                              lr=1e-4, adam_eps=1.5e-4, max_grad_norm=10.0)
+    obs = torch.randint(0, 256, (3, 5, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        got = stacked.log_probs(obs)
+        for k, net in enumerate(nets):
+            torch.testing.assert_close(got[k], net(obs[k].float() / 255), rtol=1e-5, atol=1e-5)
+    stacked.reset_noise()
+    eps = stacked.buffers["advantage_out.weight_epsilon"]
+    assert eps.shape[0] == 3 and not torch.equal(eps[0], eps[1])
+    # eps_w = f(e_out) f(e_in)^T: rank one per agent
+    assert torch.linalg.matrix_rank(eps[2]) == 1
+    for r in runs:
+        r.env.close()
+
+
+def test_incompatible_agents_are_refused(tmp_path):
+    runs = [prepare_run(_spec(tmp_path, 0, game="Gopher", steps=10)),   # 8 actions
+            prepare_run(_spec(tmp_path, 0, game="Alien", steps=10))]    # 18 actions
+    with pytest.raises(LockstepError, match="network"):
+        Lockstep(runs, progress=False)
+    for r in runs:
+        r.env.close()
+
+
+def test_cli_writes_single_run_files(tmp_path, capsys):
+    """Two seeds through the CLI: each folder has what train writes, with the same config keys."""
+    args = ["--games", "Gopher", "--methods", "scratch", "--seeds", "0", "1", "--steps", "200", "--eval-freq", "100",
+            "--eval-episodes", "1", "--final-eval-episodes", "1", "--log-dir", str(tmp_path), "--no-progress",
+            "--threads", "1", "-p", *(f"{k}={v}" for k, v in TINY.items())]
+    assert lockstep_main(args) == 0
+    for seed in (0, 1):
+        d = tmp_path / "Gopher" / "scratch" / f"seed{seed}"
+        assert {"config.yml", "evaluations.csv", "final.json", "model.zip", "checkpoint", "tb"} <= \
+            {p.name for p in d.iterdir()}
+        final = json.loads((d / "final.json").read_text())
+        assert final["steps"] == 200 and final["seed"] == seed and final["n_episodes"] == 1
+        lines = (d / "evaluations.csv").read_text().splitlines()
+        assert lines[0] == "step,mean,std,n_episodes,returns"
+        assert [int(x.split(",")[0]) for x in lines[1:]] == [0, 100, 200]
+        config = yaml.safe_load((d / "config.yml").read_text())
+        assert config["seed"] == seed and config["hyperparams"]["batch_size"] == 16
+    # run again: everything is finished, nothing trains
+    assert lockstep_main(args) == 0
+    assert "every run is finished" in capsys.readouterr().out
+
+
+def test_cli_refuses_hub(tmp_path, capsys):
+    rc = lockstep_main(["--games", "Gopher", "--methods", "hub", "--seeds", "0", "1", "--steps", "50",
+                        "--log-dir", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err
+
+
+def test_zoo_lite_lockstep_equals_single_run(tmp_path):
+    """AdaAgg layers (gate nets, alignment, the lite gate's in-place EMA buffer) under vmap, agent 0 vs its single run."""
+    tiny = {**TINY, "learning_starts": 40, "batch_size": 8, "target_update_interval": 20}
+
+    def spec(seed, sub):
+        return RunSpec(game="Gopher", method="zoo-lite", seed=seed, steps=80, eval_freq=10_000, eval_episodes=1,
+                       final_eval_episodes=1, log_dir=str(tmp_path / sub), hyperparams=dict(tiny),
+                       progress_bar=False, eval_at_start=False)
+
+    single = prepare_run(spec(0, "single"))
+    _noise_off(single)
+    want, train = [], single.model.train
+
+    def record(gradient_steps, batch_size):
+        train(gradient_steps, batch_size)
+        want.append(single.model.last_losses["loss"])
+
+    single.model.train = record
+    single.model.learn(single.remaining, callback=[single.callback], progress_bar=False)
+    single.env.close()
+    runs = [prepare_run(spec(seed, "lock")) for seed in (0, 1)]
+    for r in runs:
+        _noise_off(r)
+    group, got = Lockstep(runs, progress=False), []
+    step = group._train
+
+    def record_group():
+        n = runs[0].model._n_updates
+        step()
+        if runs[0].model._n_updates > n:
+            got.append(group.last_losses[0]["loss"])
+
+    group._train = record_group
+    group.learn()
+    for r in runs:
+        r.env.close()
+    assert len(got) == len(want) == 40
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
+    ema = [dict(r.model.policy.q_net.named_buffers())["net.conv1.gate_ema"] for r in runs]
+    torch.testing.assert_close(ema[0], dict(single.model.policy.q_net.named_buffers())["net.conv1.gate_ema"])

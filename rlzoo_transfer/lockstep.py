@@ -23,12 +23,32 @@ PROG = "python -m rlzoo_transfer.lockstep"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--games", nargs="+", required=True, help="Atari games (networks need equal action counts)")
+    p.add_argument("--games", nargs="+", default=[], help="Atari games (networks need equal action counts)")
     p.add_argument("--methods", nargs="+", default=["scratch"],
                    help="methods, NAME or NAME:SOURCE (finetune:Seaquest); all of one network shape")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--runs", nargs="+", default=[], metavar="GAME:METHOD[:SOURCE]:SEED",
+                   help="an explicit list of runs instead of the product of --games, --methods and --seeds "
+                        "(what sweep --lockstep passes), e.g. Alien:scratch:0 Alien:finetune:Seaquest:1")
     add_run_options(p)
     return p
+
+
+def parse_runs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(game, method text, seed) of every run: ``--runs`` items, else the product of games x methods x seeds."""
+    from rlzoo_transfer.config import ConfigError
+
+    if args.runs:
+        out = []
+        for item in args.runs:
+            parts = item.split(":")
+            if len(parts) not in (3, 4) or not parts[-1].lstrip("-").isdigit() or not all(parts):
+                raise ConfigError(f"bad --runs item {item!r}: expected GAME:METHOD:SEED or GAME:METHOD:SOURCE:SEED")
+            out.append((parts[0], ":".join(parts[1:-1]), int(parts[-1])))
+        return out
+    if not args.games:
+        raise ConfigError("give --games (with --methods and --seeds) or --runs")
+    return [(g, m, s) for g in args.games for m in args.methods for s in args.seeds]
 
 
 def run_lockstep(specs, progress: bool = True) -> list:
@@ -78,25 +98,23 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--steps, --eval-freq, --eval-episodes and --final-eval-episodes must be positive")
         overrides = parse_overrides(args.hyperparams)
         specs = []
-        for game in args.games:
+        for game, text, seed in parse_runs(args):
             game = resolve_game(game)[0]
-            for text in args.methods:
-                name, _, source = text.partition(":")
-                method = get_method(name)
-                if method.needs_source and not source:
-                    raise UnknownMethodError(f"method {name} needs a source: write {name}:Seaquest")
-                if not method.lockstep:
-                    raise LockstepError(f"method {name} has an auxiliary loss and cannot train in lock-step; "
-                                        f"use python -m rlzoo_transfer.train --method {name}")
-                for seed in args.seeds:
-                    spec = RunSpec(game=game, method=name, seed=seed, steps=args.steps, eval_freq=args.eval_freq,
-                                   eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
-                                   log_dir=args.log_dir, hyperparams=overrides, source=source or None,
-                                   device=args.device, resume=args.resume, progress_bar=False, command=command)
-                    if (run_folder(spec) / "final.json").exists():
-                        print(f"skip {run_folder(spec)}: final.json exists", file=sys.stderr)
-                        continue
-                    specs.append(spec)
+            name, _, source = text.partition(":")
+            method = get_method(name)
+            if method.needs_source and not source:
+                raise UnknownMethodError(f"method {name} needs a source: write {name}:Seaquest")
+            if not method.lockstep:
+                raise LockstepError(f"method {name} has an auxiliary loss and cannot train in lock-step; "
+                                    f"use python -m rlzoo_transfer.train --method {name}")
+            spec = RunSpec(game=game, method=name, seed=seed, steps=args.steps, eval_freq=args.eval_freq,
+                           eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
+                           log_dir=args.log_dir, hyperparams=dict(overrides), source=source or None,
+                           device=args.device, resume=args.resume, progress_bar=False, command=command)
+            if (run_folder(spec) / "final.json").exists():
+                print(f"skip {run_folder(spec)}: final.json exists", file=sys.stderr)
+                continue
+            specs.append(spec)
         if not specs:
             print("nothing to train: every run is finished")
             return 0

@@ -101,6 +101,13 @@ class Job:
     started: float | None = None
     ended: float | None = None
     last_step: int | None = field(default=None)
+    members: list["Job"] = field(default_factory=list)  # the lock-step group this job leads (itself included)
+    led: bool = False  # trains inside another job's lock-step group
+
+    @property
+    def group(self) -> list["Job"]:
+        """The runs this job's command trains: its lock-step group, or itself."""
+        return self.members or [self]
 
     @property
     def log_path(self) -> Path:
@@ -168,6 +175,40 @@ def plan(games: Sequence[str], methods: Sequence[str], seeds: Sequence[int], log
             job.status, job.note = SKIPPED, "final.json exists"
         jobs.append(job)
     return jobs
+
+
+def lockstep_groups(jobs: list[Job], size: int, log_dir: Path, steps: int | None, extra: Sequence[str]) -> None:
+    """Merge pending jobs into lock-step groups of at most ``size`` runs (in place).
+
+    Runs can share a group when their networks have one shape: the same method (and source) and games with the
+    same number of actions (Alien and Jamesbond: 18; Gopher: 8).  Hub and kflow runs stay single.  The first job
+    of a group leads it: its command is ``-m rlzoo_transfer.lockstep --runs ... --resume`` and its ``train.log``
+    holds the group's output.
+    """
+    from rlzoo_transfer.envs import action_meanings
+    from rlzoo_transfer.rl.methods import get_method
+
+    buckets: dict[tuple, list[Job]] = {}
+    n_actions: dict[str, int] = {}
+    for job in jobs:
+        if job.status != PENDING or not get_method(job.spec.method).lockstep:
+            continue
+        if job.spec.game not in n_actions:
+            n_actions[job.spec.game] = len(action_meanings(job.spec.game))
+        buckets.setdefault((job.spec.method, job.spec.source, n_actions[job.spec.game]), []).append(job)
+    for bucket in buckets.values():
+        for i in range(0, len(bucket), size):
+            chunk = bucket[i:i + size]
+            if len(chunk) == 1:
+                continue
+            lead = chunk[0]
+            runs = [":".join([j.spec.game, j.spec.method, *([j.spec.source] if j.spec.source else []),
+                              str(j.spec.seed)]) for j in chunk]
+            lead.args = ["-m", "rlzoo_transfer.lockstep", "--runs", *runs, "--log-dir", str(log_dir),
+                         *(["--steps", str(steps)] if steps is not None else []), "--resume", *extra]
+            lead.members = chunk
+            for j in chunk[1:]:
+                j.led, j.note = True, f"lock-step with {lead.spec.name}"
 
 
 def last_eval_step(run_dir: Path) -> int | None:
@@ -336,29 +377,33 @@ def execute(jobs: list[Job], backend, parallel: int, live=None, poll: float = 0.
 
     :param echo: optional ``callable(str)`` told of each start and end (plain logging without a live table)
     """
-    queue = [j for j in jobs if j.status == PENDING]
+    queue = [j for j in jobs if j.status == PENDING and not j.led]
     running: dict[int, Job] = {}
     try:
         while queue or running:
             while queue and len(running) < parallel:
                 job = queue.pop(0)
-                job.status, job.started = RUNNING, time.monotonic()
+                for member in job.group:
+                    member.status, member.started = RUNNING, time.monotonic()
                 running[backend.submit(job)] = job
                 if echo:
                     echo(f"start {job.spec.name}: {shlex.join(job.command())}")
             for handle, rc in backend.wait(list(running), timeout=poll):
                 job = running.pop(handle)
-                _finish(job, rc)
-                if echo:
-                    echo(f"{job.status} {job.spec.name} ({job.note or 'ok'}, {_elapsed(job)})")
+                for member in job.group:
+                    _finish(member, rc)
+                    if echo:
+                        echo(f"{member.status} {member.spec.name} ({member.note or 'ok'}, {_elapsed(member)})")
             for job in running.values():
-                job.last_step = last_eval_step(job.run_dir)
+                for member in job.group:
+                    member.last_step = last_eval_step(member.run_dir)
             if live is not None:
                 live.update(render_table(jobs))
     except KeyboardInterrupt:
         backend.cancel()
         for job in running.values():
-            job.status, job.note = FAILED, "interrupted"
+            for member in job.group:
+                member.status, member.note = FAILED, "interrupted"
         raise
 
 
@@ -377,6 +422,8 @@ def dry_run_text(jobs: Sequence[Job]) -> str:
     for job in jobs:
         if job.status == SKIPPED:
             lines.append(f"# skip {job.spec.name}: {job.note}")
+        elif job.led:
+            lines.append(f"# {job.spec.name}: {job.note}")
         else:
             lines.append(f"{shlex.join(job.command())} >> {shlex.quote(str(job.log_path))} 2>&1")
     return "\n".join(lines)
@@ -404,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address, e.g. auto or ray://host:10001 (ray backend)")
     p.add_argument("--cpus-per-run", type=float, default=1, help="CPUs reserved per Ray task (default: 1)")
     p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs reserved per Ray task (default: 0)")
+    p.add_argument("--lockstep", type=int, default=0, metavar="K",
+                   help="train up to K compatible runs (same method, same number of actions) in one process, "
+                        "in lock-step (python -m rlzoo_transfer.lockstep); hub and kflow runs stay single")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
     p.add_argument("--train-module", default="rlzoo_transfer.train", help=argparse.SUPPRESS)
@@ -431,6 +481,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--address needs --backend ray")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.lockstep < 0:
+        parser.error("--lockstep must be >= 0")
     for method in args.methods:
         try:
             parse_method(method)
@@ -462,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         jobs = plan(args.games, args.methods, args.seeds, args.log_dir, args.steps, args.extra, args.train_module)
+        if args.lockstep > 1:
+            lockstep_groups(jobs, args.lockstep, args.log_dir, args.steps, args.extra)
         if args.dry_run:
             print(dry_run_text(jobs))
             return 0

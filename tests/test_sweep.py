@@ -215,3 +215,39 @@ def test_real_two_run_sweep(tmp_path, capsys):
 
     assert curves.main([str(log), "--out", str(tmp_path / "eval"), "--reps", "100"]) == 0
     assert (tmp_path / "eval" / "curves_Alien.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------------ lock-step
+
+
+def test_lockstep_groups_compatible_runs(tmp_path, capsys):
+    """Same method and action count share a group (Alien and Jamesbond: 18 actions); hub and Gopher (8) do not."""
+    log = tmp_path / "runs"
+    code = sweep.main(["--games", "Alien", "Gopher", "Jamesbond", "--methods", "scratch", "hub", "--seeds", "0", "1",
+                       "--log-dir", str(log), "--lockstep", "3", "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    commands = [ln for ln in lines if not ln.startswith("#")]
+    groups = [ln.split("--runs ")[1].split(" --log-dir")[0].split() for ln in commands if "rlzoo_transfer.lockstep" in ln]
+    assert groups == [["Alien:scratch:0", "Alien:scratch:1", "Jamesbond:scratch:0"], ["Gopher:scratch:0", "Gopher:scratch:1"]]
+    assert sum("rlzoo_transfer.train" in ln and "--method hub" in ln for ln in commands) == 6
+    # the leftover Jamesbond seed is a single run, not a group of one
+    assert sum("--game Jamesbond --method scratch --seed 1" in ln for ln in commands) == 1
+    assert not log.exists()
+
+
+def test_real_lockstep_sweep(tmp_path, capsys):
+    """Two real tiny runs trained as one lock-step group by the sweep; both finish with their own folders."""
+    log = tmp_path / "runs"
+    code = sweep.main(["--games", "Gopher", "--methods", "scratch", "--seeds", "0", "1", "--log-dir", str(log),
+                       "--steps", "150", "--lockstep", "2", "--no-live", "--", "--eval-freq", "150",
+                       "--eval-episodes", "1", "--final-eval-episodes", "1", "--threads", "1",
+                       "-p", "learning_starts=100", "batch_size=8"])
+    out = capsys.readouterr().out
+    lead_log = log / "Gopher" / "scratch" / "seed0" / "train.log"
+    assert code == 0, out + (lead_log.read_text() if lead_log.exists() else "")
+    assert "2 done" in out
+    assert "rlzoo_transfer.lockstep --runs Gopher:scratch:0 Gopher:scratch:1" in lead_log.read_text()
+    for seed in (0, 1):
+        final = json.loads((log / "Gopher" / "scratch" / f"seed{seed}" / "final.json").read_text())
+        assert final["steps"] == 150 and final["seed"] == seed

@@ -21,7 +21,9 @@ What it measures (all on one ``--device``, batch 32, 18 actions: Alien's full ac
    update into its phases.
 4. ``eval_act_ms``: greedy action on one observation in evaluation mode (noise off, no grad), for scratch,
    zoo-lite and zoo-lite after ``layers.export_module`` (a plain DER network again).
-5. ``adaagg``: forward+backward cost of AdaAgg layers (adaptive, align=True) relative to the plain layer, for
+5. ``lockstep``: K scratch agents trained in lock-step (``rl/lockstep.py``, one stacked vmapped update, K = 1, 8,
+   32): update and action ms per agent, and the update's ratio to a single agent's ``DER.train`` (paired).
+6. ``adaagg``: forward+backward cost of AdaAgg layers (adaptive, align=True) relative to the plain layer, for
    m = 2 and 5 sources, on DER-sized and ResNet-50-sized conv / linear layers.
 
 Timing: the variants of one comparison are run interleaved - repetition r runs each variant once, in an order
@@ -66,6 +68,8 @@ TARGETS_DOC = (
     ("hub(k=1) <= 1.6x scratch", "Hub-Pathway with one active source per sample"),
 )
 
+
+SECTIONS = ("env", "act", "update", "eval", "lockstep", "adaagg")
 
 _T0 = time.perf_counter()
 
@@ -415,6 +419,40 @@ def bench_env(repeats: int, quick: bool, device: torch.device) -> dict[str, floa
     return out
 
 
+def bench_lockstep(scratch, replay, obs1: np.ndarray, env, device: str, repeats: int, ks: tuple[int, ...],
+                   source: str) -> dict[str, Any]:
+    """Lock-step (rl/lockstep.py) update and action ms per agent for each K, interleaved with the single update.
+
+    The K scratch agents share one replay (sampling cost is still paid K times); acting is greedy on one game each.
+    """
+    from types import SimpleNamespace
+
+    from rlzoo_transfer.rl.lockstep import Lockstep
+
+    dev = torch.device(device)
+    out: dict[str, Any] = {"k": list(ks), "update_ms_per_agent": {}, "act_ms_per_agent": {},
+                           "update_x_single": {}, "single_update_ms": None}
+    groups = {}
+    for k in ks:
+        models = [_prepare(build_method_model("scratch", env, device, source, seed=i), replay, obs1)
+                  for i in range(k)]
+        for m in models:
+            m.num_timesteps = m.learning_starts   # acting past warm-up: the network picks the actions
+        groups[k] = Lockstep([SimpleNamespace(model=m) for m in models], progress=False)
+    fns = {"single": lambda: scratch.train(gradient_steps=1, batch_size=BATCH)}
+    fns.update({f"K={k}": g._train for k, g in groups.items()})
+    samples = interleaved(fns, repeats, dev, warmup=2)
+    out["single_update_ms"] = round(median(samples["single"]), 3)
+    for k in ks:
+        per_agent = [v / k for v in samples[f"K={k}"]]
+        out["update_ms_per_agent"][str(k)] = round(median(per_agent), 3)
+        out["update_x_single"][str(k)] = round(paired_ratio(per_agent, samples["single"]), 3)
+    acts = interleaved({f"K={k}": g._actions for k, g in groups.items()}, repeats, dev, warmup=2)
+    for k in ks:
+        out["act_ms_per_agent"][str(k)] = round(median([v / k for v in acts[f"K={k}"]]), 3)
+    return out
+
+
 def bench_adaagg(repeats: int, quick: bool, device: torch.device) -> tuple[dict, dict]:
     """(ratios {layer: {m: adaagg/plain}}, ms {layer: {"plain": ms, "m2": ms, "m5": ms}})."""
     from rlzoo_transfer.layers import AdaAggConv2d, AdaAggLinear
@@ -452,7 +490,8 @@ def bench_adaagg(repeats: int, quick: bool, device: torch.device) -> tuple[dict,
 
 def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None = None, device: str = "cpu",
               compile: bool = False, source: str = "Seaquest", fill: int | None = None,
-              sections: tuple[str, ...] = ("env", "act", "update", "eval", "adaagg")) -> dict[str, Any]:
+              sections: tuple[str, ...] = ("env", "act", "update", "eval", "lockstep", "adaagg"),
+              lockstep_k: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Run the benchmark and return the result dict (see the module docstring)."""
     from rlzoo_transfer.envs import make_env
     from rlzoo_transfer.layers import export_module
@@ -637,6 +676,11 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
         result["eval_forward8_ms"] = {k: round(median(v), 3) for k, v in s8.items()}
         result["eval_ratios_vs_scratch"] = {k: round(paired_ratio(v, s1["scratch"]), 3) for k, v in s1.items()}
 
+    if "lockstep" in sections:
+        ks = lockstep_k or ((1, 2) if quick else (1, 8, 32))
+        log(f"lock-step updates, K = {', '.join(map(str, ks))} ...")
+        result["lockstep"] = bench_lockstep(models["scratch"], replay, obs1, env, device, repeats, tuple(ks), source)
+
     if "adaagg" in sections:
         log("AdaAgg layers ...")
         result["adaagg"], result["adaagg_ms"] = bench_adaagg(max(3, repeats // 2), quick, dev)
@@ -731,6 +775,12 @@ def render(result: dict[str, Any]) -> str:
                 for k, v in result["eval_act_ms"].items()]
         parts += ["", "## Evaluation (noise off, no grad)", "",
                   _table(["network", "act ms (1 obs)", "forward ms (8 obs)", "x scratch (1 obs)"], rows)]
+    if "lockstep" in result:
+        ls = result["lockstep"]
+        rows = [[k, ls["update_ms_per_agent"][str(k)], ls["update_x_single"][str(k)], ls["act_ms_per_agent"][str(k)]]
+                for k in ls["k"]]
+        parts += ["", f"## Lock-step: K scratch agents, one stacked update (single update: {ls['single_update_ms']} ms)",
+                  "", _table(["K", "update ms per agent", "x single update", "act ms per agent"], rows)]
     if "adaagg" in result:
         rows = [[k, result["adaagg_ms"][k]["plain"], v["2"], v["5"], result["adaagg_ms"][k]["paths"].get("m2"),
                  result["adaagg_ms"][k]["paths"].get("m5")] for k, v in result["adaagg"].items()]
@@ -777,8 +827,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     p.add_argument("--compile", action="store_true", help="also time scratch-compiled: DER(compile=True)")
     p.add_argument("--source", default="Seaquest", help="source game for methods that need one (finetune)")
-    p.add_argument("--sections", nargs="*", default=["env", "act", "update", "eval", "adaagg"],
-                   choices=["env", "act", "update", "eval", "adaagg"], help="what to measure (default all)")
+    p.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS),
+                   help="what to measure (default all)")
+    p.add_argument("--lockstep-k", nargs="+", type=int, default=None, metavar="K",
+                   help="group sizes of the lockstep section (default 1 8 32; quick 1 2)")
     p.add_argument("--out", default=None, help="also write the JSON here (atomically)")
     p.add_argument("--md", default=None, help="also write the tables (markdown) here (atomically)")
     return p
@@ -799,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     result = run_bench(repeats=repeats, quick=args.quick, methods=args.methods, device=args.device,
-                       compile=args.compile, source=args.source, sections=tuple(args.sections))
+                       compile=args.compile, source=args.source, sections=tuple(args.sections),
+                       lockstep_k=tuple(args.lockstep_k) if args.lockstep_k else None)
     result["command"] = " ".join(["python -m rlzoo_transfer.bench", *(sys.argv[1:] if argv is None else argv)])
     text = json.dumps(result, indent=1)
     if args.out:

@@ -127,10 +127,12 @@ class AtariVecEnv(VecEnv):
         return obs.copy()
 
     def step_async(self, actions: np.ndarray) -> None:
+        """Start the step in ale-py's threads and return (several envs then step concurrently)."""
         self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
+        self._env.send(self._actions)
 
     def step_wait(self) -> VecEnvStepReturn:
-        obs, rew, term, trunc, info = self._env.step(self._actions)
+        obs, rew, term, trunc, info = self._env.recv()
         rew = np.asarray(rew, dtype=np.float32)
         dones = np.logical_or(term, trunc)
         self._ep_return += rew

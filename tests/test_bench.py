@@ -144,7 +144,7 @@ def test_cli_quick_json(tmp_path):
     result = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == result
     for key in ("update_ms", "ratios", "env_steps_per_s", "act_ms", "adaagg", "machine", "device", "targets",
-                "eval_act_ms"):
+                "eval_act_ms", "lockstep"):
         assert key in result, key
     assert {"reference", "scratch", "zoo-lite"} <= set(result["update_ms"])
     assert all(v > 0 for v in result["update_ms"].values())
@@ -158,3 +158,8 @@ def test_cli_quick_json(tmp_path):
     assert {"cpu", "torch", "threads"} <= set(result["machine"])
     assert result["device"] == "cpu"
     assert {t["status"] for t in result["targets"]} <= {"PASS", "MISS", "N/A"}
+    ls = result["lockstep"]
+    assert ls["k"] == [1, 2] and ls["single_update_ms"] > 0
+    assert set(ls["update_ms_per_agent"]) == set(ls["act_ms_per_agent"]) == {"1", "2"}
+    assert all(v > 0 for v in ls["update_ms_per_agent"].values()) and all(v > 0 for v in ls["update_x_single"].values())
+    assert "## Lock-step" in bench.render(result)

@@ -477,11 +477,11 @@ def _fmt_ci(triple: tuple[float, float, float], digits: int = 3) -> str:
 
 
 def _fmt_final(vals: list[float] | None) -> str:
-    """``mean +- std (n=k)`` of a list of final means, ``-`` when empty."""
+    """``mean +- std (n=k)`` of a list of final means (no std for one seed), ``-`` when empty."""
     if not vals:
         return "-"
     mean, std, n = scores.mean_std(vals)
-    return f"{mean:.1f} ± {std:.1f} (n={n})"
+    return f"{mean:.1f} (n=1)" if n == 1 else f"{mean:.1f} ± {std:.1f} (n={n})"
 
 
 def _fmt_hns(vals: list[float] | None, game: str) -> str:

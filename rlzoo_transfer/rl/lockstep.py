@@ -111,6 +111,9 @@ class StackedNetworks:
         self.k = len(nets)
         self.base = copy.deepcopy(nets[0]).to("meta")
         self.base.train(True)
+        for m in self.base.modules():   # memory-format requests are not implemented inside vmap
+            if hasattr(m, "channels_last"):
+                m.channels_last = False
         self.params, self.buffers = stack_module_state(list(nets))
         tparams, self.target_buffers = stack_module_state(list(targets))
         self.target_params = {n: p.detach() for n, p in tparams.items()}

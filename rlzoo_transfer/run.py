@@ -147,7 +147,8 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
 
     env = make_env(game, spec.n_envs, seed=spec.seed)
     tb_dir = str(run_dir / "tb")
-    if spec.resume and ckpt is not None:
+    resumed = spec.resume and ckpt is not None
+    if resumed:
         try:
             model = load_checkpoint(DER, ckpt, env, spec.device)
         except Exception as e:  # a truncated or corrupt file: say what to do, not a traceback
@@ -180,9 +181,10 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
                                       config["eval_epsilon"], checkpoint=lambda m: save_checkpoint(m, run_dir),
                                       checkpoint_freq=spec.checkpoint_freq, deadline=deadline,
                                       eval_envs=spec.eval_envs, eval_at_start=spec.eval_at_start)
+    callback.pending_update = resumed and model.num_timesteps > model.learning_starts
     callbacks = [callback] if spec.progress_bar else [callback, ProgressLogCallback(spec.steps, stream=sys.stderr)]
     return PreparedRun(spec, run_dir, model, env, config, callback, callbacks,
-                       reset_num_timesteps=not spec.resume or ckpt is None)
+                       reset_num_timesteps=not resumed)
 
 
 def finish_run(run: PreparedRun) -> Path:

@@ -84,6 +84,9 @@ class EvalCheckpointCallback(BaseCallback):
         self.checkpoint_freq = eval_freq if checkpoint_freq is None else checkpoint_freq
         self.deadline, self.eval_envs, self.eval_at_start = deadline, eval_envs, eval_at_start
         self.csv = self.run_dir / "evaluations.csv"
+        # a checkpoint is written at the end of its step's rollout, before that step's update: a run resumed from
+        # it owes that one update, done first thing (``run.prepare_run`` sets this)
+        self.pending_update = False
 
     def evaluate_now(self) -> None:
         step = self.model.num_timesteps
@@ -106,6 +109,9 @@ class EvalCheckpointCallback(BaseCallback):
             append_stats(self.run_dir / "pathway.csv", ["step", "model", "weight"], paths)
 
     def _on_training_start(self) -> None:
+        if self.pending_update:
+            self.pending_update = False
+            self.model.train(gradient_steps=self.model.gradient_steps, batch_size=self.model.batch_size)
         if self.eval_at_start and self.model.num_timesteps == 0 and not read_evaluations(self.csv):
             self.evaluate_now()  # step 0: the jump-start a transferred network gives before any learning
             self.logger.dump(0)

@@ -252,6 +252,11 @@ class Lockstep:
         self.models = [r.model for r in self.runs]
         check_compatible(self.models)
         self.progress, self.log_every, self.log_interval = progress, log_every, log_interval
+        self.stack()
+        self.last_losses: list[dict[str, float]] = [{} for _ in self.models]
+
+    def stack(self) -> None:
+        """(Re)build the stacked networks and optimiser from the agents' own."""
         m0 = self.models[0]
         self.stacked = StackedNetworks([m.policy.q_net for m in self.models],
                                        [m.policy.q_net_target for m in self.models], m0.policy.support,
@@ -259,7 +264,6 @@ class Lockstep:
                                        max_grad_norm=m0.max_grad_norm, compile=m0.compile)
         self.stacked.load_optimizer_state([m.policy.optimizer for m in self.models],
                                           [m.policy.q_net for m in self.models])
-        self.last_losses: list[dict[str, float]] = [{} for _ in self.models]
 
     # ----------------------------------------------------------------------------------------- acting
     def _actions(self) -> list[np.ndarray]:
@@ -313,7 +317,8 @@ class Lockstep:
             setups.append((total, cb))
         for _, cb in setups:
             cb.on_training_start(locals(), globals())
-        # eval at start (step 0) ran on the models' own weights, before stacking: nothing to sync yet
+        # a resumed agent's owed update and the step-0 evaluation ran on the agents' own networks: stack them now
+        self.stack()
         m0, total = self.models[0], setups[0][0]
         bar, t0, s0, last_log = None, time.time(), m0.num_timesteps, time.time()
         if self.progress:

@@ -188,3 +188,41 @@ def test_zoo_lite_lockstep_equals_single_run(tmp_path):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
     ema = [dict(r.model.policy.q_net.named_buffers())["net.conv1.gate_ema"] for r in runs]
     torch.testing.assert_close(ema[0], dict(single.model.policy.q_net.named_buffers())["net.conv1.gate_ema"])
+
+
+def test_killed_group_resumes_exactly(tmp_path):
+    """Kill a K = 2 group after its first checkpoint; --resume finishes both agents with the uninterrupted
+    schedule (every evaluation once, steps - learning_starts updates each)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rlzoo_transfer.rl.der import DER
+
+    args = ["-m", "rlzoo_transfer.lockstep", "--games", "Gopher", "--seeds", "0", "1", "--steps", "300",
+            "--eval-freq", "150", "--eval-episodes", "1", "--final-eval-episodes", "1", "--log-dir", str(tmp_path),
+            "--no-progress", "--threads", "1", "-p", *(f"{k}={v}" for k, v in TINY.items())]
+    runs = [tmp_path / "Gopher" / "scratch" / f"seed{s}" for s in (0, 1)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 180
+        while not all((r / "checkpoint" / "model.zip").exists() for r in runs):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "no checkpoints within 3 minutes"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert not any((r / "final.json").exists() for r in runs)
+    done = subprocess.run([sys.executable, *args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("resuming") == 2
+    for r in runs:
+        steps = [int(line.split(",")[0]) for line in (r / "evaluations.csv").read_text().splitlines()[1:]]
+        assert steps == [0, 150, 300]
+        model = DER.load(r / "model.zip", device="cpu")
+        assert model.num_timesteps == 300 and model._n_updates == 300 - TINY["learning_starts"]

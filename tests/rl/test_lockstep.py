@@ -208,10 +208,10 @@ def test_killed_group_resumes_exactly(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 600   # generous: a loaded 2-core machine is slow
         while not all((r / "checkpoint" / "model.zip").exists() for r in runs):
             assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoints within 3 minutes"
+            assert time.time() < deadline, "no checkpoints within 10 minutes"
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -6,6 +6,7 @@ Values in overrides are parsed as YAML scalars (``-p learning_rate=2e-4 compile=
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -33,6 +34,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'} (values as YAML scalars)."""
     out: dict[str, Any] = {}
@@ -41,9 +45,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"bad hyperparameter override {item!r}: expected key=value")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
-            out[key.strip()] = value
+            parsed = value
+        if isinstance(parsed, str) and _NUMBER.fullmatch(parsed.strip()):
+            parsed = float(parsed)  # YAML 1.1 reads "1e-4" (no dot) as a string; users mean the number
+        out[key.strip()] = parsed
     return out
 
 

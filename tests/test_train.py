@@ -203,3 +203,13 @@ def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(finished, broken, tmp
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "checkpoint is unreadable" in lines[0] and "delete" in lines[0]
     assert not (run / "final.json").exists()
+
+
+def test_exponent_without_a_dot_is_a_number():
+    """YAML 1.1 reads 1e-4 as a string; -p learning_rate=1e-4 must still mean 0.0001 (and words stay words)."""
+    from rlzoo_transfer.config import load_config, parse_overrides
+
+    got = parse_overrides(["learning_rate=1e-4", "buffer_size=1e5", "mode=lite", "n_steps=3"])
+    assert got == {"learning_rate": 1e-4, "buffer_size": 1e5, "mode": "lite", "n_steps": 3}
+    config = load_config(None, {k: got[k] for k in ("learning_rate", "buffer_size")})
+    assert config["learning_rate"] == 1e-4 and config["buffer_size"] == 100_000

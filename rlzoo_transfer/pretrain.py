@@ -1,8 +1,9 @@
 """Source policies: ``python -m rlzoo_transfer.pretrain --game Seaquest`` (and Riverraid, any game).
 
 Trains exactly DER's network (so it transfers layer by layer) for far more than 100k agent steps with the
-settings of ``agents/pretrain.yml`` (DER's, with a Rainbow replay ratio, see that file), in ``n_envs`` parallel
-games, resumable (``--resume``).  At the end it writes ``pretrain/<Game>.pt`` (the online network's state_dict:
+settings of ``agents/pretrain.yml`` (DER's network and loss with Rainbow's schedule: batch 32, one update per 4
+agent steps, i.e. ``gradient_steps = n_envs // 4`` per vector step; see that file for why), in ``n_envs``
+parallel games, resumable (``--resume``).  At the end it writes ``pretrain/<Game>.pt`` (the online network's state_dict:
 tensors only, loadable with ``torch.load(weights_only=True)``) and updates ``pretrain/zoo.yml`` with the game, its
 action meanings, agent steps, final 100-episode score, sha256, command and commit.
 """
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         game, _ = resolve_game(args.game)
         pre = read_yaml(Path(__file__).resolve().parent.parent / "agents" / "pretrain.yml")
         hyper = {**pre, **parse_overrides(args.hyperparams)}
+        if "gradient_steps" not in hyper:   # Rainbow's 1 update per 4 agent steps (agents/pretrain.yml)
+            hyper["gradient_steps"] = max(1, args.n_envs // 4)
         load_config(None, hyper)  # validates the keys before any work
         spec = RunSpec(game=game, method="scratch", seed=args.seed, steps=args.steps, eval_freq=args.eval_freq,
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,

@@ -66,7 +66,8 @@ def test_zoo_manifest_records_the_source(pretrained):
     # pretrain.yml settings with the command-line overrides on top
     hp = entry["hyperparams"]
     assert hp["learning_starts"] == 200 and hp["batch_size"] == 32 and hp["buffer_size"] == 4000
-    assert hp["n_steps"] == 3 and hp["learning_rate"] == 2.5e-4
+    assert hp["n_steps"] == 3 and hp["learning_rate"] == 1e-4
+    assert hp["gradient_steps"] == 1   # Rainbow's 1 update per 4 agent steps: n_envs // 4 per vector step
     assert entry["n_envs"] == 4 and entry["device"] == "cpu"
     assert "--steps 600" in entry["command"] and entry["commit"]
     # the run's small files travel with the checkpoint

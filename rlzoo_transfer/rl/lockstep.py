@@ -169,7 +169,7 @@ class StackedNetworks:
         return -(target * picked).sum(-1)                                             # (B,)
 
     def _loss_impl(self, obs, actions, returns, discounts, next_obs, weights):
-        """Batched DER loss: inputs (K, B, ...) -> (sum_k l_k, per-sample cross-entropy (K, B))."""
+        """Batched DER loss: inputs (K, B, ...) -> (per-agent losses l_k (K,), per-sample cross-entropy (K, B))."""
         with torch.no_grad():
             x_next = next_obs.float().div(255.0)
             online_next = torch.vmap(self._net)({n: p.detach() for n, p in self.params.items()}, self.buffers,
@@ -181,15 +181,15 @@ class StackedNetworks:
             target = torch.vmap(categorical_target, in_dims=(0, 0, 0, None))(next_probs, returns, discounts,
                                                                             self.support)
         ce = torch.vmap(self._agent_ce)(self.params, self.buffers, obs.float().div(255.0), actions, target)
-        return (weights * ce).mean(1).sum(), ce.detach()
+        return (weights * ce).mean(1), ce.detach()
 
     def update(self, obs, actions, returns, discounts, next_obs, weights, lr: float) -> tuple[np.ndarray, torch.Tensor]:
         """One Adam step of every agent; returns (per-agent losses (K,), per-sample cross-entropy (K, B))."""
-        loss_sum, ce = self._loss(obs, actions, returns, discounts, next_obs, weights)
+        losses, ce = self._loss(obs, actions, returns, discounts, next_obs, weights)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum.backward()
+        losses.sum().backward()
         grads = [p.grad for p in self.params.values() if p.grad is not None]  # None: unused (noise off)
         with torch.no_grad():  # per-agent clip_grad_norm_
             norms = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()   # (K,)
@@ -197,7 +197,6 @@ class StackedNetworks:
             for g in grads:
                 g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
         self.optimizer.step()
-        losses = (weights * ce).mean(1)
         return losses.detach().cpu().numpy(), ce
 
     # ----------------------------------------------------------------------------------- to / from models
@@ -284,8 +283,7 @@ class Lockstep:
 
     # --------------------------------------------------------------------------------------- learning
     def _train(self) -> None:
-        for m in self.models:
-            m.policy.set_training_mode(True)
+        for m in self.models:   # (the agents' own networks are not used here: no training-mode switch)
             m._update_learning_rate(m.policy.optimizer)   # logs train/learning_rate like a single run
         if any(m.replay_buffer.tree.total <= 0 for m in self.models):
             return  # no n-step window complete yet (as DER.train)
@@ -330,7 +328,6 @@ class Lockstep:
         while running and m0.num_timesteps < total:
             actions = self._actions()
             for m, a in zip(self.models, actions):
-                m.policy.set_training_mode(False)
                 m.env.step_async(a)
             results = [m.env.step_wait() for m in self.models]
             due = False

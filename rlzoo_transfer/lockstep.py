@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.zoo import ZooError
 
     args = parser().parse_args(argv)
-    command = " ".join(shlex.quote(a) for a in [PROG, *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join([PROG, *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     try:
         import torch
 

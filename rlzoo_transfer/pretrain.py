@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    command = " ".join(shlex.quote(a) for a in ["python -m rlzoo_transfer.pretrain", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m rlzoo_transfer.pretrain", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     try:
         game, _ = resolve_game(args.game)
         pre = read_yaml(Path(__file__).resolve().parent.parent / "agents" / "pretrain.yml")

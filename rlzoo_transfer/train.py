@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
                        final_eval_episodes=args.final_eval_episodes, log_dir=args.log_dir,
                        hyperparams=parse_overrides(args.hyperparams), source=args.source, device=args.device,
                        resume=args.resume, progress_bar=not args.no_progress,
-                       command=" ".join(shlex.quote(a) for a in [prog.split()[-1], *(argv or sys.argv[1:])]),
+                       command=" ".join([prog, *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
                        **spec_defaults)
         run_dir = run_training(spec)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, FileNotFoundError) as e:

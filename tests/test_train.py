@@ -60,7 +60,7 @@ def test_run_folder_has_every_file(finished):
     assert config["hyperparams"]["n_steps"] == 20 and config["hyperparams"]["learning_rate"] == 1e-4  # der.yml
     assert {"python", "torch", "stable-baselines3", "ale-py", "numpy"} <= set(config["versions"])
     assert config["commit"] and config["commit"] != "unknown"
-    assert config["command"].startswith("rlzoo_transfer.train") and "--steps 400" in config["command"]
+    assert config["command"].startswith("python -m rlzoo_transfer.train --game") and "--steps 400" in config["command"]
     assert len(config["actions"]) == 18 and config["actions"][0] == "NOOP"
 
     with open(run / "evaluations.csv") as f:

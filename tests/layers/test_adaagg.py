@@ -260,6 +260,12 @@ def test_cost_model_on_der_shapes():
     assert conv2.choose_path(32, 9, shared=False) == "mix"      # grouped conv over 3x3 outputs: not worth it
     assert conv2.choose_path(32, 9, shared=True) == "weights"   # lite: aggregate once, one dense conv
     assert noisy.choose_path(32, 1, shared=False) == "mix"
+    conv1 = AdaAggConv2d([nn.Conv2d(4, 32, 5, 5) for _ in range(2)])
+    assert conv1.choose_path(32, 256, shared=False) == "weights"                     # NCHW input
+    assert conv1.choose_path(32, 256, shared=False, channels_last=True) == "mix"     # DERNetwork's input
+    x = torch.rand(32, 4, 84, 84).contiguous(memory_format=torch.channels_last)
+    conv1(x)
+    assert conv1.last_path == "mix"
     conv2.path = "weights"
     assert conv2.choose_path(32, 9, shared=False) == "weights"
 

@@ -469,6 +469,20 @@ def test_save_load_roundtrip(tmp_path):
     torch.testing.assert_close(a.returns, b.returns)
 
 
+def test_load_streams_in_small_chunks(tmp_path, monkeypatch):
+    """Arrays are read into the buffer in bounded chunks (a 1M buffer must not need a second copy in memory)."""
+    import rlzoo_transfer.rl.buffers as buffers
+
+    buf = make_buffer(capacity=60, n_envs=2, n_steps=3, gamma=0.9, seed=7)
+    random_script(Streams(buf), 80, np.random.default_rng(5))
+    buf.save(str(tmp_path / "r.npz"))
+    monkeypatch.setattr(buffers, "_READ_CHUNK", 7)  # not a divisor of any array's size
+    copy = make_buffer(capacity=60, n_envs=2, n_steps=3, gamma=0.9, seed=1)
+    copy.load(str(tmp_path / "r.npz"))
+    for k in buf._ARRAYS:
+        np.testing.assert_array_equal(getattr(copy, k), getattr(buf, k), err_msg=k)
+
+
 def test_load_rejects_a_buffer_of_another_size(tmp_path):
     buf = make_buffer(capacity=60)
     Streams(buf).step(1.0)

@@ -2,6 +2,13 @@
 CPU results reproducible)."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,3 +17,23 @@ import torch
 def _one_torch_thread():
     torch.set_num_threads(1)
     yield
+
+
+def kill_after_checkpoint(args: list[str], run_dirs: list[Path], timeout: float = 600, cwd: Path | None = None) -> None:
+    """Start ``python <args>`` (one torch thread) and SIGKILL it as soon as every run folder in ``run_dirs``
+    holds a complete checkpoint (``checkpoint/model.zip`` appears by a rename, so its presence means complete).
+    Fails with the process's stderr if it exits first, or after ``timeout`` seconds (generous: a loaded 2-core
+    machine is slow)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not all((r / "checkpoint" / "model.zip").exists() for r in run_dirs):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, f"no checkpoint within {timeout:.0f} s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()

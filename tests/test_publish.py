@@ -40,3 +40,21 @@ def test_stale_final_score_is_withdrawn(tmp_path):
 def test_missing_root_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "no run folder" in capsys.readouterr().err
+
+
+def test_published_files_are_not_git_ignored():
+    """What publish writes under eval/runs must reach git (a `runs/` ignore pattern once swallowed it), while the
+    scratch folder runs/ stays ignored."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["eval/runs/Alien/scratch/seed0/config.yml", "eval/runs/Gopher/zoo/seed3/gates.csv",
+             "runs/Alien/scratch/seed0/model.zip"]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=root, capture_output=True, text=True)
+    assert out.stdout.split() == ["runs/Alien/scratch/seed0/model.zip"]

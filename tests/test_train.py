@@ -6,10 +6,8 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 import yaml
 
 from rlzoo_transfer import train
+from tests.conftest import kill_after_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 # Alien: an untrained agent's evaluation game ends in ~0.5 s (Seaquest's idle agent may sit for 27k steps)
@@ -145,19 +144,7 @@ def test_kill_then_resume(tmp_path, capsys):
     log = tmp_path / "runs"
     args = ["--game", GAME, "--steps", "400", "--eval-freq", "200", "--log-dir", str(log), *TINY]
     run = log / GAME / "scratch" / "seed0"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlzoo_transfer.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 180
-        while not (run / "checkpoint" / "model.zip").exists():  # the checkpoint folder appears complete (rename)
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoint within 3 minutes"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
+    kill_after_checkpoint(["-m", "rlzoo_transfer.train", *args], [run], timeout=180, cwd=ROOT)
     assert not (run / "final.json").exists()
     assert not (run / "model.zip").exists()
     killed_at = steps_in(run / "evaluations.csv")

@@ -194,29 +194,18 @@ def test_killed_group_resumes_exactly(tmp_path):
     """Kill a K = 2 group after its first checkpoint; --resume finishes both agents with the uninterrupted
     schedule (every evaluation once, steps - learning_starts updates each)."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from rlzoo_transfer.rl.der import DER
+    from tests.conftest import kill_after_checkpoint
 
     args = ["-m", "rlzoo_transfer.lockstep", "--games", "Gopher", "--seeds", "0", "1", "--steps", "300",
             "--eval-freq", "150", "--eval-episodes", "1", "--final-eval-episodes", "1", "--log-dir", str(tmp_path),
             "--no-progress", "--threads", "1", "-p", *(f"{k}={v}" for k, v in TINY.items())]
     runs = [tmp_path / "Gopher" / "scratch" / f"seed{s}" for s in (0, 1)]
+    kill_after_checkpoint(args, runs)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 600   # generous: a loaded 2-core machine is slow
-        while not all((r / "checkpoint" / "model.zip").exists() for r in runs):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoints within 10 minutes"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
     assert not any((r / "final.json").exists() for r in runs)
     done = subprocess.run([sys.executable, *args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

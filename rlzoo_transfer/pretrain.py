@@ -48,9 +48,13 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
         "final_eval": {"mean": round(final["mean"], 2), "std": round(final["std"], 2),
                        "n_episodes": final["n_episodes"]},
         "hyperparams": config["hyperparams"], "n_envs": config["n_envs"], "device": config["device"],
-        "versions": config["versions"], "command": command, "commit": config["commit"],
+        "versions": config["versions"], "command": config.get("command") or command, "commit": config["commit"],
         "created": time.strftime("%Y-%m-%d"),
     }
+    if command != entry["command"]:   # finished by a later --resume: both commands, both commits
+        from rlzoo_transfer.run import git_commit
+
+        entry["resumed_with"] = {"command": command, "commit": git_commit()}
     manifest = zoo_dir / "zoo.yml"
     zoo = read_yaml(manifest) if manifest.exists() else {}
     zoo.setdefault("sources", {})[game] = entry

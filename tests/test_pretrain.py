@@ -76,6 +76,20 @@ def test_zoo_manifest_records_the_source(pretrained):
     assert (log / "Riverraid" / "scratch" / "seed0" / "model.zip").exists()
 
 
+def test_a_resumed_source_records_both_commands(pretrained, tmp_path):
+    """A source finished by ``--resume`` keeps the command that started it and adds the one that finished it."""
+    from rlzoo_transfer.pretrain import export_source
+
+    _, log, _ = pretrained
+    run = log / "Riverraid" / "scratch" / "seed0"
+    started = yaml.safe_load((run / "config.yml").read_text())["command"]
+    entry = export_source(run, tmp_path, "python -m rlzoo_transfer.pretrain --game Riverraid --resume")
+    assert entry["command"] == started and "--resume" not in started
+    assert entry["resumed_with"]["command"].endswith("--resume") and entry["resumed_with"]["commit"]
+    again = export_source(run, tmp_path, started)   # not resumed: no resumed_with
+    assert "resumed_with" not in again
+
+
 def test_bad_game_is_a_one_line_error(tmp_path):
     from rlzoo_transfer import pretrain
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -144,7 +145,7 @@ def test_cli_quick_json(tmp_path):
     result = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == result
     for key in ("update_ms", "ratios", "env_steps_per_s", "act_ms", "adaagg", "machine", "device", "targets",
-                "eval_act_ms", "lockstep"):
+                "eval_act_ms", "lockstep", "run"):
         assert key in result, key
     assert {"reference", "scratch", "zoo-lite"} <= set(result["update_ms"])
     assert all(v > 0 for v in result["update_ms"].values())
@@ -163,3 +164,12 @@ def test_cli_quick_json(tmp_path):
     assert set(ls["update_ms_per_agent"]) == set(ls["act_ms_per_agent"]) == {"1", "2"}
     assert all(v > 0 for v in ls["update_ms_per_agent"].values()) and all(v > 0 for v in ls["update_x_single"].values())
     assert "## Lock-step" in bench.render(result)
+    rn = result["run"]
+    threads = {"1", str(os.cpu_count() or 1)}
+    assert set(rn["steps_per_s"]) == set(rn["projected_100k_min"]) == threads
+    assert all(v > 0 for v in rn["steps_per_s"].values())
+    # the projection is the measured rates put together: warm-up + (100k - learning_starts) / rate
+    for t in threads:
+        assert rn["projected_100k_min"][t] >= (100_000 - rn["learning_starts"]) / rn["steps_per_s"][t] / 60 - 0.1
+    assert any(t["target"].startswith("100k scratch run") and t["status"] in ("PASS", "MISS") for t in result["targets"])
+    assert "## Training throughput" in bench.render(result)

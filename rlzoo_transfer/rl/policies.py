@@ -155,6 +155,25 @@ class DERPolicy(BasePolicy):
     def sync_target(self) -> None:
         self.q_net_target.load_state_dict(self.q_net.state_dict())
 
+    def export(self) -> "DERPolicy":
+        """A copy for evaluation / deployment whose lite and average AdaAgg layers are collapsed into plain layers
+        (``layers.export_module``, Zoo-Tuning eq. 5): ``zoo-lite`` and ``zoo-avg`` become a plain DER network
+        again, equal to their evaluation forward.  The new convolutions take the channels-last layout of the
+        DERNetwork they sit in (a plain NCHW conv on a channels-last input is oneDNN's slow path).  The copy's
+        optimiser is not rebuilt: it is for acting, not training."""
+        from rlzoo_transfer.layers.adaagg import export_module
+
+        out = copy.deepcopy(self)
+        for name in ("q_net", "q_net_target"):
+            net = export_module(getattr(out, name))
+            for mod in net.modules():
+                if getattr(mod, "channels_last", False):
+                    for conv in mod.modules():
+                        if isinstance(conv, nn.Conv2d):
+                            conv.to(memory_format=torch.channels_last)
+            setattr(out, name, net)
+        return out
+
     def auxiliary_loss(self, ctx: AuxContext) -> dict[str, torch.Tensor]:
         """Extra losses a transfer method adds to the DER loss (Hub-Pathway, Knowledge Flow); {} for DER."""
         fn = getattr(self.q_net, "auxiliary_loss", None)

@@ -249,6 +249,24 @@ def test_zoo_lite_export_equals_its_evaluation_forward(built, frames):
     torch.testing.assert_close(log_probs(exported, x, False), expected, rtol=0, atol=1e-5)
 
 
+def test_policy_export_is_a_plain_channels_last_der_network(built, frames):
+    """DERPolicy.export(): zoo-lite's policy as a plain DER network (same greedy Q-values at evaluation) whose
+    convolutions are channels-last like a scratch DERNetwork's (the fast path for its channels-last input)."""
+    policy = built("Alien", "zoo-lite").policy
+    policy.set_training_mode(False)
+    obs = (frames["Alien"][:6] * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        expected = policy.q_values(obs)
+    exported = policy.export()
+    exported.set_training_mode(False)
+    assert not adaagg_layers(exported.q_net) and not adaagg_layers(exported.q_net_target)
+    convs = [m for m in exported.q_net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.q_values(obs), expected, rtol=0, atol=1e-4)
+    assert adaagg_layers(policy.q_net)   # the original is untouched
+
+
 # --- Knowledge Flow ------------------------------------------------------------------------------------------------
 def test_kflow_teachers_are_the_frozen_sources(built):
     net = built("Gopher", "kflow").policy.q_net

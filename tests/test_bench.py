@@ -170,6 +170,7 @@ def test_cli_quick_json(tmp_path):
     assert all(v > 0 for v in rn["steps_per_s"].values())
     # the projection is the measured rates put together: warm-up + (100k - learning_starts) / rate
     for t in threads:
-        assert rn["projected_100k_min"][t] >= (100_000 - rn["learning_starts"]) / rn["steps_per_s"][t] / 60 - 0.1
+        floor = (100_000 - rn["learning_starts"]) / (rn["steps_per_s"][t] + 0.05) / 60   # rates are rounded to 0.1
+        assert rn["projected_100k_min"][t] >= floor - 0.05
     assert any(t["target"].startswith("100k scratch run") and t["status"] in ("PASS", "MISS") for t in result["targets"])
     assert "## Training throughput" in bench.render(result)

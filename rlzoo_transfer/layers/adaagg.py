@@ -83,6 +83,16 @@ GATE_NORMS = ("sum", "none")
 PATHS = ("auto", "mix", "weights")
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D channels-last tensor; False otherwise and under ``torch.vmap`` (which cannot query it)."""
+    if x.dim() != 4:
+        return False
+    try:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:
+        return False
+
+
 def _stack(tensors: Sequence[torch.Tensor]) -> nn.Parameter:
     return nn.Parameter(torch.stack([t.detach() for t in tensors]).clone())
 
@@ -221,8 +231,7 @@ class AdaAggBase(nn.Module):
                 self.last_gate.copy_(a if shared else a.mean(0))
         w, b = self._source_weights()
         batch, positions = x.shape[0], self._out_positions(x)
-        path = self.choose_path(batch, positions, shared,
-                                x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+        path = self.choose_path(batch, positions, shared, _is_channels_last(x))
         self.last_path = path
         b = self._align_bias(b)
         if path == "weights":

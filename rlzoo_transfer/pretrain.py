@@ -31,6 +31,9 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     from rlzoo_transfer.rl.callbacks import write_atomic
     from rlzoo_transfer.rl.der import DER
 
+    from rlzoo_transfer.run import git_commit
+
+    commit_now = git_commit()   # before this export changes the tree
     config = yaml.safe_load((run_dir / "config.yml").read_text())
     final = json.loads((run_dir / "final.json").read_text())
     model = DER.load(run_dir / "model.zip", device="cpu")
@@ -52,9 +55,7 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
         "created": time.strftime("%Y-%m-%d"),
     }
     if command != entry["command"]:   # finished by a later --resume: both commands, both commits
-        from rlzoo_transfer.run import git_commit
-
-        entry["resumed_with"] = {"command": command, "commit": git_commit()}
+        entry["resumed_with"] = {"command": command, "commit": commit_now}
     manifest = zoo_dir / "zoo.yml"
     zoo = read_yaml(manifest) if manifest.exists() else {}
     zoo.setdefault("sources", {})[game] = entry

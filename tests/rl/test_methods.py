@@ -208,7 +208,8 @@ def test_zoo_with_one_hot_gates_is_the_source_policy(i, built, frames):
     for layer in LAYERS:  # gate_norm "sum": a convex combination of the sources
         assert sum(zoo.statistics()[f"gate/{layer}/{s}"] for s in SOURCES) == pytest.approx(1.0, abs=1e-6)
     set_one_hot_gates(zoo, i)
-    torch.testing.assert_close(log_probs(zoo, x, False), expected, rtol=0, atol=1e-5)
+    # float32 rounding differs between the aggregated and the plain conv: log-probs reach ~-60, hence rtol
+    torch.testing.assert_close(log_probs(zoo, x, False), expected, rtol=1e-6, atol=1e-5)
     stats = zoo.statistics()
     assert set(stats) == {f"gate/{layer}/{s}" for layer in LAYERS for s in SOURCES}
     for layer in LAYERS:
@@ -220,7 +221,7 @@ def test_zoo_with_one_hot_gates_is_the_source_policy(i, built, frames):
             assert isinstance(target, NoisyLinear)
             target.weight_epsilon.copy_(layer.weight_epsilon)
             target.bias_epsilon.copy_(layer.bias_epsilon)
-    torch.testing.assert_close(log_probs(zoo, x, True), log_probs(finetune, x, True), rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_probs(zoo, x, True), log_probs(finetune, x, True), rtol=1e-6, atol=1e-5)
 
 
 def test_zoo_avg_is_the_source_weights_average(built, frames):

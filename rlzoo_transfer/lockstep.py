@@ -12,7 +12,6 @@ checkpoints.  ``sweep --lockstep K`` groups a sweep's runs into such groups of a
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 from rlzoo_transfer.config import parse_overrides
@@ -84,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.envs import UnknownGameError, resolve_game
     from rlzoo_transfer.rl.lockstep import LockstepError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
-    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, run_folder
+    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, run_folder
     from rlzoo_transfer.zoo import ZooError
 
     args = parser().parse_args(argv)
-    command = " ".join([PROG, *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
+    command = command_line(PROG, argv)
     try:
         import torch
 

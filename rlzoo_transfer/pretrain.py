@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
 
     from rlzoo_transfer.rl.callbacks import write_atomic
     from rlzoo_transfer.rl.der import DER
-
     from rlzoo_transfer.run import git_commit
 
     commit_now = git_commit()   # before this export changes the tree
@@ -71,7 +69,7 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.config import ConfigError, load_config
     from rlzoo_transfer.envs import UnknownGameError, resolve_game
-    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, run_training
+    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, run_training
 
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--game", required=True)
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    command = " ".join(["python -m rlzoo_transfer.pretrain", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
+    command = command_line("python -m rlzoo_transfer.pretrain", argv)
     try:
         game, _ = resolve_game(args.game)
         pre = read_yaml(Path(__file__).resolve().parent.parent / "agents" / "pretrain.yml")

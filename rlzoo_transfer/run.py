@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -65,6 +66,12 @@ class RunSpec:
     eval_envs: int = 8
     eval_at_start: bool = True
     command: str = ""
+
+
+def command_line(prog: str, argv: list[str] | None) -> str:
+    """The command a run records: ``prog`` (e.g. ``python -m rlzoo_transfer.train``) and its arguments, quoted so
+    the line can be pasted into a shell; ``argv`` None means this process's own arguments."""
+    return " ".join([prog, shlex.join(sys.argv[1:] if argv is None else argv)]).rstrip()
 
 
 def git_commit() -> str:

@@ -7,7 +7,6 @@ Bad input (unknown game / method / hyperparameter, missing zoo, existing results
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 from rlzoo_transfer.config import parse_overrides
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.config import ConfigError
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
-    from rlzoo_transfer.run import RunError, RunSpec, run_folder, run_training
+    from rlzoo_transfer.run import RunError, RunSpec, command_line, run_folder, run_training
     from rlzoo_transfer.zoo import ZooError
 
     args = parser(prog).parse_args(argv)
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
                        final_eval_episodes=args.final_eval_episodes, log_dir=args.log_dir,
                        hyperparams=parse_overrides(args.hyperparams), source=args.source, device=args.device,
                        resume=args.resume, progress_bar=not args.no_progress,
-                       command=" ".join([prog, *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
+                       command=command_line(prog, argv),
                        **spec_defaults)
         run_dir = run_training(spec)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, FileNotFoundError) as e:

@@ -280,11 +280,15 @@ class PrioritizedNStepReplay:
         with zipfile.ZipFile(path) as archive:
             for k in self._ARRAYS:
                 _read_into(archive, k, getattr(self, k), path)
-        with np.load(path, allow_pickle=False) as data:
-            self.tree.tree[...] = data["tree"]
-            self.pending = [[int(t) for t in row if t >= 0] for row in data["pending"]]
-            self.max_priority = float(data["max_priority"])
-            self.rng.bit_generator.state = ast.literal_eval(bytes(data["rng"]).decode())
+
+            def small(name: str) -> np.ndarray:
+                with archive.open(name + ".npy") as f:
+                    return np.lib.format.read_array(f, allow_pickle=False)
+
+            _read_into(archive, "tree", self.tree.tree, path)
+            self.pending = [[int(t) for t in row if t >= 0] for row in small("pending")]
+            self.max_priority = float(small("max_priority"))
+            self.rng.bit_generator.state = ast.literal_eval(bytes(small("rng")).decode())
 
 
 _READ_CHUNK = 64 << 20  # bytes per read when restoring a buffer

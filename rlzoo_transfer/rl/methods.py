@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rlzoo_transfer.envs import action_meanings
-from rlzoo_transfer.layers import HubPathway, gate_means, set_noise, zoo_convert
+from rlzoo_transfer.layers import AdaAggBase, HubPathway, export_module, gate_means, set_noise, zoo_convert
 from rlzoo_transfer.rl.policies import DERNetwork, build_der_network
 from rlzoo_transfer.zoo import DEFAULT_ZOO, load_zoo
 
@@ -78,6 +78,17 @@ class ZooNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def export(self) -> nn.Module:
+        """The network to act with (changes this one in place): lite / average AdaAgg layers collapsed
+        (``layers.export_module``, Zoo-Tuning eq. 5).  When none is left adaptive (``zoo-lite``, ``zoo-avg``) that
+        is the wrapped plain network itself, without this wrapper (whose only other job, logging gates, has
+        nothing left to log)."""
+        net = export_module(self.net)
+        if any(isinstance(mod, AdaAggBase) for mod in net.modules()):
+            self.net = net
+            return self
+        return net
 
     def statistics(self) -> dict[str, float]:
         """``gate/<layer>/<source>``: batch-mean gate of each AdaAgg layer's last forward (Zoo-Tuning Fig. 5)."""
@@ -241,6 +252,10 @@ class KnowledgeFlowNetwork(nn.Module):
         v = s.value_out(vh).view(-1, 1, s.n_atoms)
         a = s.advantage_out(ah).view(-1, s.n_actions, s.n_atoms)
         return torch.log_softmax(v + a - a.mean(1, keepdim=True), dim=-1)
+
+    def export(self) -> nn.Module:
+        """The network to act with: the student alone (its evaluation forward is this network's)."""
+        return self.student
 
     def auxiliary_loss(self, ctx) -> dict[str, torch.Tensor]:
         lam = self.dependency_weight * ctx.progress

@@ -156,16 +156,20 @@ class DERPolicy(BasePolicy):
         self.q_net_target.load_state_dict(self.q_net.state_dict())
 
     def export(self) -> "DERPolicy":
-        """A copy for evaluation / deployment whose lite and average AdaAgg layers are collapsed into plain layers
-        (``layers.export_module``, Zoo-Tuning eq. 5): ``zoo-lite`` and ``zoo-avg`` become a plain DER network
-        again, equal to their evaluation forward.  The new convolutions take the channels-last layout of the
-        DERNetwork they sit in (a plain NCHW conv on a channels-last input is oneDNN's slow path).  The copy's
-        optimiser is not rebuilt: it is for acting, not training."""
+        """A copy for evaluation / deployment holding only what acting needs, equal to the evaluation forward.
+
+        A network that defines ``export() -> nn.Module`` gives its own acting network (``zoo-lite`` / ``zoo-avg``:
+        their AdaAgg layers collapsed by ``layers.export_module``, Zoo-Tuning eq. 5, into a plain DERNetwork;
+        ``kflow``: the student); any other network has its lite / average AdaAgg layers collapsed in place.  The new
+        convolutions take the channels-last layout of the DERNetwork they sit in (a plain NCHW conv on a
+        channels-last input is oneDNN's slow path).  The copy's optimiser is not rebuilt: it is for acting, not
+        training."""
         from rlzoo_transfer.layers.adaagg import export_module
 
         out = copy.deepcopy(self)
         for name in ("q_net", "q_net_target"):
-            net = export_module(getattr(out, name))
+            net = getattr(out, name)
+            net = net.export() if callable(getattr(net, "export", None)) else export_module(net)
             for mod in net.modules():
                 if getattr(mod, "channels_last", False):
                     for conv in mod.modules():

@@ -260,7 +260,7 @@ def test_policy_export_is_a_plain_channels_last_der_network(built, frames):
         expected = policy.q_values(obs)
     exported = policy.export()
     exported.set_training_mode(False)
-    assert not adaagg_layers(exported.q_net) and not adaagg_layers(exported.q_net_target)
+    assert type(exported.q_net) is DERNetwork and type(exported.q_net_target) is DERNetwork   # no wrapper left
     convs = [m for m in exported.q_net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 2 and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     with torch.no_grad():
@@ -268,7 +268,30 @@ def test_policy_export_is_a_plain_channels_last_der_network(built, frames):
     assert adaagg_layers(policy.q_net)   # the original is untouched
 
 
+def test_policy_export_keeps_adaptive_zoo_layers(built, frames):
+    """An adaptive zoo has input-dependent gates: export() keeps its AdaAgg layers (and their gate logging)."""
+    policy = built("Alien", "zoo").policy
+    exported = policy.export()
+    assert type(exported.q_net) is type(policy.q_net) and adaagg_layers(exported.q_net)
+
+
 # --- Knowledge Flow ------------------------------------------------------------------------------------------------
+def test_kflow_policy_export_is_the_student(built, frames):
+    """Only the student acts at evaluation: export() leaves the teachers and transforms behind."""
+    policy = built("Gopher", "kflow").policy
+    policy.set_training_mode(False)
+    obs = (frames["Gopher"][:6] * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        expected = policy.q_values(obs)
+    exported = policy.export()
+    exported.set_training_mode(False)
+    assert type(exported.q_net) is DERNetwork
+    assert sum(p.numel() for p in exported.q_net.parameters()) == sum(
+        p.numel() for p in policy.q_net.student.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(exported.q_values(obs), expected, rtol=0, atol=0)
+
+
 def test_kflow_teachers_are_the_frozen_sources(built):
     net = built("Gopher", "kflow").policy.q_net
     assert net.source_names == list(SOURCES)

@@ -808,6 +808,8 @@ def render(result: dict[str, Any]) -> str:
     mach = result["machine"]
     parts = [f"# rlzoo_transfer bench ({result['device']})", "",
              *([f"`{result['command']}`", ""] if result.get("command") else []),
+             *([f"commit {result['commit']}; " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), ""]
+               if result.get("commit") else []),
              f"{mach['cpu']}, {mach['cpu_count']} CPUs, torch {mach['torch']}, {mach['threads']} threads"
              + (f", GPU {mach['gpu']}" if "gpu" in mach else "")
              + (f", load avg {mach['load_avg_1m']}" if "load_avg_1m" in mach else "")
@@ -919,7 +921,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run_bench(repeats=repeats, quick=args.quick, methods=args.methods, device=args.device,
                        compile=args.compile, source=args.source, sections=tuple(args.sections),
                        lockstep_k=tuple(args.lockstep_k) if args.lockstep_k else None)
+    from rlzoo_transfer.run import git_commit, versions
+
     result["command"] = " ".join(["python -m rlzoo_transfer.bench", *(sys.argv[1:] if argv is None else argv)])
+    result["commit"], result["versions"] = git_commit(), versions()
     text = json.dumps(result, indent=1)
     if args.out:
         write_atomic(args.out, text + "\n")

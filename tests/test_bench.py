@@ -157,6 +157,8 @@ def test_cli_quick_json(tmp_path):
     for layer, r in result["adaagg"].items():
         assert set(r) == {"2", "5"} and all(v > 0 for v in r.values()), layer
     assert {"cpu", "torch", "threads"} <= set(result["machine"])
+    assert result["commit"] and {"torch", "stable-baselines3", "ale-py"} <= set(result["versions"])
+    assert result["commit"] in bench.render(result)
     assert result["device"] == "cpu"
     assert {t["status"] for t in result["targets"]} <= {"PASS", "MISS", "N/A"}
     ls = result["lockstep"]

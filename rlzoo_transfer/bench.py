@@ -92,7 +92,10 @@ def _sync(device: torch.device) -> None:
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 2,
                 number: int = 1) -> dict[str, list[float]]:
-    """Milliseconds per call of each fn, ``repeats`` samples each, the fns interleaved (rotated order).
+    """Milliseconds per call of each fn, ``repeats`` samples each, the fns interleaved.
+
+    Round r runs the fns rotated by r, and every other cycle of rotations in reverse order: a fn that thrashes
+    the caches (a large model) then precedes each other fn about equally often, so none is measured cold more.
 
     :param fns: name -> zero-argument callable
     :param number: calls per sample (the sample is their mean)
@@ -105,7 +108,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.d
     samples: dict[str, list[float]] = {k: [] for k in names}
     for r in range(repeats):
         s = r % len(names)
-        for k in names[s:] + names[:s]:
+        order = names[s:] + names[:s]
+        for k in (order[::-1] if (r // len(names)) % 2 else order):
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(number):
@@ -722,8 +726,8 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
                     p.q_values(o).argmax(1).cpu()
             return run
         log("evaluation forward ...")
-        s1 = interleaved({k: q_act(p, obs_t) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=3)
-        s8 = interleaved({k: q_act(p, obs8) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=3)
+        s1 = interleaved({k: q_act(p, obs_t) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=20)
+        s8 = interleaved({k: q_act(p, obs8) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=20)
         result["eval_act_ms"] = {k: round(median(v), 3) for k, v in s1.items()}
         result["eval_forward8_ms"] = {k: round(median(v), 3) for k, v in s8.items()}
         result["eval_ratios_vs_scratch"] = {k: round(paired_ratio(v, s1["scratch"]), 3) for k, v in s1.items()}

@@ -137,6 +137,16 @@ def test_interleaved_and_paired_ratio():
     assert bench.paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0]) == 2.0
 
 
+def test_interleaved_balances_what_runs_before_each_fn():
+    """A cache-thrashing fn ("big") must not precede one of the others much more often than the other."""
+    calls = []
+    bench.interleaved({k: (lambda k=k: calls.append(k)) for k in ("small", "big", "exported")}, 12,
+                      torch.device("cpu"), warmup=1)
+    pairs = list(zip(calls[2:], calls[3:]))           # from the warm-up's last call on
+    after_big = {k: sum(1 for a, b in pairs if a == "big" and b == k) for k in ("small", "exported")}
+    assert abs(after_big["small"] - after_big["exported"]) <= 2, after_big
+
+
 def test_cli_quick_json(tmp_path):
     out = tmp_path / "b.json"
     proc = subprocess.run([sys.executable, "-m", "rlzoo_transfer.bench", "--quick", "--json", "--repeats", "2",

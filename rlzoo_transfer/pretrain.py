@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall-clock budget: at the limit, finish (final evaluation, export) at the step reached")
     p.add_argument("--log-dir", default="runs/pretrain")
     p.add_argument("--zoo-dir", default=str(ZOO_DIR))
-    p.add_argument("-p", "--hyperparams", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("-p", "--hyperparams", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from rlzoo_transfer.config import load_config, split_config
+from rlzoo_transfer.config import ConfigError, load_config, split_config
 from rlzoo_transfer.envs import action_meanings, make_env, resolve_game
 from rlzoo_transfer.rl.callbacks import EvalCheckpointCallback, ProgressLogCallback, read_evaluations, write_atomic, write_evaluations
 from rlzoo_transfer.rl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -31,6 +31,7 @@ from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.rl.methods import get_method
 from rlzoo_transfer.rl.policies import DERPolicy
+from rlzoo_transfer.zoo import ZooError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,8 +117,15 @@ def build_model(spec: RunSpec, config: dict[str, Any], env, tb_dir: str | None) 
                                                                if k not in ("n_atoms", "v_min", "v_max")},
                                                             **builder_kwargs},
                      "n_atoms": net_kwargs["n_atoms"], "v_min": net_kwargs["v_min"], "v_max": net_kwargs["v_max"]}
-    return DER(DERPolicy, env, policy_kwargs=policy_kwargs, tensorboard_log=tb_dir, seed=spec.seed,
-               device=spec.device, **algo_kwargs)
+    try:
+        return DER(DERPolicy, env, policy_kwargs=policy_kwargs, tensorboard_log=tb_dir, seed=spec.seed,
+                   device=spec.device, **algo_kwargs)
+    except ZooError:
+        raise
+    except (ValueError, TypeError) as e:   # a value the network or DER rejects, e.g. -p generator=foo
+        files = "agents/der.yml" + (f" + agents/{method.config_file}.yml" if method.config_file else "")
+        raise ConfigError(f"--method {spec.method} cannot be built with these settings: {e} "
+                          f"(check the -p overrides and {files})") from e
 
 
 @dataclass

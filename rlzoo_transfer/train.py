@@ -31,7 +31,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes per periodic evaluation")
     p.add_argument("--final-eval-episodes", type=int, default=100, help="episodes of the final evaluation")
     p.add_argument("--log-dir", default="runs", help="runs go to LOG_DIR/<Game>/<method>/seed<k>/")
-    p.add_argument("-p", "--hyperparams", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("-p", "--hyperparams", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="override agents/*.yml values, e.g. -p learning_rate=2e-4 compile=true")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, auto)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")

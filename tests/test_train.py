@@ -116,6 +116,11 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--game", GAME, "--steps", "0"], "must be positive"),
     (["--game", GAME, "--steps", "-100"], "must be positive"),
     (["--game", GAME, "--eval-freq", "0"], "must be positive"),
+    (["--game", GAME, "--method", "hub", "-p", "generator=foo"], "unknown pathway generator 'foo'"),
+    (["--game", GAME, "--method", "zoo", "-p", "mode=fast"], "mode must be one of"),
+    # several -p flags add up (the second does not replace the first): k=0 must still be seen
+    (["--game", GAME, "--method", "hub", "-p", "k=0", "-p", "explore_weight=0.2", "--steps", "50"],
+     "k must be in [1, m=2], got 0"),
 ])
 def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
     rc, err = run_main([*extra, "--log-dir", str(tmp_path), "--no-progress"], capsys)

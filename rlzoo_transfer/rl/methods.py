@@ -129,10 +129,31 @@ class ProbabilityOutput(nn.Module):
         return self.net(x).exp()
 
 
+GENERATORS = ("torso", "pooled")
+
+
+def pathway_generator(kind: str, m: int, in_channels: int = 4) -> nn.Module:
+    """The pathway generator G: (B, 4, 84, 84) frames -> (B, 2m) logits ``[G_p | G_n]`` (Hub-Pathway eq. 3).
+
+    The paper's RL generator is unspecified (its vision one is a 9-layer ResNet, ~1/5 of a ResNet-50 model).
+    ``"torso"`` (default): a fresh DER torso, conv(4->32, 5x5/5) ReLU conv(32->64, 5x5/5) ReLU, + Linear(576, 2m):
+    as costly as a policy's own torso (~1.3M multiply-adds per frame stack), so with k = 1 every forward runs two
+    torsos.  ``"pooled"``: AvgPool(4) to 21x21, conv(4->16, 3x3/2) ReLU (10x10), Linear(1600, 2m): ~60k
+    multiply-adds, ~1/20 of the torso - a cheaper router that sees a coarser frame.
+    """
+    if kind == "torso":
+        return nn.Sequential(nn.Conv2d(in_channels, 32, 5, stride=5), nn.ReLU(), nn.Conv2d(32, 64, 5, stride=5),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(DERNetwork.feature_dim, 2 * m))
+    if kind == "pooled":
+        return nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(in_channels, 16, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(16 * 10 * 10, 2 * m))
+    raise ValueError(f"unknown pathway generator {kind!r}: choose one of {', '.join(GENERATORS)}")
+
+
 class HubNetwork(nn.Module):
     """Hub-Pathway DER: routed, aggregated ensemble of the source policies (Hub-Pathway eq. 1-5).
 
-    Pathway generator: a fresh DER torso (conv 4->32, conv 32->64) + Linear(576, 2m) -> [G_p | G_n] (eq. 3).
+    Pathway generator (eq. 3, ``[G_p | G_n]`` logits (B, 2m)), see :func:`pathway_generator`.
     Aggregation: the top-k weights are renormalised so the output is a proper mixture of the activated models'
     atom distributions, p(z | s, a) = sum_i G_bar_i(s) p_i(z | s, a); DER's C51 cross-entropy on it is L_task.
     ``auxiliary_loss``: explore_weight * L_explore (eq. 4, trains G) + L_exploit (eq. 5: each activated model's
@@ -140,11 +161,11 @@ class HubNetwork(nn.Module):
     """
 
     def __init__(self, models: list[DERNetwork], source_names: list[str], k: int = 2, explore_weight: float = 0.1,
-                 random_pathway: bool = False, explore: bool = True, exploit: bool = True):
+                 random_pathway: bool = False, explore: bool = True, exploit: bool = True,
+                 generator: str = "torso"):
         super().__init__()
         m = len(models)
-        generator = nn.Sequential(nn.Conv2d(4, 32, 5, stride=5), nn.ReLU(), nn.Conv2d(32, 64, 5, stride=5),
-                                  nn.ReLU(), nn.Flatten(), nn.Linear(DERNetwork.feature_dim, 2 * m))
+        generator = pathway_generator(generator, m)
         self.hub = HubPathway([ProbabilityOutput(net) for net in models], generator=generator, k=min(k, m),
                               renormalize=True, random_pathway=random_pathway, explore=explore, exploit=exploit)
         self.source_names, self.explore_weight = list(source_names), explore_weight
@@ -173,11 +194,11 @@ class HubNetwork(nn.Module):
 def build_hub(observation_space, n_actions: int, n_atoms: int = 51, hidden: int = 256, sigma0: float = 0.1,
               game: str = "", sources: str | list[str] = "Seaquest,Riverraid", zoo_dir: str | None = None,
               k: int = 2, explore_weight: float = 0.1, random_pathway: bool = False, explore: bool = True,
-              exploit: bool = True, fresh_output: bool = False) -> HubNetwork:
+              exploit: bool = True, fresh_output: bool = False, generator: str = "torso") -> HubNetwork:
     names = _sources(sources)
     _, sds = _zoo_state_dicts(n_actions, n_atoms, hidden, sigma0, game, names, zoo_dir, fresh_output)
     models = _source_networks(n_actions, n_atoms, hidden, sigma0, sds)
-    return HubNetwork(models, names, k, explore_weight, random_pathway, explore, exploit)
+    return HubNetwork(models, names, k, explore_weight, random_pathway, explore, exploit, generator)
 
 
 # --- Knowledge Flow -----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from rlzoo_transfer.layers import (AdaAggBase, AdaAggConv2d, AdaAggLinear, AdaAg
                                    adaagg_layers, export_module)
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.methods import (FLOW_POINTS, METHODS, HubNetwork, KnowledgeFlowNetwork, ZooNetwork,
-                                       get_method)
+                                       get_method, pathway_generator)
 from rlzoo_transfer.rl.policies import DERNetwork
 from rlzoo_transfer.run import RunSpec, build_model
 from rlzoo_transfer.zoo import load_source
@@ -350,6 +350,25 @@ def test_hub_output_is_the_mixture_of_the_source_policies(built, frames):
     # the random-pathway ablation activates both models with weight 1/m: the even mixture
     random = log_probs(built("Gopher", "hub-random").policy.q_net, x, False)
     torch.testing.assert_close(random.exp(), (sources[0] + sources[1]) / 2, rtol=0, atol=1e-6)
+
+
+def test_hub_pooled_generator_is_cheaper_and_trains(envs, frames):
+    """``-p generator=pooled``: a ~20x cheaper pathway generator; same mixture output, and it learns."""
+    torso = pathway_generator("torso", 2)
+    pooled = pathway_generator("pooled", 2)
+    x = frames["Gopher"]
+    assert pooled(x).shape == torso(x).shape == (len(x), 4)
+    model = build("Gopher", "hub", envs["Gopher"], generator="pooled")
+    hub = model.policy.q_net.hub
+    assert isinstance(hub.generator[0], torch.nn.AvgPool2d)
+    assert_normalised(log_probs(model.policy.q_net, x, True), 8, len(x))
+    before = {k: v.clone() for k, v in hub.generator.state_dict().items()}
+    model.set_logger(RecordingLogger())
+    model.learn(LEARNING_STARTS + 20)
+    assert {"explore_loss", "exploit_loss"} <= set(model.last_losses)
+    assert any(not torch.equal(before[k], v) for k, v in hub.generator.state_dict().items())
+    with pytest.raises(ValueError, match="unknown pathway generator"):
+        pathway_generator("resnet", 2)
 
 
 # --- training ------------------------------------------------------------------------------------------------------

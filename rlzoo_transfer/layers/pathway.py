@@ -16,7 +16,7 @@ Design choices:
 * **Top-k.** As eq. 1: the kept weights are NOT renormalised (``renormalize=True`` divides them by their sum).
   Ties are broken deterministically towards the lowest model index (stable descending sort).
 * **Routing is real sparse compute**: the (sample, model) pairs are grouped by model with one stable sort and
-  one host sync (the per-model counts); each model is called once on ``x.index_select(0, rows_i)`` (or on x
+  one host sync (the per-model counts); each model is called once on ``x[rows_i]`` (or on x
   itself when all rows go to it) and never on the rows not routed to it.
 * **Aggregator.** For model outputs of shape (n, *S) the output is ``y = aggregator(sum_i G_bar_i * Theta_i(x))``
   of shape (B, *S): the weighted outputs are summed (a concatenation followed by a linear map initialised to
@@ -154,7 +154,7 @@ class HubPathway(nn.Module):
             if n == 0:
                 out = None
             else:
-                out = self.models[i](x if n == batch else x.index_select(0, r))
+                out = self.models[i](x if n == batch else x[r])   # x[r] keeps x's memory format; index_select does not
                 w = w_all[start:start + n].reshape(n, *([1] * (out.dim() - 1))).to(out.dtype)
                 parts.append(w * out)
             rows.append(r)

@@ -19,8 +19,8 @@ from rlzoo_transfer.envs import PAPER_GAMES, action_meanings, make_env
 from rlzoo_transfer.layers import (AdaAggBase, AdaAggConv2d, AdaAggLinear, AdaAggNoisyLinear, NoisyLinear,
                                    adaagg_layers, export_module)
 from rlzoo_transfer.rl.der import DER
-from rlzoo_transfer.rl.methods import (FLOW_POINTS, METHODS, HubNetwork, KnowledgeFlowNetwork, ZooNetwork,
-                                       get_method, pathway_generator)
+from rlzoo_transfer.rl.methods import (FLOW_POINTS, METHODS, BlockMean, HubNetwork, KnowledgeFlowNetwork,
+                                       ZooNetwork, get_method, pathway_generator)
 from rlzoo_transfer.rl.policies import DERNetwork
 from rlzoo_transfer.run import RunSpec, build_model
 from rlzoo_transfer.zoo import load_source
@@ -360,7 +360,10 @@ def test_hub_pooled_generator_is_cheaper_and_trains(envs, frames):
     assert pooled(x).shape == torso(x).shape == (len(x), 4)
     model = build("Gopher", "hub", envs["Gopher"], generator="pooled")
     hub = model.policy.q_net.hub
-    assert isinstance(hub.generator[0], torch.nn.AvgPool2d)
+    assert isinstance(hub.generator[0], BlockMean)
+    for layout in (torch.contiguous_format, torch.channels_last):   # BlockMean is average pooling
+        torch.testing.assert_close(hub.generator[0](x.contiguous(memory_format=layout)),
+                                   torch.nn.functional.avg_pool2d(x, 4), rtol=0, atol=1e-6)
     assert_normalised(log_probs(model.policy.q_net, x, True), 8, len(x))
     before = {k: v.clone() for k, v in hub.generator.state_dict().items()}
     model.set_logger(RecordingLogger())

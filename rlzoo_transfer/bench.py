@@ -708,6 +708,11 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
                 result["update_iqr_ms"][k] = quartiles(v)
                 result["ratios"]["vs_reference"][k] = round(paired_ratio(v, samples["reference"]), 3)
                 result["ratios"]["vs_scratch"][k] = round(paired_ratio(v, samples["scratch"]), 3)
+        for k, m in models.items():   # sparse routing: a hub's cost depends on how its last batch split
+            hub = getattr(m.policy.q_net, "hub", None)
+            if hub is not None and hub.last_load is not None:
+                result["notes"][k] = ("share of the last update batch routed to each source: "
+                                      + ", ".join(f"{v:.2f}" for v in hub.last_load.tolist()))
         log("scratch breakdown ...")
         result["scratch_breakdown_ms"] = scratch_breakdown(models["scratch"], repeats, dev)
 

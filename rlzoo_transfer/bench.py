@@ -750,7 +750,7 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
 
     if "run" in sections:
         log("training throughput (DER.learn, 1 thread and all cores) ...")
-        result["run"] = bench_run(device, max(3, repeats // 3), quick)
+        result["run"] = bench_run(device, max(3, repeats // 2), quick)
 
     if "adaagg" in sections:
         log("AdaAgg layers ...")

@@ -31,7 +31,8 @@ What it measures (all on one ``--device``, batch 32, 18 actions: Alien's full ac
    m = 2 and 5 sources, on DER-sized and ResNet-50-sized conv / linear layers.
 
 Timing: the variants of one comparison are run interleaved - repetition r runs each variant once, in an order
-rotated every repetition and reversed every other cycle of rotations - so slow drifts of a noisy machine (other jobs, frequency changes) hit all of them alike.
+rotated every repetition and reversed every other cycle of rotations - so slow drifts of a noisy machine (other
+jobs, frequency changes) hit all of them alike.
 Reported times are medians over repetitions; ratios are medians of the per-repetition ratios (paired samples).
 Updates are timed in two groups, each with ``reference`` and ``scratch`` (``update_groups``): reference, scratch and
 the scratch variants; reference, scratch and the transfer methods - short repetitions pair better.  On a loaded
@@ -659,7 +660,9 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
     if "update" in sections:
         torch.manual_seed(0)
         ref = ReferenceDER(N_ACTIONS, dev)
-        pool = [replay.sample(BATCH, beta=0.4) for _ in range(8)]
+        # ready-made NCHW batches, as a plain replay of stacked frames hands them over (ours come channels-last)
+        pool = [b._replace(observations=b.observations.contiguous(), next_observations=b.next_observations.contiguous())
+                for b in (replay.sample(BATCH, beta=0.4) for _ in range(8))]
         counter = [0]
 
         def ref_step():
@@ -706,8 +709,9 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
                     continue
                 result["update_ms"][k] = round(median(v), 3)
                 result["update_iqr_ms"][k] = quartiles(v)
-                result["ratios"]["vs_reference"][k] = round(paired_ratio(v, samples["reference"]), 3)
-                result["ratios"]["vs_scratch"][k] = round(paired_ratio(v, samples["scratch"]), 3)
+                for base_key, ratios in (("reference", "vs_reference"), ("scratch", "vs_scratch")):
+                    if base_key in samples:   # absent when its own update failed (reported under "failed")
+                        result["ratios"][ratios][k] = round(paired_ratio(v, samples[base_key]), 3)
         for k, m in models.items():   # sparse routing: a hub's cost depends on how its last batch split
             hub = getattr(m.policy.q_net, "hub", None)
             if hub is not None and hub.last_load is not None:
@@ -839,7 +843,7 @@ def render(result: dict[str, Any]) -> str:
     if "update_ms" in result:
         r = result["ratios"]
         rows = [[k, v, f"{result['update_iqr_ms'][k][0]}-{result['update_iqr_ms'][k][1]}",
-                 r["vs_reference"][k], r["vs_scratch"][k], result.get("act_ms", {}).get(k, "")]
+                 r["vs_reference"].get(k, "-"), r["vs_scratch"].get(k, "-"), result.get("act_ms", {}).get(k, "")]
                 for k, v in result["update_ms"].items()]
         parts += ["", f"## Update (batch {BATCH}, {N_ACTIONS} actions) and action selection", "",
                   _table(["variant", "update ms", "IQR ms", "x reference", "x scratch", "act ms"], rows), "",

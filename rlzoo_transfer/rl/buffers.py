@@ -84,11 +84,11 @@ class SumTree:
 class ReplaySample(NamedTuple):
     """A prioritised n-step batch (B samples); tensors on the learner's device."""
 
-    observations: torch.Tensor  # (B, 4, 84, 84) uint8
+    observations: torch.Tensor  # (B, 4, 84, 84) uint8, channels-last memory layout
     actions: torch.Tensor  # (B,) int64
     returns: torch.Tensor  # (B,) float32, n-step discounted clipped reward sum
     discounts: torch.Tensor  # (B,) float32, gamma^L (0 after a terminal)
-    next_observations: torch.Tensor  # (B, 4, 84, 84) uint8, bootstrap observation
+    next_observations: torch.Tensor  # (B, 4, 84, 84) uint8 channels-last, bootstrap observation
     weights: torch.Tensor  # (B,) float32 importance weights
     indices: np.ndarray  # (B,) tree leaves, for update_priorities
 
@@ -215,10 +215,18 @@ class PrioritizedNStepReplay:
         """Transitions that can be sampled."""
         return int(np.count_nonzero(self.tree.tree[self.tree.cap:self.tree.cap + self.tree.size]))
 
-    def _stack(self, env: np.ndarray, fid: np.ndarray) -> np.ndarray:
+    def _stack(self, env: np.ndarray, fid: np.ndarray) -> torch.Tensor:
+        """The stacked observations (B, 4, H, W) uint8 ending at frame ids ``fid``, laid out channels-last.
+
+        Each frame is gathered straight into its channel of a (B, H, W, 4) array: cheaper than re-laying an NCHW
+        batch (bench: ~0.25 vs ~0.37 ms at batch 32), and it is the layout DER's convolutions run in
+        (``DERPolicy.scale``).  Shape and values are those of the NCHW stack."""
         offs = np.arange(-(self.stack - 1), 1)
         slots = (fid[:, None] + offs[None, :]) % self.frame_cap  # (B, 4)
-        return self.frames[env[:, None], slots]  # (B, 4, H, W)
+        out = np.empty((len(fid), self.h, self.w, self.stack), dtype=self.frames.dtype)
+        for k in range(self.stack):
+            out[..., k] = self.frames[env, slots[:, k]]
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def n_step(self, leaves: np.ndarray) -> tuple[np.ndarray, ...]:
         """(env, position, R (B,), discount (B,), bootstrap frame id (B,)) for tree leaves (B,)."""
@@ -244,9 +252,9 @@ class PrioritizedNStepReplay:
         next_obs = self._stack(env_i, boot_fid)
         dev = self.device
         return ReplaySample(
-            torch.from_numpy(obs).to(dev), torch.from_numpy(self.actions[env_i, pos]).to(dev),
+            obs.to(dev), torch.from_numpy(self.actions[env_i, pos]).to(dev),
             torch.from_numpy(returns).to(dev), torch.from_numpy(discounts).to(dev),
-            torch.from_numpy(next_obs).to(dev), torch.from_numpy(weights.astype(np.float32)).to(dev), leaves)
+            next_obs.to(dev), torch.from_numpy(weights.astype(np.float32)).to(dev), leaves)
 
     def update_priorities(self, leaves: np.ndarray, losses: np.ndarray, eps: float = 1e-6) -> None:
         """p_i = loss_i + eps for the sampled leaves (stored as p_i^alpha)."""

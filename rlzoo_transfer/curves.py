@@ -285,12 +285,17 @@ def hns_groups(finals: dict[tuple[str, str], list[float]], method: str) -> dict[
     }
 
 
-def aggregate_hns(finals: dict, method: str, reps: int = 2000, seed: int = 0) -> dict | None:
-    """IQM and mean of the method's HNS over all runs x games, each with a stratified bootstrap 95 % CI.
+def aggregate_hns(finals: dict, method: str, reps: int = 2000, seed: int = 0,
+                  games: Iterable[str] | None = None) -> dict | None:
+    """IQM and mean of the method's HNS over all runs x games (only ``games`` if given), each with a stratified
+    bootstrap 95 % CI.
 
     :return: ``dict(iqm=(point, low, high), mean=(point, low, high), n_runs, n_games)``; None without data
     """
     groups = hns_groups(finals, method)
+    if games is not None:
+        keep = set(games)
+        groups = {g: v for g, v in groups.items() if g in keep}
     if not groups:
         return None
     data = [groups[g] for g in sorted(groups)]
@@ -527,13 +532,27 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
              f"IQM = `scipy.stats.trim_mean(x, 0.25)` over all complete runs x games of HNS; 95 % stratified "
              f"bootstrap CIs (seeds resampled within each game, {reps} replicates, seed {seed}, percentile "
              "interval).", ""]
-    rows = []
-    for m in methods:
-        agg = aggregate_hns(finals, m, reps, seed)
-        if agg:
-            rows.append([m, _fmt_ci(agg["iqm"]), _fmt_ci(agg["mean"]), agg["n_games"], agg["n_runs"]])
-    lines += md_table(["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "games", "runs"], rows) if rows else \
-        ["No complete run of a game with known random / human scores."]
+    header = ["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "games", "runs"]
+
+    def table(games: list[str] | None) -> list[list]:
+        rows = []
+        for m in methods:
+            agg = aggregate_hns(finals, m, reps, seed, games)
+            if agg:
+                rows.append([m, _fmt_ci(agg["iqm"]), _fmt_ci(agg["mean"]), agg["n_games"], agg["n_runs"]])
+        return rows
+
+    game_sets = {m: set(hns_groups(finals, m)) for m in methods}
+    game_sets = {m: g for m, g in game_sets.items() if g}
+    if len({frozenset(g) for g in game_sets.values()}) > 1:   # an unfinished sweep: rows over different games
+        common = sorted(set.intersection(*game_sets.values()))
+        if common:
+            lines += [f"Over the games every method below completed ({', '.join(common)}): the comparable rows.", ""]
+            lines += md_table(header, table(common)) + [""]
+        lines += ["Over each method's own completed games (the games differ between rows, so rows are not "
+                  "comparable):", ""]
+    rows = table(None)
+    lines += md_table(header, rows) if rows else ["No complete run of a game with known random / human scores."]
     lines += ["", f"## Probability of improvement over {baseline}", "",
               f"P(X > Y) of a run of the method beating a run of {baseline} on the same game (ties count 1/2), "
               "averaged over the games both completed; 95 % CI by stratified bootstrap over seeds.", ""]

@@ -162,6 +162,12 @@ def test_final_scores_and_aggregates(runs_root):
     expected = scores.iqm([(400 - 227.8) / 6899.9, (600 - 227.8) / 6899.9, 1.0])
     assert agg["iqm"][0] == pytest.approx(expected) and agg["n_runs"] == 3 and agg["n_games"] == 2
     assert agg["iqm"][1] <= agg["iqm"][0] <= agg["iqm"][2]
+    alien = curves.aggregate_hns(finals, "zoo", reps=300, games=["Alien"])   # restricted to one game
+    assert alien["n_games"] == 1 and alien["n_runs"] == 2
+    assert alien["mean"][0] == pytest.approx(((400 - 227.8) + (600 - 227.8)) / 2 / 6899.9)
+    # hub completed Alien only: the report's comparable table is over Alien, and says so
+    text = "\n".join(curves.report_aggregate_section(finals, ["scratch", "zoo", "hub"], "scratch", 300, 0))
+    assert "Over the games every method below completed (Alien)" in text and "not comparable" in text
     poi = curves.improvement_over(finals, "zoo", "scratch", reps=300)
     # Alien: zoo {400, 600} vs scratch {100, 300}: all 4 pairs won; Jamesbond 302.8 > 29 -> 1
     assert poi["poi"] == (1.0, 1.0, 1.0) and poi["games"] == ["Alien", "Jamesbond"]

@@ -218,9 +218,9 @@ class PrioritizedNStepReplay:
     def _stack(self, env: np.ndarray, fid: np.ndarray) -> torch.Tensor:
         """The stacked observations (B, 4, H, W) uint8 ending at frame ids ``fid``, laid out channels-last.
 
-        Each frame is gathered straight into its channel of a (B, H, W, 4) array: cheaper than re-laying an NCHW
-        batch (bench: ~0.25 vs ~0.37 ms at batch 32), and it is the layout DER's convolutions run in
-        (``DERPolicy.scale``).  Shape and values are those of the NCHW stack."""
+        Each frame is gathered straight into its channel of a (B, H, W, 4) array: the layout DER's convolutions
+        run in (``DERPolicy.scale``), ~0.13 ms cheaper per batch of 32 (with the float conversion: 0.47 vs 0.60 ms)
+        than gathering NCHW and re-laying it out.  Shape and values are those of the NCHW stack."""
         offs = np.arange(-(self.stack - 1), 1)
         slots = (fid[:, None] + offs[None, :]) % self.frame_cap  # (B, 4)
         out = np.empty((len(fid), self.h, self.w, self.stack), dtype=self.frames.dtype)

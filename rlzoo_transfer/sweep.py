@@ -161,10 +161,14 @@ def train_args(spec: RunSpec, log_dir: Path, steps: int | None, extra: Sequence[
 
 def plan(games: Sequence[str], methods: Sequence[str], seeds: Sequence[int], log_dir: Path,
          steps: int | None = None, extra: Sequence[str] = (), module: str = "rlzoo_transfer.train") -> list[Job]:
-    """One job per combination (duplicates removed, order kept), with skip / resume decided from the folders."""
+    """One job per combination (duplicates removed), with skip / resume decided from the folders.
+
+    Seed-major order - every game x method of seed 0, then of seed 1, ... - so a sweep stopped part-way (a budget,
+    a session's end) leaves every (game, method) with the same number of seeds, i.e. a comparable picture.
+    """
     parsed = [parse_method(m) for m in methods]
     games = [canonical_game_name(g) for g in games]
-    specs = dict.fromkeys(RunSpec(g, m, src, s) for g in games for (m, src) in parsed for s in seeds)
+    specs = dict.fromkeys(RunSpec(g, m, src, s) for s in seeds for g in games for (m, src) in parsed)
     jobs = []
     for spec in specs:
         run_dir = spec.run_dir(log_dir)

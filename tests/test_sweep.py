@@ -80,6 +80,10 @@ def test_plan_folders_skip_and_resume(tmp_path):
     jobs = sweep.plan(["Alien", "JamesBond"], ["scratch", "finetune:Seaquest"], [0, 1, 1], log, steps=500,
                       extra=["-p", "lr=1e-4"])
     assert len(jobs) == 8
+    # seed-major: all of seed 0 first, so a sweep stopped part-way has as many seeds of every (game, method)
+    assert [j.spec.seed for j in jobs] == [0] * 4 + [1] * 4
+    assert [j.spec.name for j in jobs[:4]] == ["Alien/scratch/seed0", "Alien/finetune-Seaquest/seed0",
+                                               "Jamesbond/scratch/seed0", "Jamesbond/finetune-Seaquest/seed0"]
     by_name = {j.spec.name: j for j in jobs}
     assert by_name["Alien/scratch/seed0"].status == sweep.SKIPPED
     assert by_name["Alien/scratch/seed1"].resume and "--resume" in by_name["Alien/scratch/seed1"].args
@@ -229,7 +233,9 @@ def test_lockstep_groups_compatible_runs(tmp_path, capsys):
     assert code == 0
     commands = [ln for ln in lines if not ln.startswith("#")]
     groups = [ln.split("--runs ")[1].split(" --log-dir")[0].split() for ln in commands if "rlzoo_transfer.lockstep" in ln]
-    assert groups == [["Alien:scratch:0", "Alien:scratch:1", "Jamesbond:scratch:0"], ["Gopher:scratch:0", "Gopher:scratch:1"]]
+    # in the sweep's seed-major order
+    assert groups == [["Alien:scratch:0", "Jamesbond:scratch:0", "Alien:scratch:1"],
+                      ["Gopher:scratch:0", "Gopher:scratch:1"]]
     assert sum("rlzoo_transfer.train" in ln and "--method hub" in ln for ln in commands) == 6
     # the leftover Jamesbond seed is a single run, not a group of one
     assert sum("--game Jamesbond --method scratch --seed 1" in ln for ln in commands) == 1

@@ -419,6 +419,9 @@ def test_full_size_observations_roundtrip():
     batch = buf.sample(64)
     assert batch.observations.shape == (64, 4, 84, 84) and batch.observations.dtype == torch.uint8
     assert batch.next_observations.shape == (64, 4, 84, 84)
+    # laid out channels-last, the layout DER's convolutions take (values checked below, element by element)
+    for x in (batch.observations, batch.next_observations):
+        assert x.is_contiguous(memory_format=torch.channels_last)
     seen = set()
     for _ in range(5):
         batch = buf.sample(64)

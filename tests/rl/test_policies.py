@@ -100,3 +100,12 @@ def test_training_mode_q_values_are_noisy_and_target_starts_equal():
     for (k, a), b in zip(pol.q_net.state_dict().items(), pol.q_net_target.state_dict().values()):
         assert torch.equal(a, b), k
     assert pol.auxiliary_loss(None) == {} and pol.statistics() == {}
+
+
+def test_scale_is_exact_and_channels_last():
+    """uint8 -> [0, 1] floats, values unchanged; a 4-D batch comes out channels-last (no per-forward re-layout)."""
+    obs = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    x = DERPolicy.scale(obs)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x, obs.float() / 255.0, rtol=0, atol=0)
+    assert obs.is_contiguous()   # the caller's tensor is left alone

@@ -444,7 +444,9 @@ def plot_stat(series: dict, title: str, ylabel: str, path: Path) -> None:
 
 
 def plot_diagnostics(runs: list[Run], out: Path) -> list[tuple[str, str, str, str, int]]:
-    """Gate and pathway plots per (game, method) with logged statistics.
+    """Gate and pathway plots per (game, method) with logged statistics: the mean over its complete runs (an
+    unfinished run would enter the mean only for its first steps and bend the lines); over the unfinished ones,
+    and titled so, only while none is complete.
 
     :return: ``(kind, game, method, file name, n_runs)`` per plot written
     """
@@ -457,9 +459,12 @@ def plot_diagnostics(runs: list[Run], out: Path) -> list[tuple[str, str, str, st
             logged = [r for r in group if getattr(r, attr)]
             if not logged:
                 continue
+            complete = [r for r in logged if r.complete]
+            logged = complete or logged
+            which = "complete runs" if complete else "unfinished runs"
             name = f"{kind}_{_safe(game)}_{_safe(method)}.png"
             rows = [row for r in logged for row in getattr(r, attr)]
-            plot_stat(_mean_series(rows), f"{game} / {method}: {kind} (mean of {len(logged)} runs)", ylabel,
+            plot_stat(_mean_series(rows), f"{game} / {method}: {kind} (mean of {len(logged)} {which})", ylabel,
                       out / name)
             written.append((kind, game, method, name, len(logged)))
     return written

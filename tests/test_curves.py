@@ -230,3 +230,19 @@ def test_cli_errors(tmp_path, capsys):
     (bad / "final.json").write_text("{not json")
     assert curves.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o")]) == 2
     assert "final.json" in capsys.readouterr().err
+
+
+def test_gate_plots_average_complete_runs_only(tmp_path, monkeypatch):
+    """An unfinished run's first steps must not enter the gate mean of the finished ones."""
+    root = tmp_path / "runs"
+    done = [(10000, "conv1", "Seaquest", 0.2), (20000, "conv1", "Seaquest", 0.2)]
+    make_run(root, "Alien", "zoo", 0, [(10000, 1.0), (20000, 2.0)], final_mean=2.0, gates=done)
+    make_run(root, "Alien", "zoo", 1, [(10000, 1.0)], gates=[(10000, "conv1", "Seaquest", 0.8)])   # unfinished
+    plotted = {}
+    monkeypatch.setattr(curves, "plot_stat", lambda series, title, ylabel, path: plotted.update(
+        series=series, title=title))
+    written = curves.plot_diagnostics(curves.load_runs([root]), tmp_path)
+    assert written == [("gates", "Alien", "zoo", "gates_Alien_zoo.png", 1)]
+    assert "mean of 1 complete runs" in plotted["title"]
+    (steps, values), = plotted["series"].values()
+    assert list(steps) == [10000, 20000] and list(values) == pytest.approx([0.2, 0.2])

@@ -139,8 +139,8 @@ def pathway_generator(kind: str, m: int, in_channels: int = 4) -> nn.Module:
     The paper's RL generator is unspecified (its vision one is a 9-layer ResNet, ~1/5 of a ResNet-50 model).
     ``"torso"`` (default): a fresh DER torso, conv(4->32, 5x5/5) ReLU conv(32->64, 5x5/5) ReLU, + Linear(576, 2m):
     as costly as a policy's own torso (~1.3M multiply-adds per frame stack), so with k = 1 every forward runs two
-    torsos.  ``"pooled"``: AvgPool(4) to 21x21, conv(4->16, 3x3/2) ReLU (10x10), Linear(1600, 2m): ~60k
-    multiply-adds, ~1/20 of the torso - a cheaper router that sees a coarser frame.
+    torsos.  ``"pooled"``: BlockMean(4) to 21x21, conv(4->16, 3x3/2) ReLU (10x10), Linear(1600, 2m): ~60k
+    multiply-adds, ~1/20 of the torso's (~1/4 of its time at batch 32, bench) - a cheaper router on a coarser frame.
     """
     if kind == "torso":
         net = nn.Sequential(nn.Conv2d(in_channels, 32, 5, stride=5), nn.ReLU(), nn.Conv2d(32, 64, 5, stride=5),

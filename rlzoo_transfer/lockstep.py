@@ -30,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
                    help="an explicit list of runs instead of the product of --games, --methods and --seeds "
                         "(what sweep --lockstep passes), e.g. Alien:scratch:0 Alien:finetune:Seaquest:1")
     add_run_options(p)
+    p.add_argument("--log-every", type=float, default=60.0, metavar="SECONDS",
+                   help="with --no-progress: seconds between log lines (steps/s per agent, ETA; default 60)")
     return p
 
 
@@ -50,7 +52,7 @@ def parse_runs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     return [(g, m, s) for g in args.games for m in args.methods for s in args.seeds]
 
 
-def run_lockstep(specs, progress: bool = True) -> list:
+def run_lockstep(specs, progress: bool = True, log_every: float = 60.0) -> list:
     """Prepare, train in lock-step and finish ``specs`` (``run.RunSpec``s); returns their run folders.
 
     Every run is finished (final evaluation) or, at a time limit, checkpointed before any error is raised.
@@ -62,7 +64,7 @@ def run_lockstep(specs, progress: bool = True) -> list:
     try:
         for spec in specs:
             runs.append(prepare_run(spec))
-        Lockstep(runs, progress=progress).learn()
+        Lockstep(runs, progress=progress, log_every=log_every).learn()
     except BaseException:
         for r in runs:
             r.env.close()
@@ -117,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             print("nothing to train: every run is finished")
             return 0
-        dirs = run_lockstep(specs, progress=not args.no_progress)
+        if args.log_every <= 0:
+            raise ConfigError(f"--log-every must be positive, got {args.log_every}")
+        dirs = run_lockstep(specs, progress=not args.no_progress, log_every=args.log_every)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ update after update, as the single run of its seed; the run folders must have th
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -20,12 +21,17 @@ from rlzoo_transfer.run import RunSpec, prepare_run
 TINY = {"learning_starts": 100, "buffer_size": 2000, "batch_size": 16, "n_steps": 5,
         "target_update_interval": 50}
 STEPS = 260
+# RLZOO_TEST_DEVICE=cuda runs the equality tests on a GPU (the device check of scripts/gpu_check.sh; CI is CPU-only).
+DEVICE = os.environ.get("RLZOO_TEST_DEVICE", "cpu")
+if DEVICE == "cuda":   # TF32 would make the vmapped and the single path round differently
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def _spec(tmp_path, seed: int, game: str = "Gopher", method: str = "scratch", **kw) -> RunSpec:
     return RunSpec(game=game, method=method, seed=seed, steps=kw.pop("steps", STEPS), eval_freq=10_000,
                    eval_episodes=1, final_eval_episodes=1, log_dir=str(tmp_path), hyperparams=dict(TINY),
-                   progress_bar=False, eval_at_start=False, **kw)
+                   progress_bar=False, eval_at_start=False, device=DEVICE, **kw)
 
 
 def _noise_off(run) -> None:
@@ -96,7 +102,7 @@ def test_stacked_networks_match_each_agent(tmp_path):
     nets = [r.model.policy.q_net for r in runs]
     stacked = StackedNetworks(nets, [r.model.policy.q_net_target for r in runs], runs[0].model.policy.support,
                               lr=1e-4, adam_eps=1.5e-4, max_grad_norm=10.0)
-    obs = torch.randint(0, 256, (3, 5, 4, 84, 84), dtype=torch.uint8)
+    obs = torch.randint(0, 256, (3, 5, 4, 84, 84), dtype=torch.uint8, device=DEVICE)
     with torch.no_grad():
         got = stacked.log_probs(obs)
         for k, net in enumerate(nets):
@@ -155,7 +161,7 @@ def test_zoo_lite_lockstep_equals_single_run(tmp_path):
     def spec(seed, sub):
         return RunSpec(game="Gopher", method="zoo-lite", seed=seed, steps=80, eval_freq=10_000, eval_episodes=1,
                        final_eval_episodes=1, log_dir=str(tmp_path / sub), hyperparams=dict(tiny),
-                       progress_bar=False, eval_at_start=False)
+                       progress_bar=False, eval_at_start=False, device=DEVICE)
 
     single = prepare_run(spec(0, "single"))
     _noise_off(single)

@@ -23,14 +23,14 @@ exec > >(tee "$OUT/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 date
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "no nvidia-smi"
-python -V; nproc
+python3 -V; nproc
 if [ -z "${SKIP_INSTALL:-}" ]; then
     # wheels into their own folder, no resolver (the image's torch/numpy stay); the package itself from the tree
-    python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         2>&1 | tail -3
     export PYTHONPATH=/tmp/site:$PWD
 fi
-python - <<'PY'
+python3 - <<'PY'
 import importlib
 for name in ("torch", "ale_py", "gymnasium", "stable_baselines3", "numpy", "yaml", "tqdm", "scipy", "pandas",
              "matplotlib", "tensorboard", "cv2", "rich", "rlzoo_transfer.rl.lockstep"):
@@ -44,28 +44,28 @@ print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.
 PY
 
 echo "== lock-step equality on $DEVICE (K = 2 vs single runs, noise off)"
-RLZOO_TEST_DEVICE=$DEVICE timeout 90 python -m pytest -q -p no:cacheprovider tests/rl/test_lockstep.py \
+RLZOO_TEST_DEVICE=$DEVICE timeout 90 python3 -m pytest -q -p no:cacheprovider tests/rl/test_lockstep.py \
     -k "k2_equals or stacked or zoo_lite" 2>&1 | tail -15
 
 # separate bench calls: each writes its files only when it completes, so a slow part cannot take the others with it
 echo "== bench: env, update, lockstep"
-timeout 140 python -m rlzoo_transfer.bench --device "$DEVICE" --repeats 8 --sections env update lockstep \
+timeout 140 python3 -m rlzoo_transfer.bench --device "$DEVICE" --repeats 8 --sections env update lockstep \
     --methods zoo hub --lockstep-k ${BENCH_KS:-1 8 32} --out "$OUT/bench_gpu.json" \
     --md "$OUT/bench_gpu.md" || echo "bench (env, update, lockstep) exited $?"
 
 for K in $KS; do
     echo "== lock-step training run, K = $K"
     seeds=$(seq -s " " 0 $((K - 1))); rm -rf "/tmp/lockstep_K$K"
-    timeout 75 python -m rlzoo_transfer.lockstep --games Alien --methods scratch --seeds $seeds --steps "$STEPS" \
+    timeout 75 python3 -m rlzoo_transfer.lockstep --games Alien --methods scratch --seeds $seeds --steps "$STEPS" \
         --eval-freq 100000 --eval-episodes 1 --final-eval-episodes 1 --device "$DEVICE" --no-progress \
         --log-every 10 --log-dir "/tmp/lockstep_K$K" > "$OUT/lockstep_K$K.log" 2>&1 || echo "lockstep K=$K exited $?"
     tail -n 4 "$OUT/lockstep_K$K.log"
 done
 
 echo "== bench: run"
-timeout 60 python -m rlzoo_transfer.bench --device "$DEVICE" --repeats 3 --sections run \
+timeout 60 python3 -m rlzoo_transfer.bench --device "$DEVICE" --repeats 3 --sections run \
     --md "$OUT/bench_gpu_run.md" || echo "bench (run) exited $?"
 echo "== bench: compiled update"
-timeout 70 python -m rlzoo_transfer.bench --device "$DEVICE" --repeats 6 --sections update --methods \
+timeout 70 python3 -m rlzoo_transfer.bench --device "$DEVICE" --repeats 6 --sections update --methods \
     --compile --md "$OUT/bench_gpu_compile.md" || echo "bench (compile) exited $?"
 date

@@ -154,6 +154,13 @@ def test_cli_refuses_hub(tmp_path, capsys):
     assert rc == 2 and "error:" in err
 
 
+def test_cli_refuses_bad_log_every(tmp_path, capsys):
+    rc = lockstep_main(["--games", "Gopher", "--seeds", "0", "--steps", "50", "--log-dir", str(tmp_path),
+                        "--no-progress", "--log-every", "0"])
+    assert rc == 2 and "--log-every" in capsys.readouterr().err
+    assert not (tmp_path / "Gopher").exists()   # refused before any run folder is made
+
+
 def test_zoo_lite_lockstep_equals_single_run(tmp_path):
     """AdaAgg layers (gate nets, alignment, the lite gate's in-place EMA buffer) under vmap, agent 0 vs its single run."""
     tiny = {**TINY, "learning_starts": 40, "batch_size": 8, "target_update_interval": 20}

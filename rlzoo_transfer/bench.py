@@ -451,17 +451,29 @@ def bench_lockstep(scratch, replay, obs1: np.ndarray, env, device: str, repeats:
         for m in models:
             m.num_timesteps = m.learning_starts   # acting past warm-up: the network picks the actions
         groups[k] = Lockstep([SimpleNamespace(model=m) for m in models], progress=False)
+    kmax = max(ks)
+    if kmax > 1:   # the same agents, their replays sampled one after another (what threads save)
+        serial = Lockstep([SimpleNamespace(model=m) for m in groups[kmax].models], progress=False, sample_threads=1)
     fns = {"single": lambda: scratch.train(gradient_steps=1, batch_size=BATCH)}
     fns.update({f"K={k}": g._train for k, g in groups.items()})
+    if kmax > 1:
+        fns[f"K={kmax},serial"] = serial._train
     samples = interleaved(fns, repeats, dev, warmup=2)
     out["single_update_ms"] = round(median(samples["single"]), 3)
     for k in ks:
         per_agent = [v / k for v in samples[f"K={k}"]]
         out["update_ms_per_agent"][str(k)] = round(median(per_agent), 3)
         out["update_x_single"][str(k)] = round(paired_ratio(per_agent, samples["single"]), 3)
+    if kmax > 1:
+        out["sample_threads"] = groups[kmax].sample_threads
+        out["serial_sampling_update_ms_per_agent"] = {str(kmax): round(median(
+            [v / kmax for v in samples[f"K={kmax},serial"]]), 3)}
+        serial.close()
     acts = interleaved({f"K={k}": g._actions for k, g in groups.items()}, repeats, dev, warmup=2)
     for k in ks:
         out["act_ms_per_agent"][str(k)] = round(median([v / k for v in acts[f"K={k}"]]), 3)
+    for g in groups.values():
+        g.close()
     return out
 
 
@@ -865,6 +877,9 @@ def render(result: dict[str, Any]) -> str:
                 for k in ls["k"]]
         parts += ["", f"## Lock-step: K scratch agents, one stacked update (single update: {ls['single_update_ms']} ms)",
                   "", _table(["K", "update ms per agent", "x single update", "act ms per agent"], rows)]
+        for k, v in ls.get("serial_sampling_update_ms_per_agent", {}).items():
+            parts += ["", f"K = {k} with its replays sampled one after another instead of on "
+                      f"{ls['sample_threads']} threads: {v} ms per agent"]
     if "run" in result:
         rn = result["run"]
         rows = [[t, v, rn["projected_100k_min"][t]] for t, v in rn["steps_per_s"].items()]

@@ -176,6 +176,8 @@ def test_cli_quick_json(tmp_path):
     assert set(ls["update_ms_per_agent"]) == set(ls["act_ms_per_agent"]) == {"1", "2"}
     assert all(v > 0 for v in ls["update_ms_per_agent"].values()) and all(v > 0 for v in ls["update_x_single"].values())
     assert "## Lock-step" in bench.render(result)
+    assert ls["serial_sampling_update_ms_per_agent"]["2"] > 0 and ls["sample_threads"] == min(2, os.cpu_count() or 1)
+    assert "sampled one after another" in bench.render(result)
     rn = result["run"]
     threads = {"1", str(os.cpu_count() or 1)}
     assert set(rn["steps_per_s"]) == set(rn["projected_100k_min"]) == threads

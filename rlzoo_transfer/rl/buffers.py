@@ -242,7 +242,9 @@ class PrioritizedNStepReplay:
         discounts = self.gamma ** length * (~self.terminals[env, last])
         return env, pos, returns.astype(np.float32), discounts.astype(np.float32), self.next_fid[env, last]
 
-    def sample(self, batch_size: int, beta: float = 0.4, env=None) -> ReplaySample:
+    def sample(self, batch_size: int, beta: float = 0.4, env=None, device: torch.device | str | None = None
+               ) -> ReplaySample:
+        """A prioritised batch; its tensors go to ``device`` (default: the replay's own device)."""
         leaves = self.tree.sample(batch_size, self.rng)
         env_i, pos, returns, discounts, boot_fid = self.n_step(leaves)
         probs = self.tree.get(leaves) / self.tree.total
@@ -250,7 +252,7 @@ class PrioritizedNStepReplay:
         weights = weights / weights.max()
         obs = self._stack(env_i, self.obs_fid[env_i, pos])
         next_obs = self._stack(env_i, boot_fid)
-        dev = self.device
+        dev = self.device if device is None else torch.device(device)
         return ReplaySample(
             obs.to(dev), torch.from_numpy(self.actions[env_i, pos]).to(dev),
             torch.from_numpy(returns).to(dev), torch.from_numpy(discounts).to(dev),

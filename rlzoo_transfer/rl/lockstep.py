@@ -34,8 +34,10 @@ auxiliary loss (hub, kflow) hold per-agent Python state in their loss and train 
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -244,10 +246,15 @@ class Lockstep:
 
     :param runs: the agents' ``PreparedRun``s (each with its own env, replay, callbacks and run folder)
     :param progress: show one progress bar for the group (else a log line every ``log_every`` seconds)
+    :param sample_threads: threads that sample the K replays (default min(K, cores); 1 = no threads)
     """
 
-    def __init__(self, runs: Sequence, progress: bool = True, log_every: float = 60.0, log_interval: int = 4):
+    def __init__(self, runs: Sequence, progress: bool = True, log_every: float = 60.0, log_interval: int = 4,
+                 sample_threads: int | None = None):
         self.runs = list(runs)
+        # replay sampling threads (default: one per agent, at most one per core; 1 = in this thread)
+        self.sample_threads = sample_threads or min(len(self.runs), os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None   # made by the first update, shut down by ``close``
         self.models = [r.model for r in self.runs]
         check_compatible(self.models)
         self.progress, self.log_every, self.log_interval = progress, log_every, log_interval
@@ -282,13 +289,35 @@ class Lockstep:
         return step // callback.eval_freq > max(last, 0) // callback.eval_freq
 
     # --------------------------------------------------------------------------------------- learning
+    def _sample_all(self) -> list:
+        """Every agent's prioritised batch, on the CPU, the agents spread over ``sample_threads`` threads.
+
+        Each replay samples from its own generator, so the batches do not depend on the threads' order; the frame
+        gathers are numpy copies that release the GIL (8 replays of 20k: 11.0 -> 4.6 ms on 2 idle cores).  The
+        batches stay on the CPU and are stacked there, so a GPU gets 6 copies per update instead of 6 K."""
+        def one(m):
+            return m.replay_buffer.sample(m.batch_size, beta=m.beta, device="cpu")
+
+        if self.sample_threads <= 1:
+            return [one(m) for m in self.models]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.sample_threads, thread_name_prefix="replay")
+        return list(self._pool.map(one, self.models))
+
+    def close(self) -> None:
+        """Stop the sampling threads (``learn`` does this when it ends; a later update starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def _train(self) -> None:
         for m in self.models:   # (the agents' own networks are not used here: no training-mode switch)
             m._update_learning_rate(m.policy.optimizer)   # logs train/learning_rate like a single run
         if any(m.replay_buffer.tree.total <= 0 for m in self.models):
             return  # no n-step window complete yet (as DER.train)
-        batches = [m.replay_buffer.sample(m.batch_size, beta=m.beta) for m in self.models]
-        stack = [torch.stack([getattr(b, f) for b in batches]) for f in
+        batches = self._sample_all()
+        dev = self.models[0].device
+        stack = [torch.stack([getattr(b, f) for b in batches]).to(dev) for f in
                  ("observations", "actions", "returns", "discounts", "next_observations", "weights")]
         self.stacked.reset_noise()
         self.stacked.reset_noise(target=True)
@@ -369,6 +398,7 @@ class Lockstep:
                       f"agents={len(self.models)}  mean loss={mean_loss:.4f}", file=sys.stderr, flush=True)
         if bar is not None:
             bar.close()
+        self.close()
         self.stacked.sync_to_models(self.models)
         for _, cb in setups:
             cb.on_training_end()

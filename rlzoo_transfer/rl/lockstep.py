@@ -16,8 +16,9 @@ agent (as ``clip_grad_norm_`` in a single run) and Adam is elementwise, so one o
 tensors is K independent Adam steps.  One lock-step iteration = one vector step of every agent's env (the envs run
 concurrently: ale_py ``send`` for all, then ``recv``), the SB3 bookkeeping of ``collect_rollouts`` for each agent,
 then one update of every agent: the schedule of a single run with ``train_freq=1, gradient_steps=1``.  The K
-replays are sampled on threads (numpy's gathers release the GIL) and each batch field reaches the device in one copy.  With noise off
-and the same seeds, agent k's losses equal those of the single run of its seed (tests/rl/test_lockstep.py).
+replays are sampled on threads (numpy's gathers release the GIL) and each batch field reaches the device in one
+copy.  With noise off and the same seeds, agent k's losses equal those of the single run of its seed
+(tests/rl/test_lockstep.py).
 
 Noise: the stacked ``weight_epsilon`` / ``bias_epsilon`` buffers of all K agents are redrawn in one call per layer
 (factorised Gaussian, as ``NoisyLinear.reset_noise``) before each action and each update, outside the vmapped

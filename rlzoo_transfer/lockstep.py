@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         if args.steps <= 0 or args.eval_freq <= 0 or args.eval_episodes <= 0 or args.final_eval_episodes <= 0:
             raise ConfigError("--steps, --eval-freq, --eval-episodes and --final-eval-episodes must be positive")
+        if args.log_every <= 0:
+            raise ConfigError(f"--log-every must be positive, got {args.log_every}")
         overrides = parse_overrides(args.hyperparams)
         specs = []
         for game, text, seed in parse_runs(args):
@@ -119,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             print("nothing to train: every run is finished")
             return 0
-        if args.log_every <= 0:
-            raise ConfigError(f"--log-every must be positive, got {args.log_every}")
         dirs = run_lockstep(specs, progress=not args.no_progress, log_every=args.log_every)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,
             FileNotFoundError) as e:

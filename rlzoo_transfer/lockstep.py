@@ -32,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
     add_run_options(p)
     p.add_argument("--log-every", type=float, default=60.0, metavar="SECONDS",
                    help="with --no-progress: seconds between log lines (steps/s per agent, ETA; default 60)")
+    p.add_argument("--sample-threads", type=int, default=None, metavar="N",
+                   help="threads that sample the agents' replays (default: min(agents, CPU cores); 1 = serial). "
+                        "Several lock-step processes on one machine may want fewer, e.g. cores / processes")
     return p
 
 
@@ -52,7 +55,7 @@ def parse_runs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     return [(g, m, s) for g in args.games for m in args.methods for s in args.seeds]
 
 
-def run_lockstep(specs, progress: bool = True, log_every: float = 60.0) -> list:
+def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_threads: int | None = None) -> list:
     """Prepare, train in lock-step and finish ``specs`` (``run.RunSpec``s); returns their run folders.
 
     Every run is finished (final evaluation) or, at a time limit, checkpointed before any error is raised.
@@ -64,7 +67,7 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0) -> list:
     try:
         for spec in specs:
             runs.append(prepare_run(spec))
-        Lockstep(runs, progress=progress, log_every=log_every).learn()
+        Lockstep(runs, progress=progress, log_every=log_every, sample_threads=sample_threads).learn()
     except BaseException:
         for r in runs:
             r.env.close()
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--steps, --eval-freq, --eval-episodes and --final-eval-episodes must be positive")
         if args.log_every <= 0:
             raise ConfigError(f"--log-every must be positive, got {args.log_every}")
+        if args.sample_threads is not None and args.sample_threads <= 0:
+            raise ConfigError(f"--sample-threads must be a positive number of threads, got {args.sample_threads}")
         overrides = parse_overrides(args.hyperparams)
         specs = []
         for game, text, seed in parse_runs(args):
@@ -121,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             print("nothing to train: every run is finished")
             return 0
-        dirs = run_lockstep(specs, progress=not args.no_progress, log_every=args.log_every)
+        dirs = run_lockstep(specs, progress=not args.no_progress, log_every=args.log_every,
+                            sample_threads=args.sample_threads)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

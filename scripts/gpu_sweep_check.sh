@@ -6,7 +6,8 @@
 #
 # Each configuration "J K" starts J `python -m rlzoo_transfer.lockstep` processes of K Alien scratch agents (one
 # torch thread each, learning_starts 400, replay 20k, no periodic evaluation), lets them train for SECONDS, then
-# stops them; every process logs steps/s per agent every 5 s. Past warm-up, the rate between a process's log lines
+# stops them; every process logs steps/s per agent every 5 s. An optional third field T, "J K T", gives each process
+# --sample-threads T (threads sampling its K replays; default min(K, cores)). Past warm-up, the rate between a process's log lines
 # times K, summed over processes, is the aggregate agent steps/s (sweep_throughput.md). GPU utilisation is sampled
 # alongside (nvidia-smi). DEVICE=cpu CONFIGS="2 1" SECONDS_PER=40 SKIP_INSTALL=1 is a dry run on a CPU machine.
 set -u
@@ -28,10 +29,12 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
 fi
 IFS=';' read -ra cfgs <<< "$CONFIGS"
 for cfg in "${cfgs[@]}"; do
-    read -r J K <<< "$cfg"
-    echo "== J = $J processes x K = $K agents"
-    rm -rf /tmp/sweep_check; mkdir -p "$LOGS/logs_J${J}_K${K}"
-    (nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$LOGS/logs_J${J}_K${K}/gpu.csv" 2>&1 &
+    read -r J K T <<< "$cfg"
+    T=${T:-0}; threads=(); [ "$T" -gt 0 ] && threads=(--sample-threads "$T")
+    name=logs_J${J}_K${K}_T${T}
+    echo "== J = $J processes x K = $K agents, sample threads ${T/#0/default}"
+    rm -rf /tmp/sweep_check; mkdir -p "$LOGS/$name"
+    (nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 5 > "$LOGS/$name/gpu.csv" 2>&1 &
      echo $! > /tmp/smi.pid)
     pids=()
     for j in $(seq 0 $((J - 1))); do
@@ -39,22 +42,23 @@ for cfg in "${cfgs[@]}"; do
         timeout "$SECONDS_PER" python3 -m rlzoo_transfer.lockstep --games Alien --methods scratch --seeds $seeds \
             --steps 100000 --eval-freq 100000 --eval-episodes 1 --final-eval-episodes 1 --device "$DEVICE" \
             --no-progress --threads 1 --log-every 5 --log-dir /tmp/sweep_check \
-            -p learning_starts=$LS buffer_size=20000 > "$LOGS/logs_J${J}_K${K}/p$j.log" 2>&1 &
+            "${threads[@]}" -p learning_starts=$LS buffer_size=20000 > "$LOGS/$name/p$j.log" 2>&1 &
         pids+=($!)
     done
     wait "${pids[@]}"
     kill "$(cat /tmp/smi.pid)" 2>/dev/null
-    tail -n 2 "$LOGS/logs_J${J}_K${K}/p0.log"
+    tail -n 2 "$LOGS/$name/p0.log"
 done
 python3 - "$LOGS" "$LS" <<'PY' | tee "$OUT/sweep_throughput.md"
-import re, sys
+import os, re, sys
 from pathlib import Path
 out, ls = Path(sys.argv[1]), int(sys.argv[2])
 pat = re.compile(r"step (\d+)/\d+\s+([\d.]+) steps/s per agent.*agents=(\d+)")
-print("| J processes | K agents each | agents | agent steps/s (sum, past warm-up) | per agent | GPU util % (median) |")
-print("|---|---|---|---|---|---|")
-for d in sorted(out.glob("logs_J*_K*"), key=lambda p: tuple(int(x) for x in re.findall(r"\d+", p.name))):
-    J, K = (int(x) for x in re.findall(r"\d+", d.name))
+print("| J processes | K agents each | sample threads | agents | agent steps/s (sum, past warm-up) | per agent "
+      "| GPU util % (median) |")
+print("|---|---|---|---|---|---|---|")
+for d in sorted(out.glob("logs_J*_K*_T*"), key=lambda p: tuple(int(x) for x in re.findall(r"\d+", p.name))):
+    J, K, T = (int(x) for x in re.findall(r"\d+", d.name))
     total, rates = 0.0, []
     for log in sorted(d.glob("p*.log")):
         pts = []
@@ -76,7 +80,7 @@ for d in sorted(out.glob("logs_J*_K*"), key=lambda p: tuple(int(x) for x in re.f
                 util.append(int(m.group(1)))
     med = sorted(util)[len(util) // 2] if util else "-"
     per = f"{sum(rates) / len(rates):.1f}" if rates else "-"
-    print(f"| {J} | {K} | {J * K} | {total:.0f} ({len(rates)}/{J} processes measured) | {per} | {med} |")
+    print(f"| {J} | {K} | {T or f'default ({min(K, os.cpu_count())})'} | {J * K} | {total:.0f} ({len(rates)}/{J} processes measured) | {per} | {med} |")
 PY
 tar czf "$OUT/sweep_logs.tgz" -C "$LOGS" .
 date

@@ -161,6 +161,13 @@ def test_cli_refuses_bad_log_every(tmp_path, capsys):
     assert not (tmp_path / "Gopher").exists()   # refused before any run folder is made
 
 
+def test_cli_refuses_bad_sample_threads(tmp_path, capsys):
+    rc = lockstep_main(["--games", "Gopher", "--seeds", "0", "--steps", "50", "--log-dir", str(tmp_path),
+                        "--no-progress", "--sample-threads", "0"])
+    assert rc == 2 and "--sample-threads" in capsys.readouterr().err
+    assert not (tmp_path / "Gopher").exists()
+
+
 def test_zoo_lite_lockstep_equals_single_run(tmp_path):
     """AdaAgg layers (gate nets, alignment, the lite gate's in-place EMA buffer) under vmap, agent 0 vs its single run."""
     tiny = {**TINY, "learning_starts": 40, "batch_size": 8, "target_update_interval": 20}

@@ -486,6 +486,12 @@ def _fmt_ci(triple: tuple[float, float, float], digits: int = 3) -> str:
     return f"{p:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def _fmt_point_only(triple: tuple[float, float, float], digits: int = 3) -> str:
+    """``point (1 seed per game: no CI)``: resampling one seed per game gives a zero-width interval that would
+    read as certainty, so none is shown."""
+    return f"{triple[0]:.{digits}f} (1 seed per game: no CI)"
+
+
 def _fmt_final(vals: list[float] | None) -> str:
     """``mean +- std (n=k)`` of a list of final means (no std for one seed), ``-`` when empty."""
     if not vals:
@@ -536,7 +542,7 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
     lines = ["## Aggregate (human-normalised)", "",
              f"IQM = `scipy.stats.trim_mean(x, 0.25)` over all complete runs x games of HNS; 95 % stratified "
              f"bootstrap CIs (seeds resampled within each game, {reps} replicates, seed {seed}, percentile "
-             "interval).", ""]
+             "interval). With one seed per game there is nothing to resample: such rows show the point only.", ""]
     header = ["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "games", "runs"]
 
     def table(games: list[str] | None) -> list[list]:
@@ -544,7 +550,8 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
         for m in methods:
             agg = aggregate_hns(finals, m, reps, seed, games)
             if agg:
-                rows.append([m, _fmt_ci(agg["iqm"]), _fmt_ci(agg["mean"]), agg["n_games"], agg["n_runs"]])
+                fmt = _fmt_point_only if agg["n_runs"] == agg["n_games"] else _fmt_ci
+                rows.append([m, fmt(agg["iqm"]), fmt(agg["mean"]), agg["n_games"], agg["n_runs"]])
         return rows
 
     game_sets = {m: set(hns_groups(finals, m)) for m in methods}
@@ -565,7 +572,8 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
     for m in methods:
         res = None if m == baseline else improvement_over(finals, m, baseline, reps, seed)
         if res:
-            rows.append([m, _fmt_ci(res["poi"]), ", ".join(res["games"])])
+            single = all(len(finals[(g, m)]) == 1 and len(finals[(g, baseline)]) == 1 for g in res["games"])
+            rows.append([m, (_fmt_point_only if single else _fmt_ci)(res["poi"]), ", ".join(res["games"])])
     lines += md_table(["method", f"P(method > {baseline}) [95% CI]", "games"], rows) if rows else \
         [f"No method shares a completed game with `{baseline}`."]
     return lines + [""]

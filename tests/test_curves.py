@@ -203,6 +203,10 @@ def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     assert "| SPR (published) | 841.9 | 366.5 |" in report
     assert "IQM HNS [95% CI]" in report and "P(method > scratch)" in report
     assert "| zoo | 1.000 [1.000, 1.000] | Alien, Jamesbond |" in report
+    aggregate = report.split("## Aggregate")[1].split("## Evaluation curves")[0]
+    hub_rows = [line for line in aggregate.splitlines() if line.startswith("| hub |")]
+    assert hub_rows and all("no CI" in line for line in hub_rows[:-1])  # aggregate rows: one Alien seed
+    assert "no CI" not in hub_rows[-1] and "[" in hub_rows[-1]            # P(hub > scratch): 2 scratch seeds
     assert "![Alien](curves_Alien.png)" in report and "(gates_Alien_zoo.png)" in report
     assert "(pathway_Alien_hub.png)" in report
     incomplete = report.split("## Incomplete runs")[1]

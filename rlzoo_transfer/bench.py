@@ -54,7 +54,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -64,6 +63,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from rlzoo_transfer.atomic import write_atomic
 
 GAME = "Alien"
 BATCH = 32
@@ -900,23 +901,6 @@ def render(result: dict[str, Any]) -> str:
     if result.get("failed"):
         parts += ["", "## Not measured", "", _table(["variant", "error"], list(result["failed"].items()))]
     return "\n".join(parts) + "\n"
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def parser() -> argparse.ArgumentParser:

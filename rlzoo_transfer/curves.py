@@ -19,6 +19,9 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   IQM of HNS with 95 % stratified bootstrap intervals, probability of improvement over the baseline, published
   reference rows, the plots, and a table of incomplete runs.  Only runs with ``final.json`` enter final scores.
 
+Every file is written atomically (`rlzoo_transfer.atomic`): an interrupted run of the command leaves the previous
+version in place, never half a file.
+
 Exit status: 0 on success, 1 when no run folder is found, 2 for a missing root or an unreadable run file.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ import numpy as np
 import yaml
 
 from rlzoo_transfer import scores
+from rlzoo_transfer.atomic import replacing, write_atomic
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
@@ -330,7 +334,7 @@ def _safe(name: str) -> str:
 
 def write_curves_csv(rows: list[dict], path: Path) -> None:
     """Write the rows of :func:`aggregate_curves` to ``path``."""
-    with open(path, "w", newline="") as fh:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["game", "method", "step", "mean", "std", "n_seeds"])
         writer.writeheader()
         writer.writerows(rows)
@@ -340,7 +344,7 @@ def write_runs_csv(runs: list[Run], path: Path) -> None:
     """One row per run: identity, completeness, last step, final mean / std / episodes, folder."""
     fields = ["game", "method", "seed", "complete", "last_step", "planned_steps",
               "final_mean", "final_std", "n_episodes", "path"]
-    with open(path, "w", newline="") as fh:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in sorted(runs, key=lambda r: (r.game, r.method, r.seed)):
@@ -408,8 +412,16 @@ def plot_game(game: str, rows: list[dict], runs: list[Run], methods: list[str], 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_png(fig, path)
+
+
+def _save_png(fig, path: Path) -> None:
+    """Save a figure as PNG atomically and close it."""
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        _pyplot().close(fig)
 
 
 def _mean_series(rows: Iterable[tuple]) -> dict[tuple, tuple[list[int], list[float]]]:
@@ -439,8 +451,7 @@ def plot_stat(series: dict, title: str, ylabel: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def plot_diagnostics(runs: list[Run], out: Path) -> list[tuple[str, str, str, str, int]]:
@@ -619,7 +630,7 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
             lines += [f"### {game} / {method}: {kind} ({n} runs)", "", f"![{kind} {game} {method}]({name})", ""]
     lines += report_incomplete_section(runs)
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,19 +14,10 @@ from typing import Callable
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rlzoo_transfer.atomic import write_atomic  # noqa: F401  (re-exported: run.py, pretrain.py)
 from rlzoo_transfer.rl.evaluation import evaluate
 
 EVAL_HEADER = ["step", "mean", "std", "n_episodes", "returns"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_evaluations(path: Path) -> list[dict]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.vision.data import (BatchStream, DataError, ImageDataset, EvalTransform, TrainTransform,
                                         open_split, predict_batches)
@@ -94,13 +94,7 @@ def environment() -> dict[str, Any]:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o):
@@ -116,10 +110,9 @@ def _json_default(o):
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` atomically (temporary file + rename)."""
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def pick_device(device: str) -> torch.device:
@@ -397,7 +390,7 @@ def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
     }
     if isinstance(model, Ensemble):
         results["members_top1"] = [evaluate_classifier(m_, test_ds, device)["top1"] for m_ in model.models]
-    torch.save(model.state_dict(), out / "model.pt")
+    save_atomic(model.state_dict(), out / "model.pt")
     write_json(out / "results.json", results)
     if writer is not None:
         writer.close()

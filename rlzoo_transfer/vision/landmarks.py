@@ -45,7 +45,8 @@ from torch.nn import functional as F
 
 from rlzoo_transfer.vision.classify import (USER_ERRORS, FitState, OneLineParser, UsageError, environment, fit,
                                             load_zoo, make_checkpointer, open_writer, pick_device, resume_from,
-                                            seed_everything, write_json)
+                                            save_atomic, seed_everything, write_json)
+from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.vision.data import IMAGE_EXTENSIONS, BatchStream, DataError, load_image, normalize
 from rlzoo_transfer.vision.resnet import ARCHS, ResNet, build_resnet, count_params
 from rlzoo_transfer.vision.zoo import METHODS, Ensemble, build_method, check_method, inference_model, \
@@ -177,7 +178,7 @@ def read_pts(path: str | Path) -> np.ndarray:
 def write_pts(path: str | Path, points: np.ndarray) -> None:
     pts = np.asarray(points, dtype=np.float64)
     body = "\n".join(f"{x:.3f} {y:.3f}" for x, y in pts)
-    Path(path).write_text(f"version: 1\nn_points: {len(pts)}\n{{\n{body}\n}}\n")
+    write_atomic(path, f"version: 1\nn_points: {len(pts)}\n{{\n{body}\n}}\n")
 
 
 @dataclass
@@ -577,7 +578,7 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
     }
     if isinstance(model, Ensemble):
         results["members_nme"] = [evaluate_landmarks(m_, test_ds, eyes, device)["nme"] for m_ in model.models]
-    torch.save(model.state_dict(), out / "model.pt")
+    save_atomic(model.state_dict(), out / "model.pt")
     write_json(out / "results.json", results)
     if writer is not None:
         writer.close()

@@ -17,7 +17,8 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   run of that game and method that logged them (these are diagnostics, so incomplete runs count too).
 * ``report.md``: final scores (mean +- std over seeds of the ``final.json`` means), human-normalised scores,
   IQM of HNS with 95 % stratified bootstrap intervals, probability of improvement over the baseline, published
-  reference rows, the plots, and a table of incomplete runs.  Only runs with ``final.json`` enter final scores.
+  reference rows, the transfer measures of :func:`transfer_measures` (jump-start, area under the curve), the
+  plots, and a table of incomplete runs.  Only runs with ``final.json`` enter final scores.
 
 Every file is written atomically (`rlzoo_transfer.atomic`): an interrupted run of the command leaves the previous
 version in place, never half a file.
@@ -324,6 +325,54 @@ def improvement_over(finals: dict, method: str, baseline: str, reps: int = 2000,
     return dict(poi=scores.probability_of_improvement_ci(x, y, reps=reps, seed=seed), games=games)
 
 
+def transfer_measures(runs: Iterable[Run], baseline: str = "scratch") -> list[dict]:
+    """Transfer measures of Taylor & Stone (JMLR 2009, "Transfer learning for RL domains: a survey") per (game,
+    method), over complete runs.
+
+    * ``start``: mean over seeds of the first evaluation's mean return (step ``start_step``, 0 for runs of
+      ``train``): the *jump-start* is ``start`` minus the baseline's (None when their first steps differ).
+    * ``area``: mean over seeds of the run's average return over training, the trapezoidal area under its
+      evaluation curve divided by the steps it spans (*total reward*, normalised to a return); compared by
+      difference with the baseline's (None when the spans differ).
+    * ``final``: mean over seeds of ``final.json`` means (*asymptotic performance* at this budget).
+
+    :return: rows ``game, method, n, start_step, start, area, final, d_start, d_area, d_final``; the ``d_*`` are
+        differences to the baseline of the same game (None without a complete baseline run)
+    """
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.complete and run.evaluations:
+            groups[(run.game, run.method)].append(run)
+
+    def summary(group: list[Run]) -> dict:
+        spans = {(r.evaluations[0].step, r.evaluations[-1].step) for r in group}
+        areas = []
+        for r in group:
+            steps = np.array([e.step for e in r.evaluations], dtype=float)
+            means = np.array([e.mean for e in r.evaluations], dtype=float)
+            width = steps[-1] - steps[0]
+            areas.append(float(np.sum((means[1:] + means[:-1]) / 2 * np.diff(steps)) / width) if width > 0
+                         else float(means[0]))
+        first_steps = {s for s, _ in spans}
+        return dict(n=len(group), start_step=first_steps.pop() if len(first_steps) == 1 else None,
+                    start=float(np.mean([r.evaluations[0].mean for r in group])), area=float(np.mean(areas)),
+                    span=spans.pop() if len(spans) == 1 else None,
+                    final=float(np.mean([r.final_mean for r in group])))
+
+    stats = {key: summary(group) for key, group in groups.items()}
+    rows = []
+    for (game, method), st in sorted(stats.items()):
+        base = stats.get((game, baseline))
+        same_start = base is not None and st["start_step"] is not None and st["start_step"] == base["start_step"]
+        same_span = base is not None and st["span"] is not None and st["span"] == base["span"]
+        rows.append(dict(game=game, method=method, n=st["n"], start_step=st["start_step"], start=st["start"],
+                         area=st["area"], final=st["final"],
+                         d_start=st["start"] - base["start"] if same_start else None,
+                         d_area=st["area"] - base["area"] if same_span else None,
+                         d_final=st["final"] - base["final"] if base is not None else None))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 
@@ -590,6 +639,32 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
     return lines + [""]
 
 
+def report_transfer_section(runs: list[Run], games: list[str], methods: list[str], baseline: str) -> list[str]:
+    """Jump-start, area under the curve and final score of every method against the baseline, per game."""
+    rows = {(r["game"], r["method"]): r for r in transfer_measures(runs, baseline)}
+
+    def cell(value: float, delta: float | None) -> str:
+        return f"{value:.1f}" + ("" if delta is None else f" ({delta:+.1f})")
+
+    table = []
+    for game in games:
+        for m in methods:
+            r = rows.get((game, m))
+            if r:
+                d = (None, None, None) if m == baseline else (r["d_start"], r["d_area"], r["d_final"])
+                table.append([game, m, r["n"], cell(r["start"], d[0]), cell(r["area"], d[1]), cell(r["final"], d[2])])
+    if not table:
+        return []
+    return ["## Transfer measures", "",
+            f"Taylor & Stone (2009): **jump-start** = first evaluation (step 0 for `train` runs) and **area** = mean "
+            f"return over training (trapezoidal area under the evaluation curve / steps), each the mean over "
+            f"complete seeds, with the difference to `{baseline}` on the same game in brackets; final = the "
+            f"100-episode final score. One seed's 10-episode evaluations are noisy: read the differences with the "
+            f"seed counts.", "",
+            *md_table(["game", "method", "seeds", "step-0 return (jump-start)", "mean return over training",
+                       "final"], table), ""]
+
+
 def report_incomplete_section(runs: list[Run]) -> list[str]:
     """Table of runs without ``final.json``."""
     incomplete = sorted((r for r in runs if not r.complete), key=lambda r: (r.game, r.method, r.seed))
@@ -617,6 +692,7 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
              "curves: `curves.csv`. Published rows: REFERENCE.md (SPR paper table for DER, rliable data for SPR).", ""]
     lines += report_final_section(finals, games, methods)
     lines += report_aggregate_section(finals, methods, args.baseline, args.reps, args.seed)
+    lines += report_transfer_section(runs, games, methods, args.baseline)
     band = "± one sample std" if args.band == "std" else "the 95 % Student-t CI of the mean"
     lines += ["## Evaluation curves", "",
               f"Mean evaluation return over complete seeds, shaded {band} across seeds; dashed lines are "

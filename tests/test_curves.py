@@ -178,6 +178,35 @@ def test_final_scores_and_aggregates(runs_root):
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
+def test_transfer_measures_hand_values(runs_root):
+    rows = {(r["game"], r["method"]): r for r in curves.transfer_measures(curves.load_runs([runs_root]))}
+    scratch, zoo, hub = rows[("Alien", "scratch")], rows[("Alien", "zoo")], rows[("Alien", "hub")]
+    # scratch: complete seeds 0, 1 (seed 2 is incomplete); first evaluations 100, 200; curves (100, 300) and
+    # (200, 500) over 10k..20k -> average returns 200 and 350
+    assert scratch["n"] == 2 and scratch["start_step"] == 10000
+    assert scratch["start"] == pytest.approx(150.0) and scratch["area"] == pytest.approx(275.0)
+    assert scratch["d_start"] == 0 and scratch["final"] == pytest.approx(200.0)
+    # zoo: starts 300, 500; averages 450, 650; finals 400, 600
+    assert zoo["start"] == pytest.approx(400.0) and zoo["d_start"] == pytest.approx(250.0)
+    assert zoo["area"] == pytest.approx(550.0) and zoo["d_area"] == pytest.approx(275.0)
+    assert zoo["d_final"] == pytest.approx(300.0)
+    assert hub["d_start"] == pytest.approx(-100.0) and hub["d_area"] == pytest.approx(55.0 - 275.0)
+    assert rows[("Jamesbond", "zoo")]["d_area"] == pytest.approx((100 + 302.8) / 2 - 29.5)
+
+
+def test_transfer_measures_need_matching_steps(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "Alien", "scratch", 0, [(0, 10.0), (10000, 30.0)], final_mean=30.0)
+    make_run(root, "Alien", "zoo", 0, [(5000, 50.0), (10000, 70.0)], final_mean=70.0)
+    make_run(root, "Alien", "hub", 0, [(0, 10.0), (10000, 10.0)], final_mean=10.0)
+    make_run(root, "Gopher", "zoo", 0, [(0, 1.0), (10000, 2.0)], final_mean=2.0)
+    rows = {(r["game"], r["method"]): r for r in curves.transfer_measures(curves.load_runs([root]))}
+    assert rows[("Alien", "zoo")]["d_start"] is None and rows[("Alien", "zoo")]["d_area"] is None
+    assert rows[("Alien", "zoo")]["d_final"] == pytest.approx(40.0)
+    assert rows[("Alien", "hub")]["d_area"] == pytest.approx(10.0 - 20.0)
+    assert rows[("Gopher", "zoo")]["d_final"] is None   # no scratch run on Gopher
+
+
 def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     out = tmp_path / "eval"
     assert curves.main([str(runs_root), "--out", str(out), "--reps", "200"]) == 0
@@ -209,6 +238,7 @@ def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     assert "no CI" not in hub_rows[-1] and "[" in hub_rows[-1]            # P(hub > scratch): 2 scratch seeds
     assert "![Alien](curves_Alien.png)" in report and "(gates_Alien_zoo.png)" in report
     assert "(pathway_Alien_hub.png)" in report
+    assert "| Alien | zoo | 2 | 400.0 (+250.0) | 550.0 (+275.0) | 500.0 (+300.0) |" in report
     incomplete = report.split("## Incomplete runs")[1]
     assert "| Alien | scratch | 2 | 10000 | 20000 |" in incomplete
     assert "9999" not in report.split("## Incomplete runs")[0]

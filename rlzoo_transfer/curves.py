@@ -336,7 +336,8 @@ def transfer_measures(runs: Iterable[Run], baseline: str = "scratch") -> list[di
       difference with the baseline's (None when the spans differ).
     * ``final``: mean over seeds of ``final.json`` means (*asymptotic performance* at this budget).
 
-    :return: rows ``game, method, n, start_step, start, area, final, d_start, d_area, d_final``; the ``d_*`` are
+    :return: rows ``game, method, n, start_step, start, area, areas, base_areas, final, d_start, d_area,
+        d_final``: ``areas`` per seed, ``base_areas`` the baseline's (None when not comparable); the ``d_*`` are
         differences to the baseline of the same game (None without a complete baseline run)
     """
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
@@ -356,6 +357,7 @@ def transfer_measures(runs: Iterable[Run], baseline: str = "scratch") -> list[di
         first_steps = {s for s, _ in spans}
         return dict(n=len(group), start_step=first_steps.pop() if len(first_steps) == 1 else None,
                     start=float(np.mean([r.evaluations[0].mean for r in group])), area=float(np.mean(areas)),
+                    areas=areas,
                     span=spans.pop() if len(spans) == 1 else None,
                     final=float(np.mean([r.final_mean for r in group])))
 
@@ -366,7 +368,8 @@ def transfer_measures(runs: Iterable[Run], baseline: str = "scratch") -> list[di
         same_start = base is not None and st["start_step"] is not None and st["start_step"] == base["start_step"]
         same_span = base is not None and st["span"] is not None and st["span"] == base["span"]
         rows.append(dict(game=game, method=method, n=st["n"], start_step=st["start_step"], start=st["start"],
-                         area=st["area"], final=st["final"],
+                         area=st["area"], areas=st["areas"], base_areas=base["areas"] if same_span else None,
+                         final=st["final"],
                          d_start=st["start"] - base["start"] if same_start else None,
                          d_area=st["area"] - base["area"] if same_span else None,
                          d_final=st["final"] - base["final"] if base is not None else None))
@@ -546,10 +549,16 @@ def _fmt_ci(triple: tuple[float, float, float], digits: int = 3) -> str:
     return f"{p:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def _fmt_point_only(triple: tuple[float, float, float], digits: int = 3) -> str:
-    """``point (1 seed per game: no CI)``: resampling one seed per game gives a zero-width interval that would
-    read as certainty, so none is shown."""
-    return f"{triple[0]:.{digits}f} (1 seed per game: no CI)"
+def _fmt_point_only(triple: tuple[float, float, float], digits: int = 3, why: str = "1 seed per game") -> str:
+    """``point (<why>: no CI)``: resampling a single seed gives a zero-width interval that would read as
+    certainty, so none is shown."""
+    return f"{triple[0]:.{digits}f} ({why}: no CI)"
+
+
+def _poi_has_ci(x_groups: Sequence[Sequence[float]], y_groups: Sequence[Sequence[float]]) -> bool:
+    """A probability of improvement gets a bootstrap CI only when both methods have >= 2 seeds on every game: with
+    one seed on a side, the interval shows the other side's spread only (e.g. [1, 1] from one lucky run)."""
+    return all(len(x) >= 2 and len(y) >= 2 for x, y in zip(x_groups, y_groups))
 
 
 def _fmt_final(vals: list[float] | None) -> str:
@@ -627,19 +636,22 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
     lines += md_table(header, rows) if rows else ["No complete run of a game with known random / human scores."]
     lines += ["", f"## Probability of improvement over {baseline}", "",
               f"P(X > Y) of a run of the method beating a run of {baseline} on the same game (ties count 1/2), "
-              "averaged over the games both completed; 95 % CI by stratified bootstrap over seeds.", ""]
+              "averaged over the games both completed; 95 % CI by stratified bootstrap over seeds, shown when both methods have "
+              ">= 2 seeds on every game (with one seed on a side it would show only the other side's spread).", ""]
     rows = []
     for m in methods:
         res = None if m == baseline else improvement_over(finals, m, baseline, reps, seed)
         if res:
-            single = all(len(finals[(g, m)]) == 1 and len(finals[(g, baseline)]) == 1 for g in res["games"])
-            rows.append([m, (_fmt_point_only if single else _fmt_ci)(res["poi"]), ", ".join(res["games"])])
+            ci = _poi_has_ci([finals[(g, m)] for g in res["games"]], [finals[(g, baseline)] for g in res["games"]])
+            rows.append([m, _fmt_ci(res["poi"]) if ci else _fmt_point_only(res["poi"], why="a side with 1 seed"),
+                         ", ".join(res["games"])])
     lines += md_table(["method", f"P(method > {baseline}) [95% CI]", "games"], rows) if rows else \
         [f"No method shares a completed game with `{baseline}`."]
     return lines + [""]
 
 
-def report_transfer_section(runs: list[Run], games: list[str], methods: list[str], baseline: str) -> list[str]:
+def report_transfer_section(runs: list[Run], games: list[str], methods: list[str], baseline: str, reps: int = 2000,
+                            seed: int = 0) -> list[str]:
     """Jump-start, area under the curve and final score of every method against the baseline, per game."""
     rows = {(r["game"], r["method"]): r for r in transfer_measures(runs, baseline)}
 
@@ -652,17 +664,23 @@ def report_transfer_section(runs: list[Run], games: list[str], methods: list[str
             r = rows.get((game, m))
             if r:
                 d = (None, None, None) if m == baseline else (r["d_start"], r["d_area"], r["d_final"])
-                table.append([game, m, r["n"], cell(r["start"], d[0]), cell(r["area"], d[1]), cell(r["final"], d[2])])
+                poi = "-"
+                if m != baseline and r["base_areas"] is not None:
+                    triple = scores.probability_of_improvement_ci([r["areas"]], [r["base_areas"]], reps=reps, seed=seed)
+                    poi = _fmt_ci(triple, 2) if _poi_has_ci([r["areas"]], [r["base_areas"]]) else f"{triple[0]:.2f}"
+                table.append([game, m, r["n"], cell(r["start"], d[0]), cell(r["area"], d[1]), poi,
+                              cell(r["final"], d[2])])
     if not table:
         return []
     return ["## Transfer measures", "",
             f"Taylor & Stone (2009): **jump-start** = first evaluation (step 0 for `train` runs) and **area** = mean "
             f"return over training (trapezoidal area under the evaluation curve / steps), each the mean over "
             f"complete seeds, with the difference to `{baseline}` on the same game in brackets; final = the "
-            f"100-episode final score. One seed's 10-episode evaluations are noisy: read the differences with the "
-            f"seed counts.", "",
+            f"100-episode final score; P(area > {baseline}) = probability that a run's mean return over training "
+            f"beats a {baseline} run's on the game (95 % bootstrap CI over seeds when both have >= 2 seeds, else the "
+            f"point only). One seed's 10-episode evaluations are noisy: read the differences with the seed counts.", "",
             *md_table(["game", "method", "seeds", "step-0 return (jump-start)", "mean return over training",
-                       "final"], table), ""]
+                       f"P(area > {baseline})", "final"], table), ""]
 
 
 def report_incomplete_section(runs: list[Run]) -> list[str]:
@@ -692,7 +710,7 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
              "curves: `curves.csv`. Published rows: REFERENCE.md (SPR paper table for DER, rliable data for SPR).", ""]
     lines += report_final_section(finals, games, methods)
     lines += report_aggregate_section(finals, methods, args.baseline, args.reps, args.seed)
-    lines += report_transfer_section(runs, games, methods, args.baseline)
+    lines += report_transfer_section(runs, games, methods, args.baseline, args.reps, args.seed)
     band = "± one sample std" if args.band == "std" else "the 95 % Student-t CI of the mean"
     lines += ["## Evaluation curves", "",
               f"Mean evaluation return over complete seeds, shaded {band} across seeds; dashed lines are "

@@ -192,6 +192,7 @@ def test_transfer_measures_hand_values(runs_root):
     assert zoo["d_final"] == pytest.approx(300.0)
     assert hub["d_start"] == pytest.approx(-100.0) and hub["d_area"] == pytest.approx(55.0 - 275.0)
     assert rows[("Jamesbond", "zoo")]["d_area"] == pytest.approx((100 + 302.8) / 2 - 29.5)
+    assert zoo["areas"] == pytest.approx([450.0, 650.0]) and zoo["base_areas"] == pytest.approx([200.0, 350.0])
 
 
 def test_transfer_measures_need_matching_steps(tmp_path):
@@ -231,17 +232,27 @@ def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     assert "| DER (published) | 739.9 | 301.6 |" in report
     assert "| SPR (published) | 841.9 | 366.5 |" in report
     assert "IQM HNS [95% CI]" in report and "P(method > scratch)" in report
-    assert "| zoo | 1.000 [1.000, 1.000] | Alien, Jamesbond |" in report
+    assert "| zoo | 1.000 (a side with 1 seed: no CI) | Alien, Jamesbond |" in report  # Jamesbond: 1 vs 1
     aggregate = report.split("## Aggregate")[1].split("## Evaluation curves")[0]
     hub_rows = [line for line in aggregate.splitlines() if line.startswith("| hub |")]
     assert hub_rows and all("no CI" in line for line in hub_rows[:-1])  # aggregate rows: one Alien seed
-    assert "no CI" not in hub_rows[-1] and "[" in hub_rows[-1]            # P(hub > scratch): 2 scratch seeds
+    assert "0.000 (a side with 1 seed: no CI)" in hub_rows[-1]           # P(hub > scratch): 1 hub seed
     assert "![Alien](curves_Alien.png)" in report and "(gates_Alien_zoo.png)" in report
     assert "(pathway_Alien_hub.png)" in report
-    assert "| Alien | zoo | 2 | 400.0 (+250.0) | 550.0 (+275.0) | 500.0 (+300.0) |" in report
+    assert "| Alien | zoo | 2 | 400.0 (+250.0) | 550.0 (+275.0) | 1.00 [1.00, 1.00] | 500.0 (+300.0) |" in report
+    # Jamesbond: one zoo seed against one scratch seed -> the point only
+    assert "| Jamesbond | zoo | 1 | 100.0 (+71.0) | 201.4 (+171.9) | 1.00 | 302.8 (+273.8) |" in report
     incomplete = report.split("## Incomplete runs")[1]
     assert "| Alien | scratch | 2 | 10000 | 20000 |" in incomplete
     assert "9999" not in report.split("## Incomplete runs")[0]
+
+
+def test_probability_of_improvement_ci_needs_two_seeds_a_side(runs_root, tmp_path):
+    seeds = [runs_root / "Alien" / m / f"seed{k}" for m in ("scratch", "zoo") for k in (0, 1)]
+    assert curves.main([*map(str, seeds), "--out", str(tmp_path / "o"), "--reps", "200"]) == 0
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "| zoo | 1.000 [1.000, 1.000] | Alien |" in report   # 2 vs 2 seeds: the interval is shown
+    assert not curves._poi_has_ci([[1.0, 2.0]], [[3.0]]) and curves._poi_has_ci([[1.0, 2.0]], [[3.0, 4.0]])
 
 
 def test_cli_no_incomplete(tmp_path):

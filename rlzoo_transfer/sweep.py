@@ -181,13 +181,15 @@ def plan(games: Sequence[str], methods: Sequence[str], seeds: Sequence[int], log
     return jobs
 
 
-def lockstep_groups(jobs: list[Job], size: int, log_dir: Path, steps: int | None, extra: Sequence[str]) -> None:
+def lockstep_groups(jobs: list[Job], size: int, log_dir: Path, steps: int | None, extra: Sequence[str],
+                    sample_threads: int | None = None) -> None:
     """Merge pending jobs into lock-step groups of at most ``size`` runs (in place).
 
     Runs can share a group when their networks have one shape: the same method (and source) and games with the
     same number of actions (Alien and Jamesbond: 18; Gopher: 8).  Hub and kflow runs stay single.  The first job
     of a group leads it: its command is ``-m rlzoo_transfer.lockstep --runs ... --resume`` and its ``train.log``
-    holds the group's output.
+    holds the group's output.  ``sample_threads`` goes to the groups' ``lockstep --sample-threads`` only (train
+    has no such option, so the runs left single never see it).
     """
     from rlzoo_transfer.envs import action_meanings
     from rlzoo_transfer.rl.methods import get_method
@@ -209,7 +211,8 @@ def lockstep_groups(jobs: list[Job], size: int, log_dir: Path, steps: int | None
             runs = [":".join([j.spec.game, j.spec.method, *([j.spec.source] if j.spec.source else []),
                               str(j.spec.seed)]) for j in chunk]
             lead.args = ["-m", "rlzoo_transfer.lockstep", "--runs", *runs, "--log-dir", str(log_dir),
-                         *(["--steps", str(steps)] if steps is not None else []), "--resume", *extra]
+                         *(["--steps", str(steps)] if steps is not None else []), "--resume",
+                         *(["--sample-threads", str(sample_threads)] if sample_threads is not None else []), *extra]
             lead.members = chunk
             for j in chunk[1:]:
                 j.led, j.note = True, f"lock-step with {lead.spec.name}"
@@ -458,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lockstep", type=int, default=0, metavar="K",
                    help="train up to K compatible runs (same method, same number of actions) in one process, "
                         "in lock-step (python -m rlzoo_transfer.lockstep); hub and kflow runs stay single")
+    p.add_argument("--sample-threads", type=int, default=None, metavar="N",
+                   help="with --lockstep: threads that sample the group's replay buffers "
+                        "(lockstep --sample-threads; default: lockstep's)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("--no-live", action="store_true", help="plain log lines instead of the live table")
     p.add_argument("--train-module", default="rlzoo_transfer.train", help=argparse.SUPPRESS)
@@ -487,6 +493,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--steps must be >= 1")
     if args.lockstep < 0:
         parser.error("--lockstep must be >= 0")
+    if args.sample_threads is not None:
+        if args.sample_threads < 1:
+            parser.error(f"--sample-threads must be a positive number of threads, got {args.sample_threads}")
+        if args.lockstep < 2:
+            parser.error("--sample-threads needs --lockstep K with K >= 2 (single runs have no sampling threads)")
     for method in args.methods:
         try:
             parse_method(method)
@@ -519,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         jobs = plan(args.games, args.methods, args.seeds, args.log_dir, args.steps, args.extra, args.train_module)
         if args.lockstep > 1:
-            lockstep_groups(jobs, args.lockstep, args.log_dir, args.steps, args.extra)
+            lockstep_groups(jobs, args.lockstep, args.log_dir, args.steps, args.extra, args.sample_threads)
         if args.dry_run:
             print(dry_run_text(jobs))
             return 0

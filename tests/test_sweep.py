@@ -242,6 +242,27 @@ def test_lockstep_groups_compatible_runs(tmp_path, capsys):
     assert not log.exists()
 
 
+def test_sample_threads_reach_lockstep_groups_only(tmp_path, capsys):
+    """--sample-threads goes to the lock-step leads' commands, never to single train runs (train has no such option)."""
+    log = tmp_path / "runs"
+    code = sweep.main(["--games", "Alien", "--methods", "scratch", "hub", "--seeds", "0", "1", "--log-dir", str(log),
+                       "--lockstep", "2", "--sample-threads", "3", "--dry-run"])
+    commands = [ln for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")]
+    assert code == 0
+    leads = [ln for ln in commands if "rlzoo_transfer.lockstep" in ln]
+    singles = [ln for ln in commands if "rlzoo_transfer.train" in ln]
+    assert len(leads) == 1 and "--sample-threads 3" in leads[0]
+    assert len(singles) == 2 and not any("--sample-threads" in ln for ln in singles)
+
+
+def test_sample_threads_without_lockstep_or_not_positive_exit_2(capsys):
+    for extra in (["--sample-threads", "2"], ["--lockstep", "2", "--sample-threads", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "--dry-run", *extra])
+        assert exc.value.code == 2
+    assert "--sample-threads" in capsys.readouterr().err
+
+
 def test_real_lockstep_sweep(tmp_path, capsys):
     """Two real tiny runs trained as one lock-step group by the sweep; both finish with their own folders."""
     log = tmp_path / "runs"

@@ -243,7 +243,7 @@ def test_lockstep_groups_compatible_runs(tmp_path, capsys):
 
 
 def test_sample_threads_reach_lockstep_groups_only(tmp_path, capsys):
-    """--sample-threads goes to the lock-step leads' commands, never to single train runs (train has no such option)."""
+    """--sample-threads goes to the lock-step leads' commands, never to single runs (train has no such option)."""
     log = tmp_path / "runs"
     code = sweep.main(["--games", "Alien", "--methods", "scratch", "hub", "--seeds", "0", "1", "--log-dir", str(log),
                        "--lockstep", "2", "--sample-threads", "3", "--dry-run"])

@@ -205,3 +205,26 @@ def test_exponent_without_a_dot_is_a_number():
     assert got == {"learning_rate": 1e-4, "buffer_size": 1e5, "mode": "lite", "n_steps": 3}
     config = load_config(None, {k: got[k] for k in ("learning_rate", "buffer_size")})
     assert config["learning_rate"] == 1e-4 and config["buffer_size"] == 100_000
+
+
+def test_zoo_run_killed_and_resumed_logs_each_gate_once(tmp_path):
+    """A real zoo run (the shipped zoo) killed after its first checkpoint and resumed: gates.csv has every
+    (layer, source) gate once per evaluation step, and each layer's gates sum to 1 (gate_norm "sum")."""
+    log = tmp_path / "runs"
+    args = ["--game", GAME, "--method", "zoo", "--steps", "200", "--eval-freq", "100", "--log-dir", str(log), *TINY]
+    run = log / GAME / "zoo" / "seed0"
+    kill_after_checkpoint(["-m", "rlzoo_transfer.train", *args], [run], timeout=300, cwd=ROOT)
+    done = cli(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    with open(run / "gates.csv") as f:
+        rows = list(csv.DictReader(f))
+    keys = [(int(r["step"]), r["layer"], r["source"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a gate logged twice"
+    assert sorted({k[0] for k in keys}) == [0, 100, 200]
+    per_step = {s: {(k[1], k[2]) for k in keys if k[0] == s} for s in (0, 100, 200)}
+    assert per_step[0] == per_step[100] == per_step[200]
+    assert {src for _, src in per_step[0]} == {"Seaquest", "Riverraid"}
+    for step in (0, 100, 200):
+        for layer in {layer for layer, _ in per_step[step]}:
+            total = sum(float(r["gate"]) for r in rows if int(r["step"]) == step and r["layer"] == layer)
+            assert total == pytest.approx(1.0, abs=1e-5)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rlzoo_transfer.atomic import write_atomic  # noqa: F401  (re-exported: run.py, pretrain.py)
+from rlzoo_transfer.atomic import write_atomic  # also imported from here by run.py, pretrain.py
 from rlzoo_transfer.rl.evaluation import evaluate
 
 EVAL_HEADER = ["step", "mean", "std", "n_episodes", "returns"]
@@ -41,13 +41,21 @@ def eval_row(step: int, returns: list[float]) -> dict:
 
 
 def append_stats(path: Path, header: list[str], rows: list[list]) -> None:
-    """Append rows to a statistics CSV (gates.csv, pathway.csv), writing the header once."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(header)
-        w.writerows(rows)
+    """Add one step's rows to a statistics CSV (gates.csv, pathway.csv), atomically.
+
+    Rows already there from this step on are dropped first: a run resumed from an earlier checkpoint (or restarted
+    from step 0) logs those steps again, and must not leave two rows per step behind.  ``rows[i][0]`` is the step.
+    """
+    step = int(rows[0][0])
+    kept = []
+    if path.exists():
+        with open(path, newline="") as f:
+            kept = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) < step]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(kept + [list(r) for r in rows])
+    write_atomic(path, buf.getvalue())
 
 
 class EvalCheckpointCallback(BaseCallback):

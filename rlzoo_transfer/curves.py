@@ -36,6 +36,7 @@ import re
 import sys
 import warnings
 from collections import defaultdict
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -293,9 +294,10 @@ def hns_groups(finals: dict[tuple[str, str], list[float]], method: str) -> dict[
 def aggregate_hns(finals: dict, method: str, reps: int = 2000, seed: int = 0,
                   games: Iterable[str] | None = None) -> dict | None:
     """IQM and mean of the method's HNS over all runs x games (only ``games`` if given), each with a stratified
-    bootstrap 95 % CI.
+    bootstrap 95 % CI.  Games with different numbers of seeds count the same (:func:`scores.aggregate_statistics`).
 
-    :return: ``dict(iqm=(point, low, high), mean=(point, low, high), n_runs, n_games)``; None without data
+    :return: ``dict(iqm=(point, low, high), mean=(point, low, high), n_runs, n_games, seeds)``, ``seeds`` the runs
+        per game in the games' sorted order; None without data
     """
     groups = hns_groups(finals, method)
     if games is not None:
@@ -304,11 +306,14 @@ def aggregate_hns(finals: dict, method: str, reps: int = 2000, seed: int = 0,
     if not groups:
         return None
     data = [groups[g] for g in sorted(groups)]
+    seeds = [len(d) for d in data]
+    iqm_stat, mean_stat = scores.aggregate_statistics(seeds)
     return dict(
-        iqm=scores.stratified_bootstrap_ci(data, reps=reps, seed=seed),
-        mean=scores.stratified_bootstrap_ci(data, statistic=lambda x: x.mean(axis=1), reps=reps, seed=seed),
-        n_runs=int(sum(len(d) for d in data)),
+        iqm=scores.stratified_bootstrap_ci(data, statistic=iqm_stat, reps=reps, seed=seed),
+        mean=scores.stratified_bootstrap_ci(data, statistic=mean_stat, reps=reps, seed=seed),
+        n_runs=int(sum(seeds)),
         n_games=len(data),
+        seeds=seeds,
     )
 
 
@@ -609,18 +614,28 @@ def report_final_section(finals: dict, games: list[str], methods: list[str]) -> 
 def report_aggregate_section(finals: dict, methods: list[str], baseline: str, reps: int, seed: int) -> list[str]:
     """IQM / mean HNS with bootstrap CIs, and probability of improvement over the baseline."""
     lines = ["## Aggregate (human-normalised)", "",
-             f"IQM = `scipy.stats.trim_mean(x, 0.25)` over all complete runs x games of HNS; 95 % stratified "
+             "IQM and mean of the HNS of all complete runs x games, with every game counting the same: each run "
+             "weighs 1 / (games x its game's seeds), so a game with more seeds does not dominate an unfinished "
+             "sweep. The mean is then the mean over games of each game's mean; the IQM is the mean of the middle "
+             "half of the weighted distribution (runs at a quartile count in part), which with equal seeds per game "
+             "and a number of runs divisible by 4 is rliable's `scipy.stats.trim_mean(x, 0.25)`. 95 % stratified "
              f"bootstrap CIs (seeds resampled within each game, {reps} replicates, seed {seed}, percentile "
-             "interval). With one seed per game there is nothing to resample: such rows show the point only.", ""]
-    header = ["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "games", "runs"]
+             "interval), shown only when every game has >= 2 seeds: a game with one seed adds no spread, so "
+             "the interval would read as more certain than the data are.", ""]
+    header = ["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "games", "runs", "seeds per game"]
 
     def table(games: list[str] | None) -> list[list]:
         rows = []
         for m in methods:
             agg = aggregate_hns(finals, m, reps, seed, games)
             if agg:
-                fmt = _fmt_point_only if agg["n_runs"] == agg["n_games"] else _fmt_ci
-                rows.append([m, fmt(agg["iqm"]), fmt(agg["mean"]), agg["n_games"], agg["n_runs"]])
+                if min(agg["seeds"]) >= 2:
+                    fmt = _fmt_ci
+                else:
+                    why = "1 seed per game" if max(agg["seeds"]) == 1 else "a game with 1 seed"
+                    fmt = partial(_fmt_point_only, why=why)
+                rows.append([m, fmt(agg["iqm"]), fmt(agg["mean"]), agg["n_games"], agg["n_runs"],
+                             " / ".join(str(n) for n in agg["seeds"])])
         return rows
 
     game_sets = {m: set(hns_groups(finals, m)) for m in methods}

@@ -125,6 +125,52 @@ def iqm(values, axis: int | None = None):
     return stats.trim_mean(x, 0.25, axis=axis)
 
 
+def weighted_iqm(values, weights, axis: int = -1):
+    """Interquartile mean of a weighted sample: ``2 * integral_{0.25}^{0.75} Q(u) du``.
+
+    ``Q`` is the quantile function of the distribution that puts mass ``w_i / sum(w)`` on ``x_i``; each value
+    contributes its mass's overlap with the middle half [0.25, 0.75] of the cumulative mass.  With equal weights
+    and a sample size divisible by 4 this is ``scipy.stats.trim_mean(x, 0.25)``; otherwise the values at the
+    quartiles count in part (trim_mean drops or keeps them whole).
+
+    :param values: array (..., n)
+    :param weights: (n,) non-negative, not all zero, broadcast over ``values``'s other axes
+    :param axis: the sample axis
+    :return: array (...) of interquartile means
+    """
+    x = np.moveaxis(np.asarray(values, dtype=float), axis, -1)
+    w = np.broadcast_to(np.asarray(weights, dtype=float), x.shape)
+    order = np.argsort(x, axis=-1, kind="stable")
+    x = np.take_along_axis(x, order, -1)
+    w = np.take_along_axis(w, order, -1)
+    w = w / w.sum(-1, keepdims=True)
+    upper = np.cumsum(w, -1)
+    lower = upper - w
+    overlap = np.clip(np.minimum(upper, 0.75) - np.maximum(lower, 0.25), 0.0, None)
+    return (x * overlap).sum(-1) / 0.5
+
+
+def game_weights(sizes: Sequence[int]) -> np.ndarray:
+    """Per-run weights (sum n_g,) that give each of G games the same total weight: ``1 / (G n_g)`` for a run of a
+    game with ``n_g`` runs, in the games' order (the layout of :func:`stratified_bootstrap_ci`'s samples)."""
+    sizes = [int(n) for n in sizes]
+    return np.concatenate([np.full(n, 1.0 / (len(sizes) * n)) for n in sizes])
+
+
+def aggregate_statistics(sizes: Sequence[int]) -> tuple[Callable, Callable]:
+    """``(iqm, mean)`` statistics over runs x games for :func:`stratified_bootstrap_ci`, each mapping (reps,
+    sum n_g) -> (reps,): :func:`weighted_iqm` and the weighted mean with :func:`game_weights`.
+
+    Every game counts the same.  Pooling the runs (rliable's ``trim_mean`` over runs x games) weights each game by
+    its number of seeds, so in an unfinished sweep the game with most seeds would dominate.  With the same number
+    of seeds on every game the mean is the pooled mean, and the IQM is ``trim_mean(x, 0.25)`` whenever the number
+    of runs is divisible by 4 (otherwise the runs at the quartiles count in part instead of whole or not at all);
+    one estimator for every row keeps rows with different seed counts comparable.
+    """
+    w = game_weights(sizes)
+    return (lambda x: weighted_iqm(x, w, axis=1)), (lambda x: (x * w).sum(axis=1))
+
+
 def _stack_per_game(per_game: Sequence[np.ndarray]) -> np.ndarray:
     """Concatenate per-game arrays of shape ``(reps, n_g)`` along the run axis -> ``(reps, sum n_g)``."""
     return np.concatenate(per_game, axis=1)

@@ -103,6 +103,37 @@ def test_bootstrap_ci_contains_point_and_is_seeded():
     assert scores.stratified_bootstrap_ci(groups, reps=500, seed=3) == (point, low, high)
 
 
+def test_weighted_iqm_hand_values():
+    # equal weights, n divisible by 4: scipy's trim_mean
+    assert scores.weighted_iqm(np.arange(1, 9), np.ones(8)) == pytest.approx(4.5)
+    # n = 3, equal weights: each value holds 1/3; the middle half takes 1/12 of 1, all of 2, 1/12 of 3 -> 2
+    assert scores.weighted_iqm([3.0, 1.0, 2.0], [1, 1, 1]) == pytest.approx(2.0)
+    # n = 5, masses of .2: the middle half takes .15 of 2, all of 3, .15 of 4 (and nothing of 1 or 100)
+    assert scores.weighted_iqm([1, 2, 100, 4, 3], np.ones(5)) == pytest.approx((0.15 * 2 + 0.2 * 3 + 0.15 * 4) / 0.5)
+    assert scores.weighted_iqm([1, 2, 3, 4, 8], np.ones(5)) == pytest.approx((0.15 * 2 + 0.2 * 3 + 0.15 * 4) / 0.5)
+    # weights move the quartiles: [0, 10] with weights 3:1 -> the middle half [.25, .75] lies inside 0's mass
+    assert scores.weighted_iqm([10.0, 0.0], [1, 3]) == pytest.approx(0.0)
+    # along an axis, one weight vector for every row
+    np.testing.assert_allclose(scores.weighted_iqm([[1, 2, 3, 4], [40, 30, 20, 10]], [1, 1, 1, 1], axis=1), [2.5, 25])
+
+
+def test_aggregate_statistics_balance_games():
+    np.testing.assert_allclose(scores.game_weights([2, 1]), [0.25, 0.25, 0.5])
+    # equal seeds per game: the pooled mean, and rliable's pooled trim_mean when 4 divides the number of runs
+    x = np.array([[1, 2, 3, 4, 5, 6, 7, 90.0]])
+    iqm_stat, mean_stat = scores.aggregate_statistics([4, 4])
+    assert iqm_stat(x)[0] == pytest.approx(scores.iqm(x)) and mean_stat(x)[0] == pytest.approx(x.mean())
+    # 9 runs: 3 and 7 count 3/4 each, 4, 5, 6 whole -> (.75 * 3 + 4 + 5 + 6 + .75 * 7) / 9 / .5 = 5
+    iqm_stat, _ = scores.aggregate_statistics([3, 3, 3])
+    assert iqm_stat(np.array([[1, 2, 3, 4, 5, 6, 7, 8, 90.0]]))[0] == pytest.approx(5.0)
+    # 3 seeds of game A at 0, one of game B at 1: pooled, A's seeds outvote B (IQM 0, mean 0.25); balanced, the
+    # games count the same: mean 0.5, and the middle half [.25, .75] is half A's mass, half B's -> IQM 0.5
+    iqm_stat, mean_stat = scores.aggregate_statistics([3, 1])
+    x = np.array([[0.0, 0.0, 0.0, 1.0]])
+    assert scores.iqm(x, axis=1)[0] == pytest.approx(0.0)
+    assert iqm_stat(x)[0] == pytest.approx(0.5) and mean_stat(x)[0] == pytest.approx(0.5)
+
+
 def test_bootstrap_ci_degenerate_and_stratified():
     assert scores.stratified_bootstrap_ci([[0.7] * 5, [0.7] * 3], reps=200) == pytest.approx((0.7, 0.7, 0.7))
     # one run per game: resampling *within* games cannot change anything (a pooled bootstrap would)
@@ -158,9 +189,13 @@ def test_final_scores_and_aggregates(runs_root):
     finals = curves.final_scores(curves.load_runs([runs_root]))
     assert finals[("Alien", "scratch")] == [100.0, 300.0]
     agg = curves.aggregate_hns(finals, "zoo", reps=300)
-    # zoo HNS: Alien (400-227.8)/6899.9, (600-227.8)/6899.9, Jamesbond 1.0 -> IQM of 3 values = trim_mean
-    expected = scores.iqm([(400 - 227.8) / 6899.9, (600 - 227.8) / 6899.9, 1.0])
-    assert agg["iqm"][0] == pytest.approx(expected) and agg["n_runs"] == 3 and agg["n_games"] == 2
+    # zoo HNS: Alien a1 = (400-227.8)/6899.9, a2 = (600-227.8)/6899.9 (2 seeds), Jamesbond 1.0 (1 seed): the games
+    # count the same, so the Alien runs weigh 1/4 each and the Jamesbond run 1/2: sorted a1 [0, .25], a2 [.25, .5],
+    # 1.0 [.5, 1]; the middle half [.25, .75] holds a2 (.25) and 1.0 (.25) -> IQM = (.25 a2 + .25) / .5
+    a1, a2 = (400 - 227.8) / 6899.9, (600 - 227.8) / 6899.9
+    assert agg["iqm"][0] == pytest.approx((0.25 * a2 + 0.25) / 0.5)
+    assert agg["mean"][0] == pytest.approx(((a1 + a2) / 2 + 1.0) / 2)      # mean over games of the game means
+    assert agg["n_runs"] == 3 and agg["n_games"] == 2 and agg["seeds"] == [2, 1]
     assert agg["iqm"][1] <= agg["iqm"][0] <= agg["iqm"][2]
     alien = curves.aggregate_hns(finals, "zoo", reps=300, games=["Alien"])   # restricted to one game
     assert alien["n_games"] == 1 and alien["n_runs"] == 2
@@ -236,6 +271,9 @@ def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     aggregate = report.split("## Aggregate")[1].split("## Evaluation curves")[0]
     hub_rows = [line for line in aggregate.splitlines() if line.startswith("| hub |")]
     assert hub_rows and all("no CI" in line for line in hub_rows[:-1])  # aggregate rows: one Alien seed
+    zoo_rows = [line for line in aggregate.splitlines() if line.startswith("| zoo |")]
+    # zoo: 2 Alien seeds and 1 Jamesbond seed -> balanced point, no CI, the seeds per game shown
+    assert any("(a game with 1 seed: no CI)" in line and line.endswith("| 2 | 3 | 2 / 1 |") for line in zoo_rows)
     assert "0.000 (a side with 1 seed: no CI)" in hub_rows[-1]           # P(hub > scratch): 1 hub seed
     assert "![Alien](curves_Alien.png)" in report and "(gates_Alien_zoo.png)" in report
     assert "(pathway_Alien_hub.png)" in report

@@ -48,8 +48,13 @@ def test_run_folder_has_every_file(finished):
     run, args, proc = finished
     assert f"done: {run}" in proc.stdout
     assert "Traceback" not in proc.stderr
-    for name in ("config.yml", "evaluations.csv", "final.json", "model.zip", "checkpoint", "tb"):
+    for name in ("config.yml", "evaluations.csv", "final.json", "model.zip", "checkpoint", "tb", "curve.png",
+                 "report.md"):
         assert (run / name).exists(), name
+    assert f"report: {run / 'report.md'}" in proc.stdout
+    assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    final = json.loads((run / "final.json").read_text())
+    assert f"**{final['mean']:.1f}**" in (run / "report.md").read_text()
     assert not list(run.glob("*.tmp*")) and not (run / "checkpoint.tmp").exists()
 
     config = yaml.safe_load((run / "config.yml").read_text())

@@ -133,8 +133,8 @@ def test_cli_writes_single_run_files(tmp_path, capsys):
     assert lockstep_main(args) == 0
     for seed in (0, 1):
         d = tmp_path / "Gopher" / "scratch" / f"seed{seed}"
-        assert {"config.yml", "evaluations.csv", "final.json", "model.zip", "checkpoint", "tb"} <= \
-            {p.name for p in d.iterdir()}
+        assert {"config.yml", "evaluations.csv", "final.json", "model.zip", "checkpoint", "tb", "curve.png",
+                "report.md"} <= {p.name for p in d.iterdir()}
         final = json.loads((d / "final.json").read_text())
         assert final["steps"] == 200 and final["seed"] == seed and final["n_episodes"] == 1
         lines = (d / "evaluations.csv").read_text().splitlines()

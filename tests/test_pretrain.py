@@ -74,6 +74,9 @@ def test_zoo_manifest_records_the_source(pretrained):
     for name in ("final.json", "config.yml"):
         assert (zoo / "Riverraid" / name).exists()
     assert (log / "Riverraid" / "scratch" / "seed0" / "model.zip").exists()
+    # and the run folder has its summary to look at
+    for name in ("curve.png", "report.md"):
+        assert (log / "Riverraid" / "scratch" / "seed0" / name).exists(), name
 
 
 def test_a_resumed_source_records_both_commands(pretrained, tmp_path):

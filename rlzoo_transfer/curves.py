@@ -10,6 +10,7 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   seeds (``--band std``, default) or the 95 % Student-t confidence interval of that mean (``--band ci``:
   ``mean +- t(0.975, n-1) * std / sqrt(n)``).  Incomplete runs are drawn one dashed line each and are never part of
   the mean or band.  Published DER and SPR scores (:mod:`rlzoo_transfer.scores`) are marked at the last step.
+* ``curves_all.png`` (two or more games): the same panels side by side, the papers' layout.
 * ``curves.csv``: the curves of the plots, ``game,method,step,mean,std,n_seeds`` (complete runs only).
 * ``runs.csv``: one row per run folder (complete or not) with its final score and last evaluated step.
 * ``gates_<Game>_<method>.png`` / ``pathway_<Game>_<method>.png``: mean AdaAgg gate per layer and source
@@ -435,11 +436,10 @@ def _band(row: dict, band: str) -> float:
     return float(stats.t.ppf(0.975, n - 1) * row["std"] / math.sqrt(n))
 
 
-def plot_game(game: str, rows: list[dict], runs: list[Run], methods: list[str], path: Path, band: str) -> None:
-    """Curves of one game: a line and band per method, a dashed line per incomplete run, published marks."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+def _draw_game(ax, game: str, rows: list[dict], runs: list[Run], methods: list[str], band: str, colors: list,
+               legend_size: int = 8) -> None:
+    """One game's curves on ``ax``: a line and band per method (colour fixed by the method's index in
+    ``methods``), a dashed line per incomplete run, published marks at the last step."""
     for i, method in enumerate(methods):
         color = colors[i % len(colors)]
         mrows = [r for r in rows if r["method"] == method]
@@ -464,10 +464,33 @@ def plot_game(game: str, rows: list[dict], runs: list[Run], methods: list[str], 
                     label=f"{algo} (published)")
     ax.set_xlim(0, x_max * 1.02)
     ax.set_xlabel("agent steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
+def plot_game(game: str, rows: list[dict], runs: list[Run], methods: list[str], path: Path, band: str) -> None:
+    """Curves of one game: a line and band per method, a dashed line per incomplete run, published marks."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _draw_game(ax, game, rows, runs, methods, band, plt.rcParams["axes.prop_cycle"].by_key()["color"])
     ax.set_ylabel("mean evaluation return")
     ax.set_title(f"{game} (band: {'± 1 std' if band == 'std' else '95% CI'} across seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save_png(fig, path)
+
+
+def plot_all_games(games: list[str], rows: list[dict], runs: list[Run], methods: list[str], path: Path,
+                   band: str) -> None:
+    """The papers' layout: one panel per game side by side, each method in the same colour in every panel."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(games), figsize=(5.2 * len(games), 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, game in zip(axes[0], games):
+        _draw_game(ax, game, [r for r in rows if r["game"] == game], [r for r in runs if r.game == game], methods,
+                   band, colors, legend_size=7)
+        ax.set_title(game)
+    axes[0][0].set_ylabel("mean evaluation return")
+    fig.suptitle(f"100k-step evaluation curves (band: {'± 1 std' if band == 'std' else '95% CI'} across seeds)")
     fig.tight_layout()
     _save_png(fig, path)
 
@@ -780,6 +803,9 @@ def run_report(args) -> Path:
         plot_game(game, [r for r in rows if r["game"] == game], game_runs,
                   method_order([r.method for r in game_runs], args.baseline), args.out / name, args.band)
         curve_files[game] = name
+    if len(curve_files) > 1:
+        plot_all_games(games_of(runs), rows, runs, method_order([r.method for r in runs], args.baseline),
+                       args.out / "curves_all.png", args.band)
     diagnostics = plot_diagnostics(runs, args.out)
     return write_report(runs, args.out, curve_files, diagnostics, args)
 

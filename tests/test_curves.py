@@ -246,7 +246,8 @@ def test_transfer_measures_need_matching_steps(tmp_path):
 def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     out = tmp_path / "eval"
     assert curves.main([str(runs_root), "--out", str(out), "--reps", "200"]) == 0
-    for name in ("curves_Alien.png", "curves_Jamesbond.png", "gates_Alien_zoo.png", "pathway_Alien_hub.png"):
+    for name in ("curves_Alien.png", "curves_Jamesbond.png", "curves_all.png", "gates_Alien_zoo.png",
+                 "pathway_Alien_hub.png"):
         assert (out / name).stat().st_size > 1000, name
     assert not (out / "gates_Alien_scratch.png").exists()
 

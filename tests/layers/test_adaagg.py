@@ -74,6 +74,31 @@ def test_adaptive_matches_naive_loop(case, path, align, gate_norm):
     torch.testing.assert_close(y, naive(layer, x, layer.gates(x)), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("case", ["conv_big", "conv_small", "conv_k1"])
+@pytest.mark.parametrize("mode", ["adaptive", "lite"])
+@pytest.mark.parametrize("align", [True, False])
+def test_channels_last_input_matches_naive_loop_and_stays_channels_last(case, mode, align):
+    """DERNetwork feeds channels-last frames: the mix path's sum then works on the (B, H', W', m, O) memory (both
+    alignment sides: conv_big aligns the weights, conv_small the outputs), the gate pools that memory, and the
+    output stays channels-last; values and gradients equal the NCHW computation."""
+    layer, _, x = make(case, mode=mode, align=align)
+    layer.update_ema = False
+    layer.path = "mix"
+    xl = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    x = x.clone().requires_grad_(True)
+    a = layer.gates(x) if mode == "adaptive" else layer.gates(x).mean(0).expand(x.shape[0], M)
+    torch.testing.assert_close(layer.gate_features(xl), x.mean((2, 3)), rtol=1e-12, atol=1e-12)
+    y, y_ref = layer(xl), layer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, naive(layer, x, a), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad((y * g).sum(), [xl, *layer.parameters()])
+    grads_ref = torch.autograd.grad((y_ref * g).sum(), [x, *layer.parameters()])
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("case", ["conv_big", "conv_small", "linear_wide", "noisy"])
 @pytest.mark.parametrize("mode", ["lite", "average"])
 @pytest.mark.parametrize("training", [True, False])

@@ -17,7 +17,7 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   (``gates.csv``) or mean Hub-Pathway weight per source model (``pathway.csv``) against steps, averaged over every
   run of that game and method that logged them (these are diagnostics, so incomplete runs count too).
 * ``report.md``: final scores (mean +- std over seeds of the ``final.json`` means), human-normalised scores,
-  IQM of HNS with 95 % stratified bootstrap intervals, probability of improvement over the baseline, published
+  game-balanced IQM and mean of HNS with 95 % stratified bootstrap intervals, probability of improvement over the baseline, published
   reference rows, the transfer measures of :func:`transfer_measures` (jump-start, area under the curve), the
   plots, and a table of incomplete runs.  Only runs with ``final.json`` enter final scores.
 

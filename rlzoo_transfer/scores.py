@@ -14,7 +14,9 @@ Aggregates follow Agarwal et al. 2021, "Deep RL at the Edge of the Statistical P
 library), re-implemented here with numpy / scipy:
 
 * human-normalised score ``HNS = (score - random) / (human - random)``;
-* IQM = ``scipy.stats.trim_mean(x, 0.25)`` over all runs x games (the mean of the middle 50 %);
+* IQM = ``scipy.stats.trim_mean(x, 0.25)`` over all runs x games (the mean of the middle 50 %) - the report uses
+  its game-balanced form, :func:`weighted_iqm` with :func:`game_weights` (:func:`aggregate_statistics`), equal to
+  it for equal seeds per game and a run count divisible by 4;
 * 95 % *stratified* bootstrap confidence intervals: each replicate resamples, with replacement, the seeds of
   every game separately (the number of runs per game is kept), recomputes the statistic, and the interval is
   the 2.5 / 97.5 percentiles of the replicates (rliable's default ``percentile`` method);

@@ -331,6 +331,17 @@ def improvement_over(finals: dict, method: str, baseline: str, reps: int = 2000,
     return dict(poi=scores.probability_of_improvement_ci(x, y, reps=reps, seed=seed), games=games)
 
 
+def mean_return_over_training(run: Run) -> float:
+    """Trapezoidal area under the run's evaluation curve / the steps it spans (its only evaluation's mean when
+    there is one; NaN with none): Taylor & Stone's *total reward*, normalised to a return."""
+    if not run.evaluations:
+        return float("nan")
+    steps = np.array([e.step for e in run.evaluations], dtype=float)
+    means = np.array([e.mean for e in run.evaluations], dtype=float)
+    width = steps[-1] - steps[0]
+    return float(np.sum((means[1:] + means[:-1]) / 2 * np.diff(steps)) / width) if width > 0 else float(means[0])
+
+
 def transfer_measures(runs: Iterable[Run], baseline: str = "scratch") -> list[dict]:
     """Transfer measures of Taylor & Stone (JMLR 2009, "Transfer learning for RL domains: a survey") per (game,
     method), over complete runs.
@@ -353,13 +364,7 @@ def transfer_measures(runs: Iterable[Run], baseline: str = "scratch") -> list[di
 
     def summary(group: list[Run]) -> dict:
         spans = {(r.evaluations[0].step, r.evaluations[-1].step) for r in group}
-        areas = []
-        for r in group:
-            steps = np.array([e.step for e in r.evaluations], dtype=float)
-            means = np.array([e.mean for e in r.evaluations], dtype=float)
-            width = steps[-1] - steps[0]
-            areas.append(float(np.sum((means[1:] + means[:-1]) / 2 * np.diff(steps)) / width) if width > 0
-                         else float(means[0]))
+        areas = [mean_return_over_training(r) for r in group]
         first_steps = {s for s, _ in spans}
         return dict(n=len(group), start_step=first_steps.pop() if len(first_steps) == 1 else None,
                     start=float(np.mean([r.evaluations[0].mean for r in group])), area=float(np.mean(areas)),

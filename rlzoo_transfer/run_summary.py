@@ -28,16 +28,6 @@ from rlzoo_transfer import curves, scores
 from rlzoo_transfer.atomic import write_atomic
 
 
-def area_over_training(run: curves.Run) -> float | None:
-    """Mean return over training: trapezoidal area under the evaluation curve / the steps it spans (None
-    before two evaluations)."""
-    if len(run.evaluations) < 2:
-        return None
-    steps = np.array([e.step for e in run.evaluations], dtype=float)
-    means = np.array([e.mean for e in run.evaluations], dtype=float)
-    return float(np.sum((means[1:] + means[:-1]) / 2 * np.diff(steps)) / (steps[-1] - steps[0]))
-
-
 def plot_run(run: curves.Run, path: Path) -> None:
     """``curve.png`` of one run (see the module docstring)."""
     plt = curves._pyplot()
@@ -109,7 +99,7 @@ def report_lines(run: curves.Run, diagnostics: Sequence[tuple]) -> list[str]:
         lines += curves.md_table(["", "score", "human-normalised"], rows) + [""]
     if run.evaluations:
         first = run.evaluations[0]
-        area = area_over_training(run)
+        area = curves.mean_return_over_training(run) if len(run.evaluations) > 1 else None
         lines += [f"Jump-start (evaluation at step {first.step}): **{first.mean:.1f}**"
                   + (f"; mean return over training (area under the curve / steps): **{area:.1f}**" if area is not None
                      else "") + ". Compare them with a scratch run's (`python -m rlzoo_transfer.curves`).", ""]

@@ -1,6 +1,7 @@
 """Evaluation curves, final scores and aggregate statistics of a set of runs.
 
     python -m rlzoo_transfer.curves runs/ --out eval/ [--reps 2000] [--seed 0] [--band std|ci] [--baseline scratch]
+                                   [--readme README.md]
 
 Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots (the layout written by
 ``python -m rlzoo_transfer.train``) and writes into ``--out``:
@@ -20,11 +21,14 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   game-balanced IQM and mean of HNS with 95 % stratified bootstrap intervals, probability of improvement over the baseline, published
   reference rows, the transfer measures of :func:`transfer_measures` (jump-start, area under the curve), the
   plots, and a table of incomplete runs.  Only runs with ``final.json`` enter final scores.
+* with ``--readme MD``: the compact results table of :mod:`rlzoo_transfer.results_table`, spliced between the
+  markers of that markdown file (the rest of it untouched).
 
 Every file is written atomically (`rlzoo_transfer.atomic`): an interrupted run of the command leaves the previous
 version in place, never half a file.
 
-Exit status: 0 on success, 1 when no run folder is found, 2 for a missing root or an unreadable run file.
+Exit status: 0 on success, 1 when no run folder is found, 2 for a missing root, an unreadable run file or a
+--readme file without its markers.
 """
 from __future__ import annotations
 
@@ -785,6 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--band", choices=("std", "ci"), default="std",
                    help="shaded band: +- 1 std across seeds (default) or 95%% t CI of the mean")
     p.add_argument("--baseline", default="scratch", help="method of the probability of improvement (default: scratch)")
+    p.add_argument("--readme", type=Path, default=None, metavar="MD",
+                   help="also rewrite the results table between the '<!-- results-table:start -->' and "
+                        "'<!-- results-table:end -->' markers of this markdown file (e.g. README.md)")
     return p
 
 
@@ -812,11 +819,17 @@ def run_report(args) -> Path:
         plot_all_games(games_of(runs), rows, runs, method_order([r.method for r in runs], args.baseline),
                        args.out / "curves_all.png", args.band)
     diagnostics = plot_diagnostics(runs, args.out)
-    return write_report(runs, args.out, curve_files, diagnostics, args)
+    path = write_report(runs, args.out, curve_files, diagnostics, args)
+    if args.readme is not None:
+        from rlzoo_transfer import results_table
+        results_table.update_markdown(args.readme, runs, args.baseline, args.reps, args.seed)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 no runs, 2 bad input)."""
+    from rlzoo_transfer.results_table import MarkerError   # results_table imports this module
+
     args = build_parser().parse_args(argv)
     if args.reps < 1:
         print("error: --reps must be >= 1", file=sys.stderr)
@@ -829,7 +842,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoRunsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {path}")
+    except MarkerError as err:
+        print(f"error: {err} (the --out files were written)", file=sys.stderr)
+        return 2
+    print(f"wrote {path}" + (f" and the results table of {args.readme}" if args.readme is not None else ""))
     return 0
 
 

@@ -1,0 +1,116 @@
+"""The compact results table of a set of runs, and splicing it into a markdown file (the README).
+
+    python -m rlzoo_transfer.curves eval/runs --out eval --readme README.md
+
+writes, between the marker lines ``<!-- results-table:start -->`` and ``<!-- results-table:end -->`` of README.md
+(everything outside them is left as it was), two tables built from the same runs as ``report.md``:
+
+* **final score**: per method and game the mean +- sample std over complete seeds of the ``final.json`` means,
+  the seeds in brackets, and the game-balanced IQM of human-normalised scores with its 95 % stratified bootstrap
+  CI (:func:`curves.aggregate_hns`; point only while a game has one seed); published DER / SPR and random rows;
+* **mean return over training**: the area under each method's evaluation curve / steps
+  (:func:`curves.transfer_measures`), its difference to the baseline in brackets.
+
+So the numbers a reader sees first are always those of ``eval/``: nobody copies them by hand.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from rlzoo_transfer import curves, scores
+from rlzoo_transfer.atomic import write_atomic
+
+START = "<!-- results-table:start -->"
+END = "<!-- results-table:end -->"
+
+
+class MarkerError(Exception):
+    """The markdown file has no (or broken) results-table markers."""
+
+
+def _final_cell(vals: list[float] | None) -> str:
+    """``mean ± std (n)``, ``mean (1)`` for one seed, ``-`` for none."""
+    if not vals:
+        return "-"
+    mean, std, n = scores.mean_std(vals)
+    return f"{mean:.1f} (1)" if n == 1 else f"{mean:.1f} ± {std:.1f} ({n})"
+
+
+def _iqm_cell(finals: dict, method: str, reps: int, seed: int) -> str:
+    agg = curves.aggregate_hns(finals, method, reps, seed)
+    if agg is None:
+        return "-"
+    point, low, high = agg["iqm"]
+    return f"{point:.3f} [{low:.3f}, {high:.3f}]" if min(agg["seeds"]) >= 2 else f"{point:.3f}"
+
+
+def table_lines(runs: Sequence[curves.Run], baseline: str = "scratch", reps: int = 2000, seed: int = 0
+                ) -> list[str]:
+    """The markdown of the two tables (complete runs only; incomplete ones are counted in a note)."""
+    finals = curves.final_scores(runs)
+    games = curves.games_of(runs)
+    methods = [m for m in curves.method_order([r.method for r in runs], baseline)
+               if any((g, m) in finals for g in games)]
+    rows = [[f"`{m}`", *(_final_cell(finals.get((g, m))) for g in games), _iqm_cell(finals, m, reps, seed)]
+            for m in methods]
+    for algo in scores.REFERENCE_ALGORITHMS:
+        cells = [f"{scores.GAMES[g].published[algo]:.1f}" if g in scores.GAMES and algo in scores.GAMES[g].published
+                 else "-" for g in games]
+        hns = [scores.human_normalized(scores.GAMES[g].published[algo], g) for g in games
+               if g in scores.GAMES and algo in scores.GAMES[g].published]
+        iqm = f"{float(scores.weighted_iqm(hns, scores.game_weights([1] * len(hns)))):.3f}" if len(hns) == len(games) \
+            else "-"
+        rows.append([f"{algo} (published)", *cells, iqm])
+    rows.append(["random", *(f"{scores.GAMES[g].random:.1f}" if g in scores.GAMES else "-" for g in games), "0"])
+
+    measures = {(r["game"], r["method"]): r for r in curves.transfer_measures(runs, baseline)}
+
+    def area_cell(game: str, method: str) -> str:
+        r = measures.get((game, method))
+        if r is None:
+            return "-"
+        delta = "" if method == baseline or r["d_area"] is None else f" ({r['d_area']:+.0f})"
+        return f"{r['area']:.0f}{delta}"
+
+    area_rows = [[f"`{m}`", *(area_cell(g, m) for g in games)] for m in methods]
+    incomplete = sum(not r.complete for r in runs)
+    lines = ["Final score: mean ± std over seeds of the 100-episode final evaluations, (seeds); IQM HNS: "
+             "game-balanced interquartile mean of human-normalised scores, [95 % bootstrap CI] once every game has "
+             ">= 2 seeds.", ""]
+    lines += curves.md_table(["method", *games, "IQM HNS"], rows)
+    lines += ["", f"Mean return over training (area under the evaluation curve / steps, mean over seeds; "
+                  f"difference to `{baseline}` in brackets):", ""]
+    lines += curves.md_table(["method", *games], area_rows)
+    lines += ["", f"{sum(r.complete for r in runs)} complete runs"
+                  + (f"; {incomplete} incomplete (left out)" if incomplete else "") + "."]
+    return lines
+
+
+def splice(text: str, block: Sequence[str], source: str = "the file") -> str:
+    """``text`` with the lines between the START and END marker lines replaced by ``block`` (markers kept).
+
+    A marker counts only as a line of its own, so prose may quote it.
+
+    :raises MarkerError: a marker line missing, repeated or out of order
+    """
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.strip() == START]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
+        raise MarkerError(
+            f"{source} needs exactly one line '{START}' followed by one line '{END}' (found {len(starts)} start and "
+            f"{len(ends)} end marker lines): put both where the results table should go")
+    return "\n".join(lines[:starts[0] + 1] + list(block) + lines[ends[0]:])
+
+
+def update_markdown(path: Path, runs: Sequence[curves.Run], baseline: str = "scratch", reps: int = 2000,
+                    seed: int = 0) -> None:
+    """Rewrite the results table of the markdown file ``path`` in place, atomically.
+
+    :raises MarkerError: see :func:`splice`; also for a file that does not exist
+    """
+    if not path.is_file():
+        raise MarkerError(f"{path} does not exist (--readme names the markdown file to update)")
+    text = path.read_text()
+    write_atomic(path, splice(text, table_lines(runs, baseline, reps, seed), str(path)))

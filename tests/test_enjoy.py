@@ -1,0 +1,121 @@
+"""python -m rlzoo_transfer.enjoy on a real (tiny) zoo run and on the shipped sources: the rebuilt policy is the
+saved one, the returns are the evaluation protocol's, the GIF is written, and bad input is one line and exit 2."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from rlzoo_transfer import enjoy
+from rlzoo_transfer.rl.evaluation import evaluate
+from tests.test_train import TINY, cli
+
+GAME = "Alien"   # an untrained agent's game ends in ~0.5 s
+
+
+@pytest.fixture(scope="module")
+def zoo_run(tmp_path_factory):
+    log = tmp_path_factory.mktemp("runs")
+    proc = cli("--game", GAME, "--method", "zoo", "--steps", "200", "--eval-freq", "200", "--log-dir", str(log),
+               *TINY)
+    assert proc.returncode == 0, proc.stderr
+    return log / GAME / "zoo" / "seed0"
+
+
+def _obs(n: int = 4) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 4, 84, 84), dtype=np.uint8))
+
+
+def test_rebuilt_policy_is_the_saved_one(zoo_run):
+    from rlzoo_transfer.rl.der import DER
+
+    policy, game, _ = enjoy.policy_for_run(zoo_run)
+    saved = DER.load(zoo_run / "model.zip", device="cpu").policy
+    policy.set_training_mode(False)
+    saved.set_training_mode(False)
+    assert game == GAME
+    with torch.no_grad():
+        torch.testing.assert_close(policy.q_values(_obs()), saved.q_values(_obs()), rtol=0, atol=0)
+    state = enjoy.read_policy_weights(zoo_run / "model.zip")
+    assert any(".align" in k for k in state)   # the zoo network's own parameters came back, not a plain DER's
+
+
+def test_cli_returns_gif_and_json(zoo_run, tmp_path, capsys):
+    gif, out = tmp_path / "alien.gif", tmp_path / "alien.json"
+    assert enjoy.main([str(zoo_run), "--episodes", "2", "--seed", "3", "--gif", str(gif), "--gif-steps", "40",
+                       "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    policy, _, _ = enjoy.policy_for_run(zoo_run)
+    assert result["returns"] == evaluate(policy, GAME, 2, seed=3)   # the protocol's evaluation, reproducible
+    assert f"mean {np.mean(result['returns']):.1f}" in printed and "the run's final.json" in printed
+    with Image.open(gif) as im:
+        assert im.size == (168, 168) and im.n_frames == result["gif"]["frames"] <= 40
+    assert not list(tmp_path.glob(".*.tmp"))   # written atomically
+
+
+def test_source_plays_its_own_game(tmp_path):
+    from rlzoo_transfer.zoo import DEFAULT_ZOO
+
+    policy, game, label = enjoy.policy_for_source("Seaquest")
+    assert game == "Seaquest" and "Seaquest.pt" in label
+    shipped = torch.load(DEFAULT_ZOO / "Seaquest.pt", weights_only=True)
+    for k, v in policy.q_net.state_dict().items():
+        assert torch.equal(v, shipped[k]), k
+    gif = tmp_path / "seaquest.gif"
+    assert enjoy.main(["--source", "Seaquest", "--episodes", "0", "--gif", str(gif), "--gif-steps", "10"]) == 0
+    with Image.open(gif) as im:
+        assert im.n_frames == 10
+
+
+def _fake_model_zip(path: Path, payload) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("policy.pth", buf.getvalue())
+
+
+class NotATensor:
+    """A pickled object in a checkpoint: must never be unpickled."""
+
+
+def test_bad_input_is_one_line_and_exit_2(zoo_run, tmp_path, capsys):
+    def fails(argv, message):
+        assert enjoy.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+    fails([str(tmp_path / "nowhere")], "no run folder")
+    fails([], "give a run folder or --source")
+    fails([str(zoo_run), "--source", "Seaquest"], "give a run folder or --source")
+    fails(["--source", "Pong"], "not in")
+    fails([str(tmp_path)], "has no config.yml")
+    fails([str(zoo_run), "--episodes", "0"], "nothing to do")
+
+    run = tmp_path / "copy"
+    shutil.copytree(zoo_run, run, ignore=shutil.ignore_patterns("checkpoint", "tb"))
+    fails([str(run), "--checkpoint"], "has no checkpoint")
+    (run / "model.zip").rename(run / "kept.zip")
+    fails([str(run)], "add --checkpoint")
+    (run / "model.zip").write_bytes(b"not a zip at all")
+    fails([str(run)], "is not an SB3 model archive")
+    _fake_model_zip(run / "model.zip", {"x": NotATensor()})
+    fails([str(run)], "as tensors only")
+    state = enjoy.read_policy_weights(run / "kept.zip")
+    _fake_model_zip(run / "model.zip", {k: v for k, v in state.items() if ".align" not in k})
+    fails([str(run)], "does not fit the network")
+    (run / "model.zip").unlink()
+    (run / "kept.zip").rename(run / "model.zip")
+    config = yaml.safe_load((run / "config.yml").read_text())
+    (run / "config.yml").write_text(yaml.safe_dump({**config, "method": "scratch"}))
+    fails([str(run)], "config.yml")   # zoo hyperparameters under method scratch
+    (run / "config.yml").write_text(yaml.safe_dump({**config, "method": "zooo"}))
+    fails([str(run)], "unknown method")

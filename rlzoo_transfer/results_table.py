@@ -54,14 +54,13 @@ def table_lines(runs: Sequence[curves.Run], baseline: str = "scratch", reps: int
                if any((g, m) in finals for g in games)]
     rows = [[f"`{m}`", *(_final_cell(finals.get((g, m))) for g in games), _iqm_cell(finals, m, reps, seed)]
             for m in methods]
-    for algo in scores.REFERENCE_ALGORITHMS:
-        cells = [f"{scores.GAMES[g].published[algo]:.1f}" if g in scores.GAMES and algo in scores.GAMES[g].published
-                 else "-" for g in games]
+    for ref in curves._reference_rows(games, lambda v, g: f"{v:.1f}"):   # the report's published rows
+        algo = ref[0].removesuffix(" (published)")
         hns = [scores.human_normalized(scores.GAMES[g].published[algo], g) for g in games
                if g in scores.GAMES and algo in scores.GAMES[g].published]
         iqm = f"{float(scores.weighted_iqm(hns, scores.game_weights([1] * len(hns)))):.3f}" if len(hns) == len(games) \
             else "-"
-        rows.append([f"{algo} (published)", *cells, iqm])
+        rows.append([*ref, iqm])
     rows.append(["random", *(f"{scores.GAMES[g].random:.1f}" if g in scores.GAMES else "-" for g in games), "0"])
 
     measures = {(r["game"], r["method"]): r for r in curves.transfer_measures(runs, baseline)}

@@ -598,12 +598,15 @@ def _poi_has_ci(x_groups: Sequence[Sequence[float]], y_groups: Sequence[Sequence
     return all(len(x) >= 2 and len(y) >= 2 for x, y in zip(x_groups, y_groups))
 
 
-def _fmt_final(vals: list[float] | None) -> str:
-    """``mean +- std (n=k)`` of a list of final means (no std for one seed), ``-`` when empty."""
+def _fmt_final(vals: list[float] | None, seeds: str = "n={}") -> str:
+    """``mean +- std (n=k)`` of a list of final means (no std for one seed), ``-`` when empty.
+
+    ``seeds`` formats the seed count in the brackets (``"{}"`` gives the README table's ``(3)``)."""
     if not vals:
         return "-"
     mean, std, n = scores.mean_std(vals)
-    return f"{mean:.1f} (n=1)" if n == 1 else f"{mean:.1f} ± {std:.1f} (n={n})"
+    count = seeds.format(n)
+    return f"{mean:.1f} ({count})" if n == 1 else f"{mean:.1f} ± {std:.1f} ({count})"
 
 
 def _fmt_hns(vals: list[float] | None, game: str) -> str:

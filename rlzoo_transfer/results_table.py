@@ -29,14 +29,6 @@ class MarkerError(Exception):
     """The markdown file has no (or broken) results-table markers."""
 
 
-def _final_cell(vals: list[float] | None) -> str:
-    """``mean ± std (n)``, ``mean (1)`` for one seed, ``-`` for none."""
-    if not vals:
-        return "-"
-    mean, std, n = scores.mean_std(vals)
-    return f"{mean:.1f} (1)" if n == 1 else f"{mean:.1f} ± {std:.1f} ({n})"
-
-
 def _iqm_cell(finals: dict, method: str, reps: int, seed: int) -> str:
     agg = curves.aggregate_hns(finals, method, reps, seed)
     if agg is None:
@@ -52,7 +44,7 @@ def table_lines(runs: Sequence[curves.Run], baseline: str = "scratch", reps: int
     games = curves.games_of(runs)
     methods = [m for m in curves.method_order([r.method for r in runs], baseline)
                if any((g, m) in finals for g in games)]
-    rows = [[f"`{m}`", *(_final_cell(finals.get((g, m))) for g in games), _iqm_cell(finals, m, reps, seed)]
+    rows = [[f"`{m}`", *(curves._fmt_final(finals.get((g, m)), seeds="{}") for g in games), _iqm_cell(finals, m, reps, seed)]
             for m in methods]
     for ref in curves._reference_rows(games, lambda v, g: f"{v:.1f}"):   # the report's published rows
         algo = ref[0].removesuffix(" (published)")

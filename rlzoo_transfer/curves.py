@@ -470,7 +470,7 @@ def _draw_game(ax, game: str, rows: list[dict], runs: list[Run], methods: list[s
     for algo in scores.REFERENCE_ALGORITHMS if ref else ():
         if algo in ref.published:
             ax.plot([x_max], [ref.published[algo]], marker=next(markers), color="black", linestyle="none",
-                    label=f"{algo} (published)")
+                    label=published_label(algo))
     ax.set_xlim(0, x_max * 1.02)
     ax.set_xlabel("agent steps")
     ax.grid(alpha=0.3)
@@ -616,16 +616,22 @@ def _fmt_hns(vals: list[float] | None, game: str) -> str:
     return f"{float(np.mean(scores.human_normalized(vals, game))):.3f}"
 
 
-def _reference_rows(games: list[str], fmt) -> list[list[str]]:
-    """Rows of published reference algorithms (REFERENCE.md) for the given games."""
+def reference_rows(games: list[str], fmt) -> list[tuple[str, list[str]]]:
+    """``(algorithm, cells)`` of each published reference algorithm (REFERENCE.md): one cell per game,
+    ``fmt(score, game)`` or ``-`` where the algorithm has no published score for the game."""
     rows = []
     for algo in scores.REFERENCE_ALGORITHMS:
         cells = []
         for g in games:
             ref = scores.GAMES.get(g)
             cells.append(fmt(ref.published[algo], g) if ref and algo in ref.published else "-")
-        rows.append([f"{algo} (published)", *cells])
+        rows.append((algo, cells))
     return rows
+
+
+def published_label(algo: str) -> str:
+    """The label of a published reference row or marker, e.g. ``DER (published)``."""
+    return f"{algo} (published)"
 
 
 def report_final_section(finals: dict, games: list[str], methods: list[str]) -> list[str]:
@@ -634,14 +640,15 @@ def report_final_section(finals: dict, games: list[str], methods: list[str]) -> 
              "Mean ± sample std (ddof=1) over seeds of each complete run's final evaluation mean "
              "(`final.json`); `n` = number of complete seeds. Incomplete runs are excluded (see below).", ""]
     rows = [[m, *(_fmt_final(finals.get((g, m))) for g in games)] for m in methods]
-    rows += _reference_rows(games, lambda v, g: f"{v:.1f}")
+    rows += [[published_label(a), *c] for a, c in reference_rows(games, lambda v, g: f"{v:.1f}")]
     rows += [["random", *(f"{scores.GAMES[g].random:.1f}" if g in scores.GAMES else "-" for g in games)],
              ["human", *(f"{scores.GAMES[g].human:.1f}" if g in scores.GAMES else "-" for g in games)]]
     lines += md_table(["method", *games], rows)
     lines += ["", "## Human-normalised scores", "",
               "HNS = (score − random) / (human − random), mean over complete seeds.", ""]
     rows = [[m, *(_fmt_hns(finals.get((g, m)), g) for g in games)] for m in methods]
-    rows += _reference_rows(games, lambda v, g: f"{float(scores.human_normalized(v, g)):.3f}")
+    rows += [[published_label(a), *c]
+             for a, c in reference_rows(games, lambda v, g: f"{float(scores.human_normalized(v, g)):.3f}")]
     lines += md_table(["method", *games], rows)
     return lines + [""]
 

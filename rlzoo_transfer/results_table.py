@@ -46,13 +46,12 @@ def table_lines(runs: Sequence[curves.Run], baseline: str = "scratch", reps: int
                if any((g, m) in finals for g in games)]
     rows = [[f"`{m}`", *(curves._fmt_final(finals.get((g, m)), seeds="{}") for g in games), _iqm_cell(finals, m, reps, seed)]
             for m in methods]
-    for ref in curves._reference_rows(games, lambda v, g: f"{v:.1f}"):   # the report's published rows
-        algo = ref[0].removesuffix(" (published)")
+    for algo, cells in curves.reference_rows(games, lambda v, g: f"{v:.1f}"):   # the report's published rows
         hns = [scores.human_normalized(scores.GAMES[g].published[algo], g) for g in games
                if g in scores.GAMES and algo in scores.GAMES[g].published]
         iqm = f"{float(scores.weighted_iqm(hns, scores.game_weights([1] * len(hns)))):.3f}" if len(hns) == len(games) \
             else "-"
-        rows.append([*ref, iqm])
+        rows.append([curves.published_label(algo), *cells, iqm])
     rows.append(["random", *(f"{scores.GAMES[g].random:.1f}" if g in scores.GAMES else "-" for g in games), "0"])
 
     measures = {(r["game"], r["method"]): r for r in curves.transfer_measures(runs, baseline)}

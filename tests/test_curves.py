@@ -330,3 +330,11 @@ def test_gate_plots_average_complete_runs_only(tmp_path, monkeypatch):
     assert "mean of 1 complete runs" in plotted["title"]
     (steps, values), = plotted["series"].values()
     assert list(steps) == [10000, 20000] and list(values) == pytest.approx([0.2, 0.2])
+
+
+def test_reference_rows_pair_each_algorithm_with_its_cells():
+    rows = curves.reference_rows(["Alien", "Riverraid", "NoSuchGame"], lambda v, g: f"{g}:{v:.1f}")
+    assert [algo for algo, _ in rows] == list(scores.REFERENCE_ALGORITHMS)
+    der = dict(rows)["DER"]
+    assert der == ["Alien:739.9", "-", "-"]   # Riverraid has no published DER score, an unknown game none at all
+    assert curves.published_label("DER") == "DER (published)"

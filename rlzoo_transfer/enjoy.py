@@ -127,11 +127,15 @@ def record_gif(policy, game: str, path: Path, seed: int, epsilon: float = 0.001,
                scale: int = 2) -> dict:
     """Play one episode as in evaluation and write what the agent sees as an animated GIF.
 
+    The env and the epsilon-greedy actions are seeded exactly as ``evaluate(policy, game, 1, seed, epsilon)``: an
+    episode that ends within ``max_steps`` is that evaluation's episode, with the same return.
+
     :return: ``dict(frames, steps, episode_return, ended)``; ``ended`` False when ``max_steps`` cut the episode
     """
     from PIL import Image
 
     from rlzoo_transfer.envs import make_env
+    from rlzoo_transfer.rl.evaluation import epsilon_greedy
 
     rng = np.random.default_rng(seed)
     env = make_env(game, 1, seed=int(rng.integers(2**31 - 1)))
@@ -142,11 +146,7 @@ def record_gif(policy, game: str, path: Path, seed: int, epsilon: float = 0.001,
         obs = env.reset()
         for _ in range(max_steps):
             frames.append(obs[0, -1])
-            with torch.no_grad():
-                action = int(policy.q_values(torch.as_tensor(obs, device=policy.device)).argmax(1)[0])
-            if rng.random() < epsilon:
-                action = int(rng.integers(env.action_space.n))
-            obs, reward, done, _ = env.step(np.array([action]))
+            obs, reward, done, _ = env.step(epsilon_greedy(policy, obs, epsilon, rng, env.action_space.n))
             total += float(reward[0])
             if done[0]:
                 ended = True

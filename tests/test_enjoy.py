@@ -62,6 +62,14 @@ def test_cli_returns_gif_and_json(zoo_run, tmp_path, capsys):
     assert not list(tmp_path.glob(".*.tmp"))   # written atomically
 
 
+def test_gif_episode_is_the_evaluation_episode(zoo_run, tmp_path):
+    policy, _, _ = enjoy.policy_for_run(zoo_run)
+    # epsilon 0.5: greedy and random actions both occur, and the random ones must be drawn as evaluate draws them
+    info = enjoy.record_gif(policy, GAME, tmp_path / "ep.gif", seed=6, epsilon=0.5, max_steps=27_000)
+    assert info["ended"]
+    assert [info["episode_return"]] == evaluate(policy, GAME, 1, seed=6, epsilon=0.5)
+
+
 def test_source_plays_its_own_game(tmp_path):
     from rlzoo_transfer.zoo import DEFAULT_ZOO
 

@@ -12,6 +12,19 @@ import torch
 from rlzoo_transfer.envs import make_env
 
 
+def epsilon_greedy(policy, obs: np.ndarray, epsilon: float, rng: np.random.Generator, n_actions: int) -> np.ndarray:
+    """Actions of the protocol's evaluation policy: ``argmax_a Q(s, a)`` of ``policy`` per env, each replaced by a
+    uniform random action with probability ``epsilon``.
+
+    :param obs: ``(n_envs, 4, 84, 84)`` uint8 frame stacks
+    :return: ``(n_envs,)`` int actions; always draws ``n_envs`` uniforms and ``n_envs`` random actions from ``rng``
+    """
+    with torch.no_grad():
+        greedy = policy.q_values(torch.as_tensor(obs, device=policy.device)).argmax(1).cpu().numpy()
+    explore = rng.random(len(obs)) < epsilon
+    return np.where(explore, rng.integers(n_actions, size=len(obs)), greedy)
+
+
 def evaluate(policy, game: str, n_episodes: int, seed: int, epsilon: float = 0.001,
              max_envs: int = 8) -> list[float]:
     """Returns of ``n_episodes`` evaluation episodes of ``policy`` (a DERPolicy) on ``game``.
@@ -31,11 +44,7 @@ def evaluate(policy, game: str, n_episodes: int, seed: int, epsilon: float = 0.0
         obs = env.reset()
         n_actions = env.action_space.n
         while (done_count < quota).any():
-            with torch.no_grad():
-                actions = policy.q_values(torch.as_tensor(obs, device=policy.device)).argmax(1).cpu().numpy()
-            explore = rng.random(n_envs) < epsilon
-            actions = np.where(explore, rng.integers(n_actions, size=n_envs), actions)
-            obs, _, dones, infos = env.step(actions)
+            obs, _, dones, infos = env.step(epsilon_greedy(policy, obs, epsilon, rng, n_actions))
             for i in np.flatnonzero(dones):
                 if done_count[i] < quota[i]:
                     returns.append(infos[i]["episode"]["r"])

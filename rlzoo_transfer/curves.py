@@ -20,7 +20,8 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
 * ``report.md``: final scores (mean +- std over seeds of the ``final.json`` means), human-normalised scores,
   game-balanced IQM and mean of HNS with 95 % stratified bootstrap intervals, probability of improvement over the baseline, published
   reference rows, the transfer measures of :func:`transfer_measures` (jump-start, area under the curve), the
-  plots, and a table of incomplete runs.  Only runs with ``final.json`` enter final scores.
+  plots, how many seeds a difference needs (:func:`report_seeds_section`), and a table of incomplete runs.  Only
+  runs with ``final.json`` enter final scores.
 * with ``--readme MD``: the compact results table of :mod:`rlzoo_transfer.results_table`, spliced between the
   markers of that markdown file (the rest of it untouched).
 
@@ -740,6 +741,37 @@ def report_transfer_section(runs: list[Run], games: list[str], methods: list[str
                        f"P(area > {baseline})", "final"], table), ""]
 
 
+SEEDS_NEEDED_N = (3, 5, 10)
+
+
+def report_seeds_section(finals: dict, games: list[str], baseline: str, ns: Sequence[int] = SEEDS_NEEDED_N
+                         ) -> list[str]:
+    """Per game: the seed-to-seed std of final scores pooled over methods (:func:`scores.pooled_std`) and the
+    difference of two methods' means a t-test detects at ``ns`` seeds a side (:func:`scores.detectable_difference`,
+    5 %, 80 % power), also as a percentage of the baseline's mean."""
+    rows = []
+    for game in games:
+        sd, dof = scores.pooled_std([v for (g, _), v in finals.items() if g == game])
+        if not dof:
+            continue
+        base = finals.get((game, baseline))
+        cells = []
+        for n in ns:
+            d = scores.detectable_difference(sd, n)
+            pct = f" ({100 * d / np.mean(base):.0f} %)" if base and np.mean(base) > 0 else ""
+            cells.append(f"{d:.0f}{pct}")
+        rows.append([game, f"{sd:.1f} ({dof})", *cells])
+    if not rows:
+        return []
+    return ["## Seeds needed", "",
+            "Seed-to-seed standard deviation of the final score, pooled over every method with >= 2 complete seeds "
+            "(degrees of freedom in brackets), and the smallest difference of two methods' mean final scores that a "
+            "two-sided two-sample t-test at 5 % detects with 80 % power at n seeds a side (noncentral t); in "
+            f"brackets as a share of `{baseline}`'s mean. A true difference smaller than this is missed more than "
+            "one time in five.",
+            "", *md_table(["game", "pooled std (dof)", *(f"detectable at n = {n}" for n in ns)], rows), ""]
+
+
 def report_incomplete_section(runs: list[Run]) -> list[str]:
     """Table of runs without ``final.json``."""
     incomplete = sorted((r for r in runs if not r.complete), key=lambda r: (r.game, r.method, r.seed))
@@ -768,6 +800,7 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
     lines += report_final_section(finals, games, methods)
     lines += report_aggregate_section(finals, methods, args.baseline, args.reps, args.seed)
     lines += report_transfer_section(runs, games, methods, args.baseline, args.reps, args.seed)
+    lines += report_seeds_section(finals, games, args.baseline)
     band = "± one sample std" if args.band == "std" else "the 95 % Student-t CI of the mean"
     lines += ["## Evaluation curves", "",
               f"Mean evaluation return over complete seeds, shaded {band} across seeds; dashed lines are "

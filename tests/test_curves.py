@@ -278,6 +278,7 @@ def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     assert "0.000 (a side with 1 seed: no CI)" in hub_rows[-1]           # P(hub > scratch): 1 hub seed
     assert "![Alien](curves_Alien.png)" in report and "(gates_Alien_zoo.png)" in report
     assert "(pathway_Alien_hub.png)" in report
+    assert "## Seeds needed" in report and "| Alien | 141.4 (2) |" in report   # the CLI's report has the section
     assert "| Alien | zoo | 2 | 400.0 (+250.0) | 550.0 (+275.0) | 1.00 [1.00, 1.00] | 500.0 (+300.0) |" in report
     # Jamesbond: one zoo seed against one scratch seed -> the point only
     assert "| Jamesbond | zoo | 1 | 100.0 (+71.0) | 201.4 (+171.9) | 1.00 | 302.8 (+273.8) |" in report
@@ -338,3 +339,44 @@ def test_reference_rows_pair_each_algorithm_with_its_cells():
     der = dict(rows)["DER"]
     assert der == ["Alien:739.9", "-", "-"]   # Riverraid has no published DER score, an unknown game none at all
     assert curves.published_label("DER") == "DER (published)"
+
+
+# ------------------------------------------------------------------------------------------------ seeds needed
+
+
+def test_pooled_std_by_hand():
+    # squared deviations: [1, 3] -> 2, [4, 6, 8] -> 8; a single value adds nothing; dof = 1 + 2
+    sd, dof = scores.pooled_std([[1.0, 3.0], [10.0], [4.0, 6.0, 8.0]])
+    assert dof == 3 and sd == pytest.approx(np.sqrt(10 / 3))
+    sd, dof = scores.pooled_std([[5.0], []])
+    assert dof == 0 and np.isnan(sd)
+
+
+@pytest.mark.parametrize("effect, n", [(1.0, 17), (0.8, 26), (0.5, 64)])
+def test_detectable_difference_matches_cohens_table(effect, n):
+    """Cohen (1988), two-sided 5 %, 80 % power: d = 1.0, 0.8, 0.5 need 17, 26, 64 per group - n detects d, n - 1
+    does not."""
+    assert scores.detectable_difference(1.0, n) <= effect < scores.detectable_difference(1.0, n - 1)
+    assert scores.detectable_difference(100.0, n) == pytest.approx(100 * scores.detectable_difference(1.0, n))
+    d = scores.detectable_difference(1.0, n)
+    assert scores.t_test_power(d, n) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_detectable_difference_at_few_seeds():
+    normal = 2.8016 * np.sqrt(2 / 3)   # (z_0.975 + z_0.8) sqrt(2/n): too optimistic at 3 seeds
+    assert scores.detectable_difference(1.0, 3) > 1.3 * normal
+    assert scores.detectable_difference(1.0, 1000) == pytest.approx(2.8016 * np.sqrt(2 / 1000), rel=0.01)
+    with pytest.raises(ValueError, match="n >= 2"):
+        scores.detectable_difference(1.0, 1)
+
+
+def test_report_seeds_section(runs_root):
+    finals = curves.final_scores(curves.load_runs([runs_root]))
+    lines = curves.report_seeds_section(finals, ["Alien", "Jamesbond"], "scratch", ns=(3, 5))
+    # Alien: scratch [100, 300] and zoo [400, 600] each 20000 of squared deviation, hub one seed: sd = sqrt(20000)
+    sd = np.sqrt(20000)
+    cells = [f"{scores.detectable_difference(sd, n):.0f} ({100 * scores.detectable_difference(sd, n) / 200:.0f} %)"
+             for n in (3, 5)]
+    assert f"| Alien | {sd:.1f} (2) | {cells[0]} | {cells[1]} |" in lines
+    assert not any(line.startswith("| Jamesbond") for line in lines)   # one seed per method: no spread to pool
+    assert curves.report_seeds_section({("Alien", "hub"): [70.0]}, ["Alien"], "scratch") == []

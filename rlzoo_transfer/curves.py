@@ -754,12 +754,11 @@ def report_seeds_section(finals: dict, games: list[str], baseline: str, ns: Sequ
         sd, dof = scores.pooled_std([v for (g, _), v in finals.items() if g == game])
         if not dof:
             continue
-        base = finals.get((game, baseline))
+        base = float(np.mean(finals[(game, baseline)])) if (game, baseline) in finals else 0.0
         cells = []
         for n in ns:
             d = scores.detectable_difference(sd, n)
-            pct = f" ({100 * d / np.mean(base):.0f} %)" if base and np.mean(base) > 0 else ""
-            cells.append(f"{d:.0f}{pct}")
+            cells.append(f"{d:.0f}" + (f" ({100 * d / base:.0f} %)" if base > 0 else ""))
         rows.append([game, f"{sd:.1f} ({dof})", *cells])
     if not rows:
         return []

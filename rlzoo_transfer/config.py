@@ -37,6 +37,23 @@ def read_yaml(path: Path) -> dict[str, Any]:
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+#: Seeds go to numpy's legacy seeding (< 2**32) and to ALE (a C int), so the common range is [0, 2**31).
+MAX_SEED = 2**31 - 1
+
+
+def seed_arg(text: str) -> int:
+    """argparse ``type`` for seeds: an int in [0, 2**31 - 1], else argparse's one-line usage error (exit 2)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: seeds go from 0 to {MAX_SEED}")
+    return value
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'} (values as YAML scalars)."""
     out: dict[str, Any] = {}

@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from rlzoo_transfer.atomic import replacing, write_atomic
+from rlzoo_transfer.config import seed_arg
 
 
 class EnjoyError(ValueError):
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zoo-dir", type=Path, default=None, help="the zoo of --source (default: pretrain/)")
     p.add_argument("--checkpoint", action="store_true", help="the run's checkpoint/model.zip (an unfinished run)")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes (default 10; 0 = none)")
-    p.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="evaluation seed (default 0)")
     p.add_argument("--epsilon", type=float, default=0.001, help="random-action probability (default 0.001)")
     p.add_argument("--gif", type=Path, default=None, help="record one more episode as this animated GIF")
     p.add_argument("--gif-steps", type=int, default=3000, help="at most this many agent steps in the GIF")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlzoo_transfer.config import parse_overrides
+from rlzoo_transfer.config import parse_overrides, seed_arg
 from rlzoo_transfer.train import add_run_options
 
 PROG = "python -m rlzoo_transfer.lockstep"
@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--games", nargs="+", default=[], help="Atari games (networks need equal action counts)")
     p.add_argument("--methods", nargs="+", default=["scratch"],
                    help="methods, NAME or NAME:SOURCE (finetune:Seaquest); all of one network shape")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seeds", nargs="+", type=seed_arg, default=[0])
     p.add_argument("--runs", nargs="+", default=[], metavar="GAME:METHOD[:SOURCE]:SEED",
                    help="an explicit list of runs instead of the product of --games, --methods and --seeds "
                         "(what sweep --lockstep passes), e.g. Alien:scratch:0 Alien:finetune:Seaquest:1")

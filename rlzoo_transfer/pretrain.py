@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from rlzoo_transfer.config import parse_overrides, read_yaml
+from rlzoo_transfer.config import parse_overrides, read_yaml, seed_arg
 from rlzoo_transfer.zoo import sha256
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--game", required=True)
     p.add_argument("--steps", type=int, default=1_000_000, help="agent steps (default 1M)")
     p.add_argument("--n-envs", type=int, default=64, help="games played in parallel")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--eval-freq", type=int, default=250_000)
     p.add_argument("--eval-episodes", type=int, default=8)
     p.add_argument("--final-eval-episodes", type=int, default=100)

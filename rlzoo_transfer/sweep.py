@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.scores import maybe_canonical_game
 
 PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", required=True,
                    help="methods, e.g. scratch zoo hub finetune:Seaquest "
                         "(NAME:SOURCE -> --method NAME --source SOURCE)")
-    p.add_argument("--seeds", nargs="+", type=int, required=True, help="seeds, e.g. 0 1 2 3 4")
+    p.add_argument("--seeds", nargs="+", type=seed_arg, required=True, help="seeds, e.g. 0 1 2 3 4")
     p.add_argument("--steps", type=int, default=None, help="agent steps per run (default: train's default)")
     p.add_argument("--log-dir", type=Path, default=Path("runs"), help="run root (default: runs)")
     p.add_argument("--jobs", type=int, default=None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlzoo_transfer.config import parse_overrides
+from rlzoo_transfer.config import parse_overrides, seed_arg
 
 
 def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentPar
     p.add_argument("--game", required=True, help="Atari game, e.g. Alien, Gopher, Jamesbond (any ALE game)")
     p.add_argument("--method", default="scratch", help=f"one of: {', '.join(METHODS)} (default scratch)")
     p.add_argument("--source", default=None, help="source game of --method finetune (Seaquest or Riverraid)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     add_run_options(p)
     return p
 

@@ -136,6 +136,35 @@ def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
     assert not list(tmp_path.rglob("*.csv")) and not list(tmp_path.rglob("config.yml")), "nothing was started"
 
 
+@pytest.mark.parametrize("module,args", [
+    ("train", ["--game", GAME, "--steps", "10", "--log-dir", "{tmp}", "--seed"]),
+    ("pretrain", ["--game", "Seaquest", "--steps", "10", "--log-dir", "{tmp}", "--zoo-dir", "{tmp}", "--seed"]),
+    ("enjoy", ["--seed"]),
+    ("sweep", ["--games", GAME, "--methods", "scratch", "--log-dir", "{tmp}", "--dry-run", "--seeds", "0"]),
+    ("lockstep", ["--games", GAME, "--steps", "10", "--log-dir", "{tmp}", "--seeds", "0"]),
+])
+@pytest.mark.parametrize("seed,message", [("-1", "seeds go from 0 to 2147483647"),
+                                          ("2147483648", "seeds go from 0 to 2147483647"),
+                                          ("x1", "expected an integer")])
+def test_a_bad_seed_is_a_usage_error_on_every_cli(module, args, seed, message, tmp_path, capsys):
+    """Before: ``--seed -1`` reached numpy's legacy seeding and ended in a ValueError traceback."""
+    import importlib
+
+    main = importlib.import_module(f"rlzoo_transfer.{module}").main
+    with pytest.raises(SystemExit) as exit_:
+        main([a.replace("{tmp}", str(tmp_path)) for a in args] + [seed])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_seed_range_ends():
+    from rlzoo_transfer.config import MAX_SEED, seed_arg
+
+    assert seed_arg("0") == 0 and seed_arg(str(MAX_SEED)) == MAX_SEED == 2**31 - 1
+
+
 def test_unknown_game_from_the_command_line(tmp_path):
     proc = cli("--game", "NoSuchGame", "--log-dir", str(tmp_path))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

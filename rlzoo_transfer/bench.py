@@ -936,6 +936,15 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --threads must be >= 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    if args.methods:
+        from rlzoo_transfer.rl.methods import METHODS
+
+        valid = [*METHODS, "hub(k=1)"]
+        unknown = [m for m in args.methods if m not in valid]
+        if unknown:   # before minutes of timing, not as a "failed" entry at the end
+            print(f"error: unknown method(s) {', '.join(map(repr, unknown))}. Valid: {', '.join(valid)}",
+                  file=sys.stderr)
+            return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2

@@ -499,11 +499,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(f"--sample-threads must be a positive number of threads, got {args.sample_threads}")
         if args.lockstep < 2:
             parser.error("--sample-threads needs --lockstep K with K >= 2 (single runs have no sampling threads)")
-    for method in args.methods:
+    from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
+
+    for text in args.methods:
         try:
-            parse_method(method)
-        except SweepError as err:
+            name, source = parse_method(text)
+            method = get_method(name)
+        except (SweepError, UnknownMethodError) as err:
             parser.error(str(err))
+        if method.needs_source and not source:
+            parser.error(f"method {name} needs a source: write it as {name}:SOURCE (e.g. {name}:Seaquest)")
+        if source and not method.needs_source:
+            parser.error(f"method {name} takes no source ({text!r}); only finetune does")
     return args
 
 

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
         method = get_method(args.method)
         if method.needs_source and not args.source:
             raise UnknownMethodError(f"--method {args.method} needs --source (e.g. --source Seaquest)")
+        if args.source and not method.needs_source:
+            raise UnknownMethodError(f"--method {args.method} takes no --source (only finetune does); "
+                                     f"its sources are the zoo's (-p sources=...)")
         if args.steps <= 0 or args.eval_freq <= 0 or args.eval_episodes <= 0 or args.final_eval_episodes <= 0:
             raise ConfigError("--steps, --eval-freq, --eval-episodes and --final-eval-episodes must be positive")
         spec = RunSpec(game=args.game, method=args.method, seed=args.seed, steps=args.steps,

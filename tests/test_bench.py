@@ -189,3 +189,10 @@ def test_cli_quick_json(tmp_path):
         assert rn["projected_100k_min"][t] >= floor - 0.05
     assert any(t["target"].startswith("100k scratch run") and t["status"] in ("PASS", "MISS") for t in result["targets"])
     assert "## Training throughput" in bench.render(result)
+
+
+def test_unknown_method_is_refused_before_timing(capsys):
+    """Before, a typo was timed around (minutes) and only reported as a ``failed`` entry of the result."""
+    assert bench.main(["--methods", "zoo", "zooo", "--sections", "update"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method(s) 'zooo'" in err and "hub(k=1)" in err

@@ -121,6 +121,20 @@ def test_bad_arguments_exit_2(capsys):
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("method,message", [
+    ("zooo", "unknown method 'zooo'"),
+    ("finetune", "method finetune needs a source: write it as finetune:SOURCE"),
+    ("scratch:Seaquest", "method scratch takes no source"),
+])
+def test_a_bad_method_stops_the_sweep_before_any_run(method, message, tmp_path, capsys):
+    """Before, the sweep planned (and would have started) one failing train per seed for each of these."""
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--games", "Alien", "--methods", "scratch", method, "--seeds", "0", "1",
+                    "--log-dir", str(tmp_path), "--no-live"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------------------------------ local backend
 
 

@@ -118,6 +118,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--game", GAME, "-p", "batch_size=3.5"], "batch_size=3.5: expected an int"),
     (["--game", GAME, "-p", "compile=1"], "compile=1: expected a bool"),
     (["--game", GAME, "-p", "learning_rate"], "expected key=value"),
+    (["--game", GAME, "--method", "zoo", "--source", "Seaquest"], "--method zoo takes no --source"),
     (["--game", GAME, "--steps", "0"], "must be positive"),
     (["--game", GAME, "--steps", "-100"], "must be positive"),
     (["--game", GAME, "--eval-freq", "0"], "must be positive"),

@@ -38,6 +38,22 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rlzoo_transfer.layers.adaagg import _is_channels_last
+
+
+def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` (rows along dim 0), in x's memory format.
+
+    A channels-last 4-D x is gathered as its (B, H, W, C) view with ``index_select`` - whole rows of contiguous
+    memory - and viewed back: alone, ~5x faster on the CPU than advanced indexing ``x[rows]`` of DER's (32, 4, 84,
+    84) channels-last frames (~0.1 vs ~0.5 ms for 16 rows); inside a hub update, where the copy competes for memory
+    bandwidth, it saved 0.3-0.8 of ~45 ms on a loaded 2-core machine.  A plain ``index_select`` would return NCHW
+    memory, the slow input for the models' channels-last convolutions.
+    """
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
+    return x.index_select(0, rows) if x.is_contiguous() else x[rows]
+
 
 class PathwayState(NamedTuple):
     """What the last forward left for the losses.
@@ -154,7 +170,7 @@ class HubPathway(nn.Module):
             if n == 0:
                 out = None
             else:
-                out = self.models[i](x if n == batch else x[r])   # x[r] keeps x's memory format; index_select does not
+                out = self.models[i](x if n == batch else take_rows(x, r))
                 w = w_all[start:start + n].reshape(n, *([1] * (out.dim() - 1))).to(out.dtype)
                 parts.append(w * out)
             rows.append(r)

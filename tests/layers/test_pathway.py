@@ -178,3 +178,42 @@ def test_bad_arguments():
     h = HubPathway(models(2), generator=Fixed(torch.zeros(3)))
     with pytest.raises(ValueError, match="2m=4"):
         h(torch.randn(2, D, dtype=DT))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "strided"])
+def test_take_rows_is_x_rows_in_x_memory_format(layout):
+    from rlzoo_transfer.layers.pathway import take_rows
+
+    x = torch.randn(6, 4, 5, 7, dtype=DT)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x[:, :, ::2]
+    x.requires_grad_(True)
+    rows = torch.tensor([0, 2, 3, 5])
+    got = take_rows(x, rows)
+    assert torch.equal(got, x[rows])
+    assert got.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    got.sum().backward()   # gradients reach exactly the taken rows
+    assert torch.equal(x.grad.sum((1, 2, 3)) != 0, torch.tensor([True, False, True, True, False, True]))
+
+
+def test_routed_conv_models_get_channels_last_rows():
+    """Each model sees its rows of a channels-last batch in channels-last memory, with the values of x[rows]."""
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 2, 3).to(DT)
+
+        def forward(self, x):
+            seen.append(x)
+            return self.conv(x).flatten(1)
+
+    torch.manual_seed(0)
+    h = HubPathway([Probe(), Probe()], nn.Flatten(), 4 * 6 * 6, k=1).to(DT)
+    x = torch.randn(8, 4, 6, 6, dtype=DT).contiguous(memory_format=torch.channels_last)
+    h(x)
+    for sub, rows in zip(seen, [r for r in h.last.rows if len(r)]):
+        assert sub.is_contiguous(memory_format=torch.channels_last) and torch.equal(sub, x[rows])

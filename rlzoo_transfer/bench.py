@@ -945,8 +945,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown method(s) {', '.join(map(repr, unknown))}. Valid: {', '.join(valid)}",
                   file=sys.stderr)
             return 2
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+    from rlzoo_transfer.config import ConfigError, resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     result = run_bench(repeats=repeats, quick=args.quick, methods=args.methods, device=args.device,
                        compile=args.compile, source=args.source, sections=tuple(args.sections),

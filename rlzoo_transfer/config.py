@@ -54,6 +54,41 @@ def seed_arg(text: str) -> int:
     return value
 
 
+def resolve_device(text: str) -> str:
+    """A ``--device`` value as the torch device the run will use: ``"auto"`` -> ``"cuda"`` when torch sees a GPU,
+    else ``"cpu"``; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` as given once this machine has them.
+
+    ConfigError for a device torch does not know (``tpu``: a traceback before) or this machine lacks: SB3 falls back
+    to the CPU silently, and the run's config.yml would then say ``cuda`` for a run made on the CPU.
+    """
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device {text!r}: use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {text!r}: torch {torch.__version__} sees no CUDA device here; "
+                              f"use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {text!r}: MPS is not available here; use --device cpu (or auto)")
+    elif device.type != "cpu":
+        raise ConfigError(f"device {text!r}: runs support cpu, cuda and mps")
+    return str(device)
+
+
+def check_threads(threads: int | None, minimum: int = 0) -> None:
+    """ConfigError unless ``--threads`` is None or >= minimum (0 meaning torch's default where allowed)."""
+    if threads is not None and threads < minimum:
+        raise ConfigError(f"--threads must be >= {minimum}, got {threads}")
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'} (values as YAML scalars)."""
     out: dict[str, Any] = {}

@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 ok, 2 bad input."""
-    from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.config import ConfigError, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.evaluation import evaluate
     from rlzoo_transfer.rl.methods import UnknownMethodError
@@ -195,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.threads < 1:
                 raise EnjoyError("--threads must be >= 1")
             torch.set_num_threads(args.threads)
+        args.device = resolve_device(args.device)
         if (args.run is None) == (args.source is None):
             raise EnjoyError("give a run folder or --source GAME (one of them)")
         if args.episodes < 0 or args.gif_steps < 1 or args.scale < 1 or not 0.0 <= args.epsilon <= 1.0:

@@ -84,7 +84,7 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.config import ConfigError, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError, resolve_game
     from rlzoo_transfer.rl.lockstep import LockstepError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
+        check_threads(args.threads)
+        device = resolve_device(args.device)
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         if args.steps <= 0 or args.eval_freq <= 0 or args.eval_episodes <= 0 or args.final_eval_episodes <= 0:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = RunSpec(game=game, method=name, seed=seed, steps=args.steps, eval_freq=args.eval_freq,
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            log_dir=args.log_dir, hyperparams=dict(overrides), source=source or None,
-                           device=args.device, resume=args.resume, progress_bar=False, command=command)
+                           device=device, resume=args.resume, progress_bar=False, command=command)
             if (run_folder(spec) / "final.json").exists():
                 print(f"skip {run_folder(spec)}: final.json exists", file=sys.stderr)
                 continue

@@ -67,7 +67,7 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlzoo_transfer.config import ConfigError, load_config
+    from rlzoo_transfer.config import ConfigError, load_config, resolve_device
     from rlzoo_transfer.envs import UnknownGameError, resolve_game
     from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, run_training
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default="runs/pretrain")
     p.add_argument("--zoo-dir", default=str(ZOO_DIR))
     p.add_argument("-p", "--hyperparams", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="torch device: auto (default: cuda if there is one), cpu, cuda:N")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         load_config(None, hyper)  # validates the keys before any work
         spec = RunSpec(game=game, method="scratch", seed=args.seed, steps=args.steps, eval_freq=args.eval_freq,
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
-                       log_dir=args.log_dir, hyperparams=hyper, device=args.device, resume=args.resume,
+                       log_dir=args.log_dir, hyperparams=hyper, device=resolve_device(args.device), resume=args.resume,
                        n_envs=args.n_envs, progress_bar=not args.no_progress, checkpoint_freq=args.checkpoint_freq,
                        max_minutes=args.max_minutes, finish_on_time_limit=True,
                        eval_envs=min(32, args.n_envs), eval_at_start=False, command=command)

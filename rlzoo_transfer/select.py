@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from rlzoo_transfer.config import resolve_device
+
+        args.device = resolve_device(args.device)
         result = run_selection(args.data, args.zoo, args.arch, width=args.width, per_class=args.per_class,
                                image_size=args.image_size, crop_pct=args.crop_pct, scores=args.scores,
                                probes=args.lgc_probes, proj_dim=args.proj_dim or None, seed=args.seed,

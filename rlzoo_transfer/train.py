@@ -33,7 +33,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", default="runs", help="runs go to LOG_DIR/<Game>/<method>/seed<k>/")
     p.add_argument("-p", "--hyperparams", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="override agents/*.yml values, e.g. -p learning_rate=2e-4 compile=true")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, auto)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N, mps, auto")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's; use 1 per run when several runs share the cores)")
@@ -41,7 +41,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.train", **spec_defaults) -> int:
-    from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.config import ConfigError, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
     from rlzoo_transfer.run import RunError, RunSpec, command_line, run_folder, run_training
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     try:
         import torch
 
+        check_threads(args.threads)
+        device = resolve_device(args.device)
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         method = get_method(args.method)
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
         spec = RunSpec(game=args.game, method=args.method, seed=args.seed, steps=args.steps,
                        eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
                        final_eval_episodes=args.final_eval_episodes, log_dir=args.log_dir,
-                       hyperparams=parse_overrides(args.hyperparams), source=args.source, device=args.device,
+                       hyperparams=parse_overrides(args.hyperparams), source=args.source, device=device,
                        resume=args.resume, progress_bar=not args.no_progress,
                        command=command_line(prog, argv),
                        **spec_defaults)

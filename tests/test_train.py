@@ -119,6 +119,8 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--game", GAME, "-p", "compile=1"], "compile=1: expected a bool"),
     (["--game", GAME, "-p", "learning_rate"], "expected key=value"),
     (["--game", GAME, "--method", "zoo", "--source", "Seaquest"], "--method zoo takes no --source"),
+    (["--game", GAME, "--device", "tpu"], "unknown device 'tpu': use cpu, cuda, cuda:N, mps or auto"),
+    (["--game", GAME, "--threads", "-3"], "--threads must be >= 0, got -3"),
     (["--game", GAME, "--steps", "0"], "must be positive"),
     (["--game", GAME, "--steps", "-100"], "must be positive"),
     (["--game", GAME, "--eval-freq", "0"], "must be positive"),
@@ -158,6 +160,21 @@ def test_a_bad_seed_is_a_usage_error_on_every_cli(module, args, seed, message, t
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+def test_device_auto_resolves_and_a_missing_gpu_is_refused(capsys):
+    """SB3 runs ``--device cuda`` on the CPU when there is no GPU; the run's config.yml then said ``cuda``."""
+    import torch
+
+    from rlzoo_transfer.config import ConfigError, resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA device"):
+            resolve_device("cuda:0")
+        rc, err = run_main(["--game", GAME, "--device", "cuda", "--no-progress"], capsys)
+        assert rc == 2 and err.startswith("error: device 'cuda'") and err.count("\n") == 1
 
 
 def test_seed_range_ends():

@@ -116,9 +116,13 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``--device`` (auto | cpu | cuda[:i] | mps) -> torch.device; UsageError for one this machine lacks."""
+    from rlzoo_transfer.config import ConfigError, resolve_device
+
+    try:
+        return torch.device(resolve_device(device))
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def milestones_for(iters: int, milestones: Sequence[int] | None) -> list[int]:
@@ -337,6 +341,8 @@ def prepare(cfg: ClassifyConfig):
 
 def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.method`` on ``cfg.data``; writes the run folder and returns the results dict."""
+    if cfg.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0: torch's default), got {cfg.threads}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)

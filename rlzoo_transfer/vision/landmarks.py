@@ -506,6 +506,8 @@ def _eyes_for(k: int, eyes: Sequence[int] | None) -> tuple[int, int]:
 
 def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.method`` for landmark detection on ``cfg.data``; writes the run folder, returns results."""
+    if cfg.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0: torch's default), got {cfg.threads}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)

@@ -137,6 +137,8 @@ def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
         ["--data", str(digits), "--arch", "small", "--method", "single", "--zoo", sources[0]],   # width 16 != 8
         ["--data", str(digits), "--arch", "small", "--width", "8", "--method", "single", "--zoo",
          str(tmp_path / "nope.pt")],
+        ["--data", str(digits), "--device", "tpu"],     # was a torch RuntimeError traceback
+        ["--data", str(digits), "--threads", "-2"],
     ]
     for argv in cases:
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]) == 2

@@ -52,6 +52,7 @@ import yaml
 
 from rlzoo_transfer import scores
 from rlzoo_transfer.atomic import replacing, write_atomic
+from rlzoo_transfer.config import seed_arg
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
@@ -62,6 +63,10 @@ class RunFolderError(Exception):
 
 class NoRunsError(Exception):
     """No run folder below the given roots."""
+
+
+class BaselineError(Exception):
+    """``--baseline`` names no method of the runs."""
 
 
 @dataclass
@@ -827,10 +832,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("roots", nargs="+", type=Path, help="run roots (e.g. runs/) or run folders seed<k>/")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output folder (default: eval)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--band", choices=("std", "ci"), default="std",
                    help="shaded band: +- 1 std across seeds (default) or 95%% t CI of the mean")
-    p.add_argument("--baseline", default="scratch", help="method of the probability of improvement (default: scratch)")
+    p.add_argument("--baseline", default=None,
+                   help="method the others are compared with (default: scratch; a named one must be among the runs)")
     p.add_argument("--readme", type=Path, default=None, metavar="MD",
                    help="also rewrite the results table between the '<!-- results-table:start -->' and "
                         "'<!-- results-table:end -->' markers of this markdown file (e.g. README.md)")
@@ -842,10 +848,22 @@ def run_report(args) -> Path:
 
     :raises RunFolderError: a missing root or unreadable run file
     :raises NoRunsError: no run folder below the roots
+    :raises BaselineError: a ``--baseline`` given is not a method of the runs (before any file is written); without
+        one, ``scratch`` is the baseline, and a set of runs without it gets tables without comparisons
     """
     runs = load_runs(args.roots)
     if not runs:
         raise NoRunsError(f"no run folders (<Game>/<method>/seed<k>/) found under {', '.join(map(str, args.roots))}")
+    methods = sorted({r.method for r in runs})
+    if args.baseline is None:
+        args.baseline = "scratch"
+    elif args.baseline not in methods:
+        import difflib
+
+        close = difflib.get_close_matches(args.baseline, methods, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise BaselineError(f"--baseline {args.baseline!r} is not a method of these runs.{hint} "
+                            f"Methods: {', '.join(methods)}")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = aggregate_curves(runs)
     write_curves_csv(rows, args.out / "curves.csv")
@@ -884,6 +902,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoRunsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BaselineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except MarkerError as err:
         print(f"error: {err} (the --out files were written)", file=sys.stderr)
         return 2

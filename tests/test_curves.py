@@ -317,6 +317,17 @@ def test_cli_errors(tmp_path, capsys):
     assert "final.json" in capsys.readouterr().err
 
 
+def test_a_baseline_that_is_not_among_the_runs_is_refused_before_any_file(runs_root, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert curves.main([str(runs_root), "--out", str(out), "--baseline", "scratchh"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --baseline 'scratchh'") and "Did you mean 'scratch'?" in err
+    assert not out.exists()   # before, a report was written with no comparison in it
+    only_zoo = [runs_root / "Alien" / "zoo" / f"seed{k}" for k in (0, 1)]
+    assert curves.main([*map(str, only_zoo), "--out", str(out), "--reps", "50"]) == 0   # default: no scratch is fine
+    assert "No method shares a completed game with `scratch`." in (out / "report.md").read_text()
+
+
 def test_gate_plots_average_complete_runs_only(tmp_path, monkeypatch):
     """An unfinished run's first steps must not enter the gate mean of the finished ones."""
     root = tmp_path / "runs"

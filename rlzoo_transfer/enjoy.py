@@ -92,8 +92,13 @@ def policy_for_run(run_dir: Path, checkpoint: bool = False, device: str = "cpu")
         raise EnjoyError(f"{config_path} lacks {', '.join(missing)}")
     zip_path = run_dir / "checkpoint" / "model.zip" if checkpoint else run_dir / "model.zip"
     if not zip_path.is_file():
-        hint = ("the run has not finished: add --checkpoint to play its last checkpoint" if not checkpoint
-                else "the run has no checkpoint (yet)")
+        if not checkpoint and (run_dir / "final.json").is_file():   # e.g. a published copy under eval/runs/
+            hint = ("the run finished, but its weights are not in this folder (published runs keep only configs, "
+                    "curves and scores): play the run folder it trained in, e.g. runs/<Game>/<method>/seed<k>")
+        elif not checkpoint:
+            hint = "the run has not finished: add --checkpoint to play its last checkpoint"
+        else:
+            hint = "the run has no checkpoint (yet)"
         raise EnjoyError(f"{zip_path} does not exist: {hint}")
     state = read_policy_weights(zip_path)
     try:

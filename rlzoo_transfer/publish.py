@@ -42,7 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     if not src.is_dir():
         print(f"error: no run folder {src}", file=sys.stderr)
         return 2
-    for run in publish(src, Path(args.out)):
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
+        return 2
+    runs = publish(src, out)
+    if not runs:
+        print(f"error: no run folders (<Game>/<method>/seed<k>/ with evaluations.csv) under {src}", file=sys.stderr)
+        return 1
+    for run in runs:
         print(f"{run} ({'finished' if (run / 'final.json').exists() else 'incomplete'})")
     return 0
 

@@ -112,7 +112,10 @@ def test_bad_input_is_one_line_and_exit_2(zoo_run, tmp_path, capsys):
     shutil.copytree(zoo_run, run, ignore=shutil.ignore_patterns("checkpoint", "tb"))
     fails([str(run), "--checkpoint"], "has no checkpoint")
     (run / "model.zip").rename(run / "kept.zip")
+    fails([str(run)], "its weights are not in this folder")   # finished, like a published copy in eval/runs
+    (run / "final.json").rename(run / "final.kept")
     fails([str(run)], "add --checkpoint")
+    (run / "final.kept").rename(run / "final.json")
     (run / "model.zip").write_bytes(b"not a zip at all")
     fails([str(run)], "is not an SB3 model archive")
     _fake_model_zip(run / "model.zip", {"x": NotATensor()})

@@ -42,6 +42,16 @@ def test_missing_root_is_an_error(tmp_path, capsys):
     assert "no run folder" in capsys.readouterr().err
 
 
+def test_no_runs_or_a_file_as_out_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "eval")]) == 1
+    assert "no run folders" in capsys.readouterr().err and not (tmp_path / "eval").exists()
+    _run(tmp_path / "runs", "scratch", True)
+    (tmp_path / "afile").write_text("x")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "afile")]) == 2   # was a NotADirectoryError
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_published_files_are_not_git_ignored():
     """What publish writes under eval/runs must reach git (a `runs/` ignore pattern once swallowed it), while the
     scratch folder runs/ stays ignored."""

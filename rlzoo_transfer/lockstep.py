@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: continue with the same command and --resume", file=sys.stderr)
         return 130
-    from rlzoo_transfer.run_summary import summarize_after_run
+    from rlzoo_transfer.run import summarize_after_run
 
     for d in dirs:
         print(f"done: {d}")

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{game}: {entry['agent_steps']} agent steps, final score {entry['final_eval']['mean']} "
           f"-> {Path(args.zoo_dir) / entry['file']}")
-    from rlzoo_transfer.run_summary import summarize_after_run
+    from rlzoo_transfer.run import summarize_after_run
 
     report = summarize_after_run(run_dir)
     if report is not None:

@@ -231,3 +231,19 @@ def run_training(spec: RunSpec) -> Path:
         run.model.learn(run.remaining, callback=run.callbacks, reset_num_timesteps=run.reset_num_timesteps,
                         progress_bar=spec.progress_bar, tb_log_name="DER")
     return finish_run(run)
+
+
+def summarize_after_run(run_dir: Path, stream=None) -> Path | None:
+    """The run folder's ``curve.png`` and ``report.md`` (:mod:`rlzoo_transfer.run_summary`) for a run that just
+    finished, or None.  Any failure is one warning line, never an error - the run's results are already written.
+    That includes importing the summary code: a run that outlives a ``git pull`` of this package imports the new
+    ``run_summary`` / ``curves`` beside the old modules it loaded at its start (a session's kflow run once ended in
+    an ImportError traceback that way)."""
+    try:
+        from rlzoo_transfer.run_summary import write_run_summary
+
+        return write_run_summary(run_dir)
+    except Exception as err:  # noqa: BLE001 - the summary is a convenience; the run itself is complete
+        print(f"warning: the run is complete, but its summary was not written ({type(err).__name__}: {err}); "
+              f"retry with python -m rlzoo_transfer.run_summary {run_dir}", file=stream or sys.stderr)
+        return None

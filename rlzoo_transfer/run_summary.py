@@ -136,17 +136,6 @@ def write_run_summary(run_dir: Path) -> Path:
     return path
 
 
-def summarize_after_run(run_dir: Path, stream=None) -> Path | None:
-    """:func:`write_run_summary` for a run that just finished: a failure (e.g. a plotting backend) is reported as
-    one warning line and None, never an error - the run's results are already written."""
-    try:
-        return write_run_summary(run_dir)
-    except Exception as err:  # noqa: BLE001 - the summary is a convenience; the run itself is complete
-        print(f"warning: the run is complete, but its summary was not written ({type(err).__name__}: {err}); "
-              f"retry with python -m rlzoo_transfer.run_summary {run_dir}", file=stream or sys.stderr)
-        return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: (re)write the summary of each run folder given; 0 ok, 2 a folder that is not a run."""
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.run_summary", description=__doc__.split("\n\n")[0])

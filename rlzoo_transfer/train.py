@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
               f"{run_folder(spec)})", file=sys.stderr)
         return 130
     print(f"done: {run_dir}")
-    from rlzoo_transfer.run_summary import summarize_after_run
+    from rlzoo_transfer.run import summarize_after_run
 
     report = summarize_after_run(run_dir)
     if report is not None:

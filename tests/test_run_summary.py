@@ -63,6 +63,21 @@ def test_not_a_run_folder_exit_2(tmp_path, capsys):
 
 
 def test_failure_after_a_run_is_a_warning(tmp_path, capsys):
-    assert run_summary.summarize_after_run(tmp_path / "notarun") is None
+    from rlzoo_transfer.run import summarize_after_run
+
+    assert summarize_after_run(tmp_path / "notarun") is None
     err = capsys.readouterr().err
     assert err.startswith("warning: the run is complete") and "run_summary" in err
+
+
+def test_summary_code_that_cannot_be_imported_is_a_warning_too(tmp_path, capsys, monkeypatch):
+    """A run that outlived an update of the package imported a run_summary / curves that needed names its
+    already-loaded modules lacked: an ImportError traceback (exit 1) after its final.json was written."""
+    import sys
+
+    from rlzoo_transfer.run import summarize_after_run
+
+    monkeypatch.setitem(sys.modules, "rlzoo_transfer.run_summary", None)   # makes the import raise ImportError
+    assert summarize_after_run(make_run(tmp_path)) is None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: the run is complete") and "ModuleNotFoundError" in err   # an ImportError

@@ -40,14 +40,15 @@ def parser() -> argparse.ArgumentParser:
 
 def parse_runs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     """(game, method text, seed) of every run: ``--runs`` items, else the product of games x methods x seeds."""
-    from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.config import MAX_SEED, ConfigError
 
     if args.runs:
         out = []
         for item in args.runs:
             parts = item.split(":")
-            if len(parts) not in (3, 4) or not parts[-1].lstrip("-").isdigit() or not all(parts):
-                raise ConfigError(f"bad --runs item {item!r}: expected GAME:METHOD:SEED or GAME:METHOD:SOURCE:SEED")
+            if len(parts) not in (3, 4) or not parts[-1].isdigit() or not all(parts) or int(parts[-1]) > MAX_SEED:
+                raise ConfigError(f"bad --runs item {item!r}: expected GAME:METHOD:SEED or GAME:METHOD:SOURCE:SEED "
+                                  f"(seed 0 to {MAX_SEED})")
             out.append((parts[0], ":".join(parts[1:-1]), int(parts[-1])))
         return out
     if not args.games:

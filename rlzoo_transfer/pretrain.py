@@ -93,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     try:
         game, _ = resolve_game(args.game)
+        positive = {"--steps": args.steps, "--n-envs": args.n_envs, "--eval-freq": args.eval_freq,
+                    "--eval-episodes": args.eval_episodes, "--final-eval-episodes": args.final_eval_episodes}
+        bad = [f"{k} {v}" for k, v in positive.items() if v <= 0]
+        if args.max_minutes is not None and args.max_minutes <= 0:
+            bad.append(f"--max-minutes {args.max_minutes}")
+        if bad:   # --n-envs 0 crashed the interpreter (a segfault in the vector env)
+            raise ConfigError(f"must be positive: {', '.join(bad)}")
+        if args.checkpoint_freq is not None and args.checkpoint_freq < 0:
+            raise ConfigError(f"--checkpoint-freq must be >= 0 (0 = no checkpoints), got {args.checkpoint_freq}")
         pre = read_yaml(Path(__file__).resolve().parent.parent / "agents" / "pretrain.yml")
         hyper = {**pre, **parse_overrides(args.hyperparams)}
         if "gradient_steps" not in hyper:   # Rainbow's 1 update per 4 agent steps (agents/pretrain.yml)

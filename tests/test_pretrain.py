@@ -104,3 +104,20 @@ def test_bad_game_is_a_one_line_error(tmp_path):
     assert pretrain.main(["--game", "Riverraid", "-p", "batch_sise=64", "--zoo-dir", str(tmp_path),
                           "--log-dir", str(tmp_path)]) == 2
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--n-envs", "0"], "must be positive: --n-envs 0"),          # was a segfault of the vector env
+    (["--max-minutes", "-1"], "must be positive: --max-minutes -1.0"),   # was a run started anyway
+    (["--steps", "0", "--eval-freq", "-5"], "must be positive: --steps 0, --eval-freq -5"),
+    (["--checkpoint-freq", "-1"], "--checkpoint-freq must be >= 0"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_numbers_are_one_line_errors_before_any_work(extra, message, tmp_path, capsys):
+    from rlzoo_transfer import pretrain
+
+    assert pretrain.main(["--game", "Seaquest", "--zoo-dir", str(tmp_path), "--log-dir", str(tmp_path),
+                          "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())

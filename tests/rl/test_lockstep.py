@@ -168,6 +168,14 @@ def test_cli_refuses_bad_sample_threads(tmp_path, capsys):
     assert not (tmp_path / "Gopher").exists()
 
 
+@pytest.mark.parametrize("item", ["Gopher:scratch:-1", "Gopher:scratch:2147483648", "Gopher:scratch:x"])
+def test_cli_refuses_a_bad_seed_in_runs(item, tmp_path, capsys):
+    """``Gopher:scratch:-1`` passed the old check and reached numpy's seeding: a ValueError traceback."""
+    rc = lockstep_main(["--runs", item, "--steps", "50", "--log-dir", str(tmp_path), "--no-progress"])
+    assert rc == 2 and "seed 0 to 2147483647" in capsys.readouterr().err
+    assert not (tmp_path / "Gopher").exists()
+
+
 def test_zoo_lite_lockstep_equals_single_run(tmp_path):
     """AdaAgg layers (gate nets, alignment, the lite gate's in-place EMA buffer) under vmap, agent 0 vs its single run."""
     tiny = {**TINY, "learning_starts": 40, "batch_size": 8, "target_update_interval": 20}

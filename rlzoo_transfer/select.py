@@ -40,7 +40,8 @@ from torch import nn
 
 from rlzoo_transfer.selection import (best_of_top_k, h_score, leep, lfc, lgc, logme, nce, rank_models, spearman,
                                       trials_to_best)
-from rlzoo_transfer.vision.classify import OneLineParser, environment, pick_device, write_json
+from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.vision.classify import OneLineParser, UsageError, check_ranges, environment, pick_device, write_json
 from rlzoo_transfer.vision.data import DataError, EvalTransform, ImageDataset, Split, open_split
 from rlzoo_transfer.vision.resnet import (ARCHS, CheckpointError, ResNet, build_resnet, check_backbone_keys,
                                           load_state_dict_file)
@@ -330,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lgc-probes", type=int, default=10, help="output probes for LGC's gradients (default 10)")
     p.add_argument("--proj-dim", type=int, default=10000, help="LGC projection dimension (0: none)")
     p.add_argument("--accuracies", nargs="*", default=[], help="measured fine-tune accuracies NAME=ACC")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     return p
@@ -342,11 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rlzoo_transfer.config import resolve_device
 
         args.device = resolve_device(args.device)
+        check_ranges(args, positive=("per_class", "image_size", "width", "crop_pct", "lgc_probes"),
+                     non_negative=("proj_dim",))
         result = run_selection(args.data, args.zoo, args.arch, width=args.width, per_class=args.per_class,
                                image_size=args.image_size, crop_pct=args.crop_pct, scores=args.scores,
                                probes=args.lgc_probes, proj_dim=args.proj_dim or None, seed=args.seed,
                                accuracies=args.accuracies, sha256=args.sha256, device=args.device)
-    except (DataError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (DataError, CheckpointError, ValueError, FileNotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))

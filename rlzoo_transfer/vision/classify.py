@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlzoo_transfer.atomic import replacing, write_atomic
+from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.vision.data import (BatchStream, DataError, ImageDataset, EvalTransform, TrainTransform,
                                         open_split, predict_batches)
@@ -113,6 +114,16 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` atomically (temporary file + rename)."""
     with replacing(path) as tmp:
         torch.save(obj, tmp)
+
+
+def check_ranges(cfg: Any, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
+    """UsageError naming every field of ``cfg`` out of its range (``--batch-size 0`` was a ValueError traceback deep in
+    the data loader, ``--iters 0`` a "trained" model that never took a step)."""
+    bad = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (must be > 0)" for k in positive if not getattr(cfg, k) > 0]
+    bad += [f"--{k.replace('_', '-')} {getattr(cfg, k)} (must be >= 0)" for k in non_negative
+            if not getattr(cfg, k) >= 0]
+    if bad:
+        raise UsageError("out of range: " + ", ".join(bad))
 
 
 def pick_device(device: str) -> torch.device:
@@ -341,8 +352,14 @@ def prepare(cfg: ClassifyConfig):
 
 def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.method`` on ``cfg.data``; writes the run folder and returns the results dict."""
-    if cfg.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0: torch's default), got {cfg.threads}")
+    check_ranges(cfg, positive=("iters", "lr", "batch_size", "width", "image_size", "log_every", "gamma", "crop_pct",
+                                "hub_k"),
+                 non_negative=("momentum", "weight_decay", "save_every", "eval_every", "workers", "threads",
+                               "hub_lambda"))
+    if cfg.crop_pct > 1:
+        raise UsageError(f"out of range: --crop-pct {cfg.crop_pct} (must be <= 1)")
+    if cfg.momentum >= 1:
+        raise UsageError(f"out of range: --momentum {cfg.momentum} (must be < 1)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -431,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-align", action="store_true", help="zoo methods without channel alignment (w/o T)")
     p.add_argument("--hub-k", type=int, default=d.hub_k, help="hub: models activated per sample (default 2)")
     p.add_argument("--hub-lambda", type=float, default=d.hub_lambda, help="hub: explore-loss weight (default 0.1)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_arg, default=d.seed)
     p.add_argument("--out", default=d.out, help="run folder (default runs/classify)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint period in iterations")

@@ -43,9 +43,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlzoo_transfer.vision.classify import (USER_ERRORS, FitState, OneLineParser, UsageError, environment, fit,
-                                            load_zoo, make_checkpointer, open_writer, pick_device, resume_from,
-                                            save_atomic, seed_everything, write_json)
+from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.vision.classify import (USER_ERRORS, FitState, OneLineParser, UsageError, check_ranges,
+                                            environment, fit, load_zoo, make_checkpointer, open_writer, pick_device,
+                                            resume_from, save_atomic, seed_everything, write_json)
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.vision.data import IMAGE_EXTENSIONS, BatchStream, DataError, load_image, normalize
 from rlzoo_transfer.vision.resnet import ARCHS, ResNet, build_resnet, count_params
@@ -506,8 +507,9 @@ def _eyes_for(k: int, eyes: Sequence[int] | None) -> tuple[int, int]:
 
 def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.method`` for landmark detection on ``cfg.data``; writes the run folder, returns results."""
-    if cfg.threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0: torch's default), got {cfg.threads}")
+    check_ranges(cfg, positive=("epochs", "lr", "batch_size", "width", "image_size", "heatmap_stride", "sigma",
+                                "box_scale", "log_every", "gamma", "hub_k"),
+                 non_negative=("iters", "rotate", "save_every", "eval_every", "workers", "threads", "hub_lambda"))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -617,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-align", action="store_true")
     p.add_argument("--hub-k", type=int, default=d.hub_k)
     p.add_argument("--hub-lambda", type=float, default=d.hub_lambda)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_arg, default=d.seed)
     p.add_argument("--out", default=d.out)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--save-every", type=int, default=d.save_every)

@@ -139,6 +139,10 @@ def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
          str(tmp_path / "nope.pt")],
         ["--data", str(digits), "--device", "tpu"],     # was a torch RuntimeError traceback
         ["--data", str(digits), "--threads", "-2"],
+        ["--data", str(digits), "--method", "scratch", "--arch", "small", "--batch-size", "0"],   # was a traceback
+        ["--data", str(digits), "--method", "scratch", "--arch", "small", "--iters", "0"],       # was a 0-step "run"
+        ["--data", str(digits), "--method", "scratch", "--arch", "small", "--width", "0"],
+        ["--data", str(digits), "--method", "scratch", "--arch", "small", "--crop-pct", "1.5"],
     ]
     for argv in cases:
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]) == 2

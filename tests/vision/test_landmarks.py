@@ -148,3 +148,11 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: ")
     assert main(["--data", str(faces), "--eyes", "0", "9", "--no-progress", "--method", "scratch",
                  "--out", str(tmp_path / "bad2")]) == 2
+    for extra, message in ((["--batch-size", "0"], "--batch-size 0 (must be > 0)"),
+                           (["--sigma", "0"], "--sigma 0.0 (must be > 0)"),
+                           (["--heatmap-stride", "-1"], "--heatmap-stride -1 (must be > 0)"),
+                           (["--device", "tpu"], "unknown device 'tpu'")):
+        assert main(argv + ["--method", "scratch", "--out", str(tmp_path / "bad3"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "bad3").exists()

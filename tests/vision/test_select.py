@@ -58,7 +58,9 @@ def test_select_bad_input(tiny, tmp_path, capsys):
     base = ["--data", str(root / "data"), "--zoo", *paths, "--image-size", "8"]
     for argv in (base + ["--arch", "resnet18"], base + ["--arch", "small", "--width", "8", "--scores", "magic"],
                  ["--data", str(tmp_path / "none"), "--zoo", *paths, "--arch", "small", "--width", "8"],
-                 base + ["--arch", "small", "--width", "8", "--accuracies", "nobody.pt=3"]):
+                 base + ["--arch", "small", "--width", "8", "--accuracies", "nobody.pt=3"],
+                 base + ["--arch", "small", "--width", "8", "--per-class", "0"],
+                 base + ["--arch", "small", "--width", "8", "--device", "tpu"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err

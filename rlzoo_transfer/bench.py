@@ -931,11 +931,6 @@ def main(argv: list[str] | None = None) -> int:
     if repeats < 1:
         print("error: --repeats must be >= 1", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        if args.threads < 1:
-            print("error: --threads must be >= 1", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
     if args.methods:
         from rlzoo_transfer.rl.methods import METHODS
 
@@ -945,13 +940,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown method(s) {', '.join(map(repr, unknown))}. Valid: {', '.join(valid)}",
                   file=sys.stderr)
             return 2
-    from rlzoo_transfer.config import ConfigError, resolve_device
+    from rlzoo_transfer.config import ConfigError, check_threads, resolve_device
 
     try:
+        check_threads(args.threads, minimum=1)
         args.device = resolve_device(args.device)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     result = run_bench(repeats=repeats, quick=args.quick, methods=args.methods, device=args.device,
                        compile=args.compile, source=args.source, sections=tuple(args.sections),
                        lockstep_k=tuple(args.lockstep_k) if args.lockstep_k else None)

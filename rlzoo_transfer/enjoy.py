@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 ok, 2 bad input."""
-    from rlzoo_transfer.config import ConfigError, resolve_device
+    from rlzoo_transfer.config import ConfigError, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.evaluation import evaluate
     from rlzoo_transfer.rl.methods import UnknownMethodError
@@ -196,9 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        check_threads(args.threads, minimum=1)
         if args.threads is not None:
-            if args.threads < 1:
-                raise EnjoyError("--threads must be >= 1")
             torch.set_num_threads(args.threads)
         args.device = resolve_device(args.device)
         if (args.run is None) == (args.source is None):

@@ -46,10 +46,14 @@ def parse_runs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
         out = []
         for item in args.runs:
             parts = item.split(":")
-            if len(parts) not in (3, 4) or not parts[-1].isdigit() or not all(parts) or int(parts[-1]) > MAX_SEED:
+            try:
+                seed = seed_arg(parts[-1]) if len(parts) in (3, 4) and all(parts) else None
+            except argparse.ArgumentTypeError:
+                seed = None
+            if seed is None:
                 raise ConfigError(f"bad --runs item {item!r}: expected GAME:METHOD:SEED or GAME:METHOD:SOURCE:SEED "
                                   f"(seed 0 to {MAX_SEED})")
-            out.append((parts[0], ":".join(parts[1:-1]), int(parts[-1])))
+            out.append((parts[0], ":".join(parts[1:-1]), seed))
         return out
     if not args.games:
         raise ConfigError("give --games (with --methods and --seeds) or --runs")

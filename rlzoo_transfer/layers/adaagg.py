@@ -83,7 +83,7 @@ GATE_NORMS = ("sum", "none")
 PATHS = ("auto", "mix", "weights")
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     """True for a 4-D channels-last tensor; False otherwise and under ``torch.vmap`` (which cannot query it)."""
     if x.dim() != 4:
         return False
@@ -231,7 +231,7 @@ class AdaAggBase(nn.Module):
                 self.last_gate.copy_(a if shared else a.mean(0))
         w, b = self._source_weights()
         batch, positions = x.shape[0], self._out_positions(x)
-        path = self.choose_path(batch, positions, shared, _is_channels_last(x))
+        path = self.choose_path(batch, positions, shared, is_channels_last(x))
         self.last_path = path
         b = self._align_bias(b)
         if path == "weights":
@@ -248,7 +248,7 @@ class AdaAggBase(nn.Module):
         z = self._op(x, w.reshape(m * o, *w.shape[2:]), None)          # (B, m*O, *spatial)
         spatial = z.shape[2:]
         ab = a.expand(batch, m)
-        if _is_channels_last(z):
+        if is_channels_last(z):
             y = self._mix_channels_last(z, ab, out_side)
         else:
             y = self._mix_channels_first(z, ab, out_side, positions)
@@ -337,7 +337,7 @@ class AdaAggConv2d(AdaAggBase):
     def gate_features(self, x):
         """Global average pool (B, C, H, W) -> (B, C); on a channels-last input as a mean over the (H*W) rows of
         its (B, H*W, C) memory, ~2x faster than a strided mean over dims (2, 3)."""
-        if _is_channels_last(x):
+        if is_channels_last(x):
             return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]).mean(1)
         return x.mean((2, 3))
 

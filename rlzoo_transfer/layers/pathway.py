@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlzoo_transfer.layers.adaagg import _is_channels_last
+from rlzoo_transfer.layers.adaagg import is_channels_last
 
 
 def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ def take_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     bandwidth, it saved 0.3-0.8 of ~45 ms on a loaded 2-core machine.  A plain ``index_select`` would return NCHW
     memory, the slow input for the models' channels-last convolutions.
     """
-    if _is_channels_last(x):
+    if is_channels_last(x):
         return x.permute(0, 2, 3, 1).index_select(0, rows).permute(0, 3, 1, 2)
     return x.index_select(0, rows) if x.is_contiguous() else x[rows]
 

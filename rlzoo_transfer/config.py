@@ -83,6 +83,22 @@ def resolve_device(text: str) -> str:
     return str(device)
 
 
+def check_ranges(args: Any, positive: Iterable[str] = (), non_negative: Iterable[str] = (),
+                 error: type[Exception] = ConfigError) -> None:
+    """``error`` naming every option of ``args`` (an argparse namespace or a config object) out of its range, e.g.
+    ``out of range: --steps 0 (must be > 0), --eval-freq -5 (must be > 0)``; options that are None are unset and
+    pass.  The one range check of every CLI (train, lockstep, pretrain, the vision commands), so that a bad number
+    is refused before any work with one message format, naming the options at fault and their values."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    bad = [f"{flag(k)} {v} (must be > 0)" for k in positive if (v := getattr(args, k)) is not None and not v > 0]
+    bad += [f"{flag(k)} {v} (must be >= 0)" for k in non_negative
+            if (v := getattr(args, k)) is not None and not v >= 0]
+    if bad:
+        raise error("out of range: " + ", ".join(bad))
+
+
 def check_threads(threads: int | None, minimum: int = 0) -> None:
     """ConfigError unless ``--threads`` is None or >= minimum (0 meaning torch's default where allowed)."""
     if threads is not None and threads < minimum:

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 ok, 2 bad input."""
-    from rlzoo_transfer.config import ConfigError, check_threads, resolve_device
+    from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.evaluation import evaluate
     from rlzoo_transfer.rl.methods import UnknownMethodError
@@ -202,8 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.device = resolve_device(args.device)
         if (args.run is None) == (args.source is None):
             raise EnjoyError("give a run folder or --source GAME (one of them)")
-        if args.episodes < 0 or args.gif_steps < 1 or args.scale < 1 or not 0.0 <= args.epsilon <= 1.0:
-            raise EnjoyError("--episodes must be >= 0, --gif-steps and --scale >= 1, --epsilon in [0, 1]")
+        check_ranges(args, positive=("gif_steps", "scale"), non_negative=("episodes",), error=EnjoyError)
+        if not 0.0 <= args.epsilon <= 1.0:
+            raise EnjoyError(f"out of range: --epsilon {args.epsilon} (must be in [0, 1])")
         if args.episodes == 0 and args.gif is None:
             raise EnjoyError("nothing to do: --episodes 0 and no --gif")
         if args.run is not None:

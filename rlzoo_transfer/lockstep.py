@@ -89,7 +89,7 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlzoo_transfer.config import ConfigError, check_threads, resolve_device
+    from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError, resolve_game
     from rlzoo_transfer.rl.lockstep import LockstepError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
@@ -105,12 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         if args.threads > 0:
             torch.set_num_threads(args.threads)
-        if args.steps <= 0 or args.eval_freq <= 0 or args.eval_episodes <= 0 or args.final_eval_episodes <= 0:
-            raise ConfigError("--steps, --eval-freq, --eval-episodes and --final-eval-episodes must be positive")
-        if args.log_every <= 0:
-            raise ConfigError(f"--log-every must be positive, got {args.log_every}")
-        if args.sample_threads is not None and args.sample_threads <= 0:
-            raise ConfigError(f"--sample-threads must be a positive number of threads, got {args.sample_threads}")
+        check_ranges(args, positive=("steps", "eval_freq", "eval_episodes", "final_eval_episodes", "log_every",
+                                     "sample_threads"))
         overrides = parse_overrides(args.hyperparams)
         specs = []
         for game, text, seed in parse_runs(args):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from rlzoo_transfer.config import parse_overrides, read_yaml, seed_arg
+from rlzoo_transfer.config import check_ranges, parse_overrides, read_yaml, seed_arg
 from rlzoo_transfer.zoo import sha256
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
@@ -93,15 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     try:
         game, _ = resolve_game(args.game)
-        positive = {"--steps": args.steps, "--n-envs": args.n_envs, "--eval-freq": args.eval_freq,
-                    "--eval-episodes": args.eval_episodes, "--final-eval-episodes": args.final_eval_episodes}
-        bad = [f"{k} {v}" for k, v in positive.items() if v <= 0]
-        if args.max_minutes is not None and args.max_minutes <= 0:
-            bad.append(f"--max-minutes {args.max_minutes}")
-        if bad:   # --n-envs 0 crashed the interpreter (a segfault in the vector env)
-            raise ConfigError(f"must be positive: {', '.join(bad)}")
-        if args.checkpoint_freq is not None and args.checkpoint_freq < 0:
-            raise ConfigError(f"--checkpoint-freq must be >= 0 (0 = no checkpoints), got {args.checkpoint_freq}")
+        # --n-envs 0 crashed the interpreter (a segfault in the vector env); --checkpoint-freq 0 = no checkpoints
+        check_ranges(args, positive=("steps", "n_envs", "eval_freq", "eval_episodes", "final_eval_episodes",
+                                     "max_minutes"), non_negative=("checkpoint_freq",))
         pre = read_yaml(Path(__file__).resolve().parent.parent / "agents" / "pretrain.yml")
         hyper = {**pre, **parse_overrides(args.hyperparams)}
         if "gradient_steps" not in hyper:   # Rainbow's 1 update per 4 agent steps (agents/pretrain.yml)

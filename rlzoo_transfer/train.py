@@ -41,7 +41,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.train", **spec_defaults) -> int:
-    from rlzoo_transfer.config import ConfigError, check_threads, resolve_device
+    from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
     from rlzoo_transfer.run import RunError, RunSpec, command_line, run_folder, run_training
@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
         if args.source and not method.needs_source:
             raise UnknownMethodError(f"--method {args.method} takes no --source (only finetune does); "
                                      f"its sources are the zoo's (-p sources=...)")
-        if args.steps <= 0 or args.eval_freq <= 0 or args.eval_episodes <= 0 or args.final_eval_episodes <= 0:
-            raise ConfigError("--steps, --eval-freq, --eval-episodes and --final-eval-episodes must be positive")
+        check_ranges(args, positive=("steps", "eval_freq", "eval_episodes", "final_eval_episodes"))
         spec = RunSpec(game=args.game, method=args.method, seed=args.seed, steps=args.steps,
                        eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
                        final_eval_episodes=args.final_eval_episodes, log_dir=args.log_dir,

@@ -107,6 +107,9 @@ def test_bad_input_is_one_line_and_exit_2(zoo_run, tmp_path, capsys):
     fails(["--source", "Pong"], "not in")
     fails([str(tmp_path)], "has no config.yml")
     fails([str(zoo_run), "--episodes", "0"], "nothing to do")
+    fails([str(zoo_run), "--episodes", "-1", "--scale", "0"],
+          "out of range: --scale 0 (must be > 0), --episodes -1 (must be >= 0)")
+    fails([str(zoo_run), "--epsilon", "1.5"], "out of range: --epsilon 1.5 (must be in [0, 1])")
 
     run = tmp_path / "copy"
     shutil.copytree(zoo_run, run, ignore=shutil.ignore_patterns("checkpoint", "tb"))

@@ -107,10 +107,10 @@ def test_bad_game_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--n-envs", "0"], "must be positive: --n-envs 0"),          # was a segfault of the vector env
-    (["--max-minutes", "-1"], "must be positive: --max-minutes -1.0"),   # was a run started anyway
-    (["--steps", "0", "--eval-freq", "-5"], "must be positive: --steps 0, --eval-freq -5"),
-    (["--checkpoint-freq", "-1"], "--checkpoint-freq must be >= 0"),
+    (["--n-envs", "0"], "out of range: --n-envs 0 (must be > 0)"),          # was a segfault of the vector env
+    (["--max-minutes", "-1"], "out of range: --max-minutes -1.0 (must be > 0)"),   # was a run started anyway
+    (["--steps", "0", "--eval-freq", "-5"], "out of range: --steps 0 (must be > 0), --eval-freq -5 (must be > 0)"),
+    (["--checkpoint-freq", "-1"], "out of range: --checkpoint-freq -1 (must be >= 0)"),
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_numbers_are_one_line_errors_before_any_work(extra, message, tmp_path, capsys):

@@ -121,9 +121,10 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--game", GAME, "--method", "zoo", "--source", "Seaquest"], "--method zoo takes no --source"),
     (["--game", GAME, "--device", "tpu"], "unknown device 'tpu': use cpu, cuda, cuda:N, mps or auto"),
     (["--game", GAME, "--threads", "-3"], "--threads must be >= 0, got -3"),
-    (["--game", GAME, "--steps", "0"], "must be positive"),
-    (["--game", GAME, "--steps", "-100"], "must be positive"),
-    (["--game", GAME, "--eval-freq", "0"], "must be positive"),
+    (["--game", GAME, "--steps", "0"], "out of range: --steps 0 (must be > 0)"),
+    (["--game", GAME, "--steps", "-100"], "out of range: --steps -100 (must be > 0)"),
+    (["--game", GAME, "--eval-freq", "0", "--final-eval-episodes", "-1"],
+     "out of range: --eval-freq 0 (must be > 0), --final-eval-episodes -1 (must be > 0)"),
     (["--game", GAME, "--method", "hub", "-p", "generator=foo"], "unknown pathway generator 'foo'"),
     (["--game", GAME, "--method", "zoo", "-p", "mode=fast"], "mode must be one of"),
     # several -p flags add up (the second does not replace the first): k=0 must still be seen
@@ -175,6 +176,21 @@ def test_device_auto_resolves_and_a_missing_gpu_is_refused(capsys):
             resolve_device("cuda:0")
         rc, err = run_main(["--game", GAME, "--device", "cuda", "--no-progress"], capsys)
         assert rc == 2 and err.startswith("error: device 'cuda'") and err.count("\n") == 1
+
+
+def test_check_ranges_names_every_bad_option_and_passes_unset_ones():
+    from types import SimpleNamespace
+
+    from rlzoo_transfer.config import ConfigError, check_ranges
+
+    args = SimpleNamespace(steps=0, eval_freq=10, max_minutes=None, lr=float("nan"), checkpoint_freq=-1, gap=0)
+    with pytest.raises(ConfigError) as e:
+        check_ranges(args, positive=("steps", "eval_freq", "max_minutes", "lr"), non_negative=("checkpoint_freq", "gap"))
+    assert str(e.value) == ("out of range: --steps 0 (must be > 0), --lr nan (must be > 0), "
+                            "--checkpoint-freq -1 (must be >= 0)")
+    check_ranges(SimpleNamespace(steps=1, gap=0), positive=("steps",), non_negative=("gap",))
+    with pytest.raises(KeyError):   # the error type is the caller's
+        check_ranges(SimpleNamespace(steps=-1), positive=("steps",), error=KeyError)
 
 
 def test_seed_range_ends():

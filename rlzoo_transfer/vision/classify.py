@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlzoo_transfer.atomic import replacing, write_atomic
-from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.config import check_ranges as config_check_ranges, seed_arg
 from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.vision.data import (BatchStream, DataError, ImageDataset, EvalTransform, TrainTransform,
                                         open_split, predict_batches)
@@ -118,12 +118,8 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 def check_ranges(cfg: Any, positive: Sequence[str] = (), non_negative: Sequence[str] = ()) -> None:
     """UsageError naming every field of ``cfg`` out of its range (``--batch-size 0`` was a ValueError traceback deep in
-    the data loader, ``--iters 0`` a "trained" model that never took a step)."""
-    bad = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (must be > 0)" for k in positive if not getattr(cfg, k) > 0]
-    bad += [f"--{k.replace('_', '-')} {getattr(cfg, k)} (must be >= 0)" for k in non_negative
-            if not getattr(cfg, k) >= 0]
-    if bad:
-        raise UsageError("out of range: " + ", ".join(bad))
+    the data loader, ``--iters 0`` a "trained" model that never took a step): ``config.check_ranges``."""
+    config_check_ranges(cfg, positive, non_negative, error=UsageError)
 
 
 def pick_device(device: str) -> torch.device:

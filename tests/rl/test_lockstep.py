@@ -157,14 +157,14 @@ def test_cli_refuses_hub(tmp_path, capsys):
 def test_cli_refuses_bad_log_every(tmp_path, capsys):
     rc = lockstep_main(["--games", "Gopher", "--seeds", "0", "--steps", "50", "--log-dir", str(tmp_path),
                         "--no-progress", "--log-every", "0"])
-    assert rc == 2 and "--log-every" in capsys.readouterr().err
+    assert rc == 2 and "out of range: --log-every 0.0 (must be > 0)" in capsys.readouterr().err
     assert not (tmp_path / "Gopher").exists()   # refused before any run folder is made
 
 
 def test_cli_refuses_bad_sample_threads(tmp_path, capsys):
     rc = lockstep_main(["--games", "Gopher", "--seeds", "0", "--steps", "50", "--log-dir", str(tmp_path),
                         "--no-progress", "--sample-threads", "0"])
-    assert rc == 2 and "--sample-threads" in capsys.readouterr().err
+    assert rc == 2 and "out of range: --sample-threads 0 (must be > 0)" in capsys.readouterr().err
     assert not (tmp_path / "Gopher").exists()
 
 

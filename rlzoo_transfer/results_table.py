@@ -7,9 +7,9 @@ writes, between the marker lines ``<!-- results-table:start -->`` and ``<!-- res
 
 * **final score**: per method and game the mean +- sample std over complete seeds of the ``final.json`` means,
   the seeds in brackets, and the game-balanced IQM of human-normalised scores with its 95 % stratified bootstrap
-  CI (:func:`curves.aggregate_hns`; point only while a game has one seed); published DER / SPR and random rows;
+  CI (:func:`aggregate.aggregate_hns`; point only while a game has one seed); published DER / SPR and random rows;
 * **mean return over training**: the area under each method's evaluation curve / steps
-  (:func:`curves.transfer_measures`), its difference to the baseline in brackets.
+  (:func:`aggregate.transfer_measures`), its difference to the baseline in brackets.
 
 So the numbers a reader sees first are always those of ``eval/``: nobody copies them by hand.
 """
@@ -18,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from rlzoo_transfer import curves, scores
+from rlzoo_transfer import aggregate, plots, report, scores
 from rlzoo_transfer.atomic import write_atomic
+from rlzoo_transfer.rundata import Run
 
 START = "<!-- results-table:start -->"
 END = "<!-- results-table:end -->"
@@ -30,31 +31,31 @@ class MarkerError(Exception):
 
 
 def _iqm_cell(finals: dict, method: str, reps: int, seed: int) -> str:
-    agg = curves.aggregate_hns(finals, method, reps, seed)
+    agg = aggregate.aggregate_hns(finals, method, reps, seed)
     if agg is None:
         return "-"
     point, low, high = agg["iqm"]
     return f"{point:.3f} [{low:.3f}, {high:.3f}]" if min(agg["seeds"]) >= 2 else f"{point:.3f}"
 
 
-def table_lines(runs: Sequence[curves.Run], baseline: str = "scratch", reps: int = 2000, seed: int = 0
+def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000, seed: int = 0
                 ) -> list[str]:
     """The markdown of the two tables (complete runs only; incomplete ones are counted in a note)."""
-    finals = curves.final_scores(runs)
-    games = curves.games_of(runs)
-    methods = [m for m in curves.method_order([r.method for r in runs], baseline)
+    finals = aggregate.final_scores(runs)
+    games = aggregate.games_of(runs)
+    methods = [m for m in aggregate.method_order([r.method for r in runs], baseline)
                if any((g, m) in finals for g in games)]
-    rows = [[f"`{m}`", *(curves._fmt_final(finals.get((g, m)), seeds="{}") for g in games), _iqm_cell(finals, m, reps, seed)]
+    rows = [[f"`{m}`", *(report.fmt_final(finals.get((g, m)), seeds="{}") for g in games), _iqm_cell(finals, m, reps, seed)]
             for m in methods]
-    for algo, cells in curves.reference_rows(games, lambda v, g: f"{v:.1f}"):   # the report's published rows
+    for algo, cells in report.reference_rows(games, lambda v, g: f"{v:.1f}"):   # the report's published rows
         hns = [scores.human_normalized(scores.GAMES[g].published[algo], g) for g in games
                if g in scores.GAMES and algo in scores.GAMES[g].published]
         iqm = f"{float(scores.weighted_iqm(hns, scores.game_weights([1] * len(hns)))):.3f}" if len(hns) == len(games) \
             else "-"
-        rows.append([curves.published_label(algo), *cells, iqm])
+        rows.append([plots.published_label(algo), *cells, iqm])
     rows.append(["random", *(f"{scores.GAMES[g].random:.1f}" if g in scores.GAMES else "-" for g in games), "0"])
 
-    measures = {(r["game"], r["method"]): r for r in curves.transfer_measures(runs, baseline)}
+    measures = {(r["game"], r["method"]): r for r in aggregate.transfer_measures(runs, baseline)}
 
     def area_cell(game: str, method: str) -> str:
         r = measures.get((game, method))
@@ -68,10 +69,10 @@ def table_lines(runs: Sequence[curves.Run], baseline: str = "scratch", reps: int
     lines = ["Final score: mean ± std over seeds of the 100-episode final evaluations, (seeds); IQM HNS: "
              "game-balanced interquartile mean of human-normalised scores, [95 % bootstrap CI] once every game has "
              ">= 2 seeds.", ""]
-    lines += curves.md_table(["method", *games, "IQM HNS"], rows)
+    lines += report.md_table(["method", *games, "IQM HNS"], rows)
     lines += ["", f"Mean return over training (area under the evaluation curve / steps, mean over seeds; "
                   f"difference to `{baseline}` in brackets):", ""]
-    lines += curves.md_table(["method", *games], area_rows)
+    lines += report.md_table(["method", *games], area_rows)
     lines += ["", f"{sum(r.complete for r in runs)} complete runs"
                   + (f"; {incomplete} incomplete (left out)" if incomplete else "") + "."]
     return lines
@@ -94,7 +95,7 @@ def splice(text: str, block: Sequence[str], source: str = "the file") -> str:
     return "\n".join(lines[:starts[0] + 1] + list(block) + lines[ends[0]:])
 
 
-def update_markdown(path: Path, runs: Sequence[curves.Run], baseline: str = "scratch", reps: int = 2000,
+def update_markdown(path: Path, runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000,
                     seed: int = 0) -> None:
     """Rewrite the results table of the markdown file ``path`` in place, atomically.
 

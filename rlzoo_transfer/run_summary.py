@@ -24,13 +24,17 @@ from typing import Sequence
 
 import numpy as np
 
-from rlzoo_transfer import curves, scores
+from rlzoo_transfer import scores
+from rlzoo_transfer.aggregate import mean_return_over_training
+from rlzoo_transfer.plots import plot_diagnostics, pyplot, save_png
+from rlzoo_transfer.report import md_table
+from rlzoo_transfer.rundata import Run, RunFolderError, load_run
 from rlzoo_transfer.atomic import write_atomic
 
 
-def plot_run(run: curves.Run, path: Path) -> None:
+def plot_run(run: Run, path: Path) -> None:
     """``curve.png`` of one run (see the module docstring)."""
-    plt = curves._pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     steps = np.array([e.step for e in run.evaluations], dtype=float)
     mean = np.array([e.mean for e in run.evaluations], dtype=float)
@@ -61,10 +65,10 @@ def plot_run(run: curves.Run, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    curves._save_png(fig, path)
+    save_png(fig, path)
 
 
-def _score_rows(run: curves.Run) -> list[list[str]]:
+def _score_rows(run: Run) -> list[list[str]]:
     """Rows ``name | score | HNS``: this run's final score, then random, human and the published scores."""
     ref = scores.GAMES.get(run.game)
 
@@ -83,7 +87,7 @@ def _score_rows(run: curves.Run) -> list[list[str]]:
     return rows
 
 
-def report_lines(run: curves.Run, diagnostics: Sequence[tuple]) -> list[str]:
+def report_lines(run: Run, diagnostics: Sequence[tuple]) -> list[str]:
     """The markdown of ``report.md`` for one run."""
     steps = run.final.get("steps") if run.final else run.last_step
     lines = [f"# {run.game} / {run.method} / seed {run.seed}", ""]
@@ -96,10 +100,10 @@ def report_lines(run: curves.Run, diagnostics: Sequence[tuple]) -> list[str]:
                   "was stopped, the same command with `--resume` continues it).", ""]
     rows = _score_rows(run)
     if rows:
-        lines += curves.md_table(["", "score", "human-normalised"], rows) + [""]
+        lines += md_table(["", "score", "human-normalised"], rows) + [""]
     if run.evaluations:
         first = run.evaluations[0]
-        area = curves.mean_return_over_training(run) if len(run.evaluations) > 1 else None
+        area = mean_return_over_training(run) if len(run.evaluations) > 1 else None
         lines += [f"Jump-start (evaluation at step {first.step}): **{first.mean:.1f}**"
                   + (f"; mean return over training (area under the curve / steps): **{area:.1f}**" if area is not None
                      else "") + ". Compare them with a scratch run's (`python -m rlzoo_transfer.curves`).", ""]
@@ -108,7 +112,7 @@ def report_lines(run: curves.Run, diagnostics: Sequence[tuple]) -> list[str]:
         lines += [f"![{kind}]({name})", ""]
     if run.evaluations:
         lines += ["## Evaluations", ""]
-        lines += curves.md_table(["step", "mean", "std", "episodes"],
+        lines += md_table(["step", "mean", "std", "episodes"],
                                  [[f"{e.step:,}", f"{e.mean:.1f}", f"{e.std:.1f}", e.n_episodes]
                                   for e in run.evaluations]) + [""]
     cfg = run.config
@@ -125,12 +129,12 @@ def report_lines(run: curves.Run, diagnostics: Sequence[tuple]) -> list[str]:
 def write_run_summary(run_dir: Path) -> Path:
     """Write ``curve.png``, the gate / pathway plots and ``report.md`` into ``run_dir``; returns the report's path.
 
-    :raises curves.RunFolderError: ``run_dir`` is not a ``seed<k>`` run folder or a file in it is unreadable
+    :raises RunFolderError: ``run_dir`` is not a ``seed<k>`` run folder or a file in it is unreadable
     """
     run_dir = Path(run_dir)
-    run = curves.load_run(run_dir)
+    run = load_run(run_dir)
     plot_run(run, run_dir / "curve.png")
-    diagnostics = curves.plot_diagnostics([run], run_dir)
+    diagnostics = plot_diagnostics([run], run_dir)
     path = run_dir / "report.md"
     write_atomic(path, "\n".join(report_lines(run, diagnostics)))
     return path
@@ -147,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         try:
             print(f"wrote {write_run_summary(run_dir)}")
-        except curves.RunFolderError as err:
+        except RunFolderError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     return 0

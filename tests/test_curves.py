@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rlzoo_transfer import curves, scores
+from rlzoo_transfer import aggregate, curves, plots, report, rundata, scores
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -167,7 +167,7 @@ def test_probability_of_improvement_ci():
 
 
 def test_load_runs_and_completeness(runs_root):
-    runs = curves.load_runs([runs_root])
+    runs = rundata.load_runs([runs_root])
     assert len(runs) == 8
     partial = [r for r in runs if not r.complete]
     assert [(r.game, r.method, r.seed, r.last_step, r.planned_steps) for r in partial] == \
@@ -177,7 +177,7 @@ def test_load_runs_and_completeness(runs_root):
 
 
 def test_aggregate_curves_hand_values(runs_root):
-    rows = curves.aggregate_curves(curves.load_runs([runs_root]))
+    rows = aggregate.aggregate_curves(rundata.load_runs([runs_root]))
     scratch = [r for r in rows if (r["game"], r["method"]) == ("Alien", "scratch")]
     assert [r["step"] for r in scratch] == [10000, 20000]
     assert scratch[0]["mean"] == pytest.approx(150.0) and scratch[0]["std"] == pytest.approx(70.710678)
@@ -186,9 +186,9 @@ def test_aggregate_curves_hand_values(runs_root):
 
 
 def test_final_scores_and_aggregates(runs_root):
-    finals = curves.final_scores(curves.load_runs([runs_root]))
+    finals = aggregate.final_scores(rundata.load_runs([runs_root]))
     assert finals[("Alien", "scratch")] == [100.0, 300.0]
-    agg = curves.aggregate_hns(finals, "zoo", reps=300)
+    agg = aggregate.aggregate_hns(finals, "zoo", reps=300)
     # zoo HNS: Alien a1 = (400-227.8)/6899.9, a2 = (600-227.8)/6899.9 (2 seeds), Jamesbond 1.0 (1 seed): the games
     # count the same, so the Alien runs weigh 1/4 each and the Jamesbond run 1/2: sorted a1 [0, .25], a2 [.25, .5],
     # 1.0 [.5, 1]; the middle half [.25, .75] holds a2 (.25) and 1.0 (.25) -> IQM = (.25 a2 + .25) / .5
@@ -197,16 +197,16 @@ def test_final_scores_and_aggregates(runs_root):
     assert agg["mean"][0] == pytest.approx(((a1 + a2) / 2 + 1.0) / 2)      # mean over games of the game means
     assert agg["n_runs"] == 3 and agg["n_games"] == 2 and agg["seeds"] == [2, 1]
     assert agg["iqm"][1] <= agg["iqm"][0] <= agg["iqm"][2]
-    alien = curves.aggregate_hns(finals, "zoo", reps=300, games=["Alien"])   # restricted to one game
+    alien = aggregate.aggregate_hns(finals, "zoo", reps=300, games=["Alien"])   # restricted to one game
     assert alien["n_games"] == 1 and alien["n_runs"] == 2
     assert alien["mean"][0] == pytest.approx(((400 - 227.8) + (600 - 227.8)) / 2 / 6899.9)
     # hub completed Alien only: the report's comparable table is over Alien, and says so
-    text = "\n".join(curves.report_aggregate_section(finals, ["scratch", "zoo", "hub"], "scratch", 300, 0))
+    text = "\n".join(report.report_aggregate_section(finals, ["scratch", "zoo", "hub"], "scratch", 300, 0))
     assert "Over the games every method below completed (Alien)" in text and "not comparable" in text
-    poi = curves.improvement_over(finals, "zoo", "scratch", reps=300)
+    poi = aggregate.improvement_over(finals, "zoo", "scratch", reps=300)
     # Alien: zoo {400, 600} vs scratch {100, 300}: all 4 pairs won; Jamesbond 302.8 > 29 -> 1
     assert poi["poi"] == (1.0, 1.0, 1.0) and poi["games"] == ["Alien", "Jamesbond"]
-    hub = curves.improvement_over(finals, "hub", "scratch", reps=300)
+    hub = aggregate.improvement_over(finals, "hub", "scratch", reps=300)
     assert hub["poi"][0] == pytest.approx(0.0) and hub["games"] == ["Alien"]  # 70 < 100 and 70 < 300
 
 
@@ -214,7 +214,7 @@ def test_final_scores_and_aggregates(runs_root):
 
 
 def test_transfer_measures_hand_values(runs_root):
-    rows = {(r["game"], r["method"]): r for r in curves.transfer_measures(curves.load_runs([runs_root]))}
+    rows = {(r["game"], r["method"]): r for r in aggregate.transfer_measures(rundata.load_runs([runs_root]))}
     scratch, zoo, hub = rows[("Alien", "scratch")], rows[("Alien", "zoo")], rows[("Alien", "hub")]
     # scratch: complete seeds 0, 1 (seed 2 is incomplete); first evaluations 100, 200; curves (100, 300) and
     # (200, 500) over 10k..20k -> average returns 200 and 350
@@ -236,7 +236,7 @@ def test_transfer_measures_need_matching_steps(tmp_path):
     make_run(root, "Alien", "zoo", 0, [(5000, 50.0), (10000, 70.0)], final_mean=70.0)
     make_run(root, "Alien", "hub", 0, [(0, 10.0), (10000, 10.0)], final_mean=10.0)
     make_run(root, "Gopher", "zoo", 0, [(0, 1.0), (10000, 2.0)], final_mean=2.0)
-    rows = {(r["game"], r["method"]): r for r in curves.transfer_measures(curves.load_runs([root]))}
+    rows = {(r["game"], r["method"]): r for r in aggregate.transfer_measures(rundata.load_runs([root]))}
     assert rows[("Alien", "zoo")]["d_start"] is None and rows[("Alien", "zoo")]["d_area"] is None
     assert rows[("Alien", "zoo")]["d_final"] == pytest.approx(40.0)
     assert rows[("Alien", "hub")]["d_area"] == pytest.approx(10.0 - 20.0)
@@ -290,9 +290,9 @@ def test_cli_writes_plots_csv_report(runs_root, tmp_path):
 def test_probability_of_improvement_ci_needs_two_seeds_a_side(runs_root, tmp_path):
     seeds = [runs_root / "Alien" / m / f"seed{k}" for m in ("scratch", "zoo") for k in (0, 1)]
     assert curves.main([*map(str, seeds), "--out", str(tmp_path / "o"), "--reps", "200"]) == 0
-    report = (tmp_path / "o" / "report.md").read_text()
-    assert "| zoo | 1.000 [1.000, 1.000] | Alien |" in report   # 2 vs 2 seeds: the interval is shown
-    assert not curves._poi_has_ci([[1.0, 2.0]], [[3.0]]) and curves._poi_has_ci([[1.0, 2.0]], [[3.0, 4.0]])
+    text = (tmp_path / "o" / "report.md").read_text()
+    assert "| zoo | 1.000 [1.000, 1.000] | Alien |" in text   # 2 vs 2 seeds: the interval is shown
+    assert not report._poi_has_ci([[1.0, 2.0]], [[3.0]]) and report._poi_has_ci([[1.0, 2.0]], [[3.0, 4.0]])
 
 
 def test_cli_no_incomplete(tmp_path):
@@ -335,9 +335,9 @@ def test_gate_plots_average_complete_runs_only(tmp_path, monkeypatch):
     make_run(root, "Alien", "zoo", 0, [(10000, 1.0), (20000, 2.0)], final_mean=2.0, gates=done)
     make_run(root, "Alien", "zoo", 1, [(10000, 1.0)], gates=[(10000, "conv1", "Seaquest", 0.8)])   # unfinished
     plotted = {}
-    monkeypatch.setattr(curves, "plot_stat", lambda series, title, ylabel, path: plotted.update(
+    monkeypatch.setattr(plots, "plot_stat", lambda series, title, ylabel, path: plotted.update(
         series=series, title=title))
-    written = curves.plot_diagnostics(curves.load_runs([root]), tmp_path)
+    written = plots.plot_diagnostics(rundata.load_runs([root]), tmp_path)
     assert written == [("gates", "Alien", "zoo", "gates_Alien_zoo.png", 1)]
     assert "mean of 1 complete runs" in plotted["title"]
     (steps, values), = plotted["series"].values()
@@ -345,11 +345,11 @@ def test_gate_plots_average_complete_runs_only(tmp_path, monkeypatch):
 
 
 def test_reference_rows_pair_each_algorithm_with_its_cells():
-    rows = curves.reference_rows(["Alien", "Riverraid", "NoSuchGame"], lambda v, g: f"{g}:{v:.1f}")
+    rows = report.reference_rows(["Alien", "Riverraid", "NoSuchGame"], lambda v, g: f"{g}:{v:.1f}")
     assert [algo for algo, _ in rows] == list(scores.REFERENCE_ALGORITHMS)
     der = dict(rows)["DER"]
     assert der == ["Alien:739.9", "-", "-"]   # Riverraid has no published DER score, an unknown game none at all
-    assert curves.published_label("DER") == "DER (published)"
+    assert plots.published_label("DER") == "DER (published)"
 
 
 # ------------------------------------------------------------------------------------------------ seeds needed
@@ -382,12 +382,12 @@ def test_detectable_difference_at_few_seeds():
 
 
 def test_report_seeds_section(runs_root):
-    finals = curves.final_scores(curves.load_runs([runs_root]))
-    lines = curves.report_seeds_section(finals, ["Alien", "Jamesbond"], "scratch", ns=(3, 5))
+    finals = aggregate.final_scores(rundata.load_runs([runs_root]))
+    lines = report.report_seeds_section(finals, ["Alien", "Jamesbond"], "scratch", ns=(3, 5))
     # Alien: scratch [100, 300] and zoo [400, 600] each 20000 of squared deviation, hub one seed: sd = sqrt(20000)
     sd = np.sqrt(20000)
     cells = [f"{scores.detectable_difference(sd, n):.0f} ({100 * scores.detectable_difference(sd, n) / 200:.0f} %)"
              for n in (3, 5)]
     assert f"| Alien | {sd:.1f} (2) | {cells[0]} | {cells[1]} |" in lines
     assert not any(line.startswith("| Jamesbond") for line in lines)   # one seed per method: no spread to pool
-    assert curves.report_seeds_section({("Alien", "hub"): [70.0]}, ["Alien"], "scratch") == []
+    assert report.report_seeds_section({("Alien", "hub"): [70.0]}, ["Alien"], "scratch") == []

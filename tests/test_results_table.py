@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlzoo_transfer import curves, results_table
+from rlzoo_transfer import curves, results_table, rundata
 from rlzoo_transfer.results_table import END, START, MarkerError, splice
 from tests.test_curves import runs_root  # noqa: F401  (fixture)
 
@@ -18,7 +18,7 @@ def _row(lines: list[str], name: str) -> list[str]:
 
 
 def test_table_hand_values(runs_root):  # noqa: F811
-    lines = results_table.table_lines(curves.load_runs([runs_root]), reps=200)
+    lines = results_table.table_lines(rundata.load_runs([runs_root]), reps=200)
     area_start = next(i for i, line in enumerate(lines) if line.startswith("Mean return over training"))
     final, area = lines[:area_start], lines[area_start:]
     assert next(line for line in final if line.startswith("| method")) == "| method | Alien | Jamesbond | IQM HNS |"

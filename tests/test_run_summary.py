@@ -23,11 +23,11 @@ def make_run(root, final=True, gates=True):
 
 
 def test_area_over_training_hand_value(tmp_path):
-    from rlzoo_transfer import curves
+    from rlzoo_transfer import aggregate, rundata
 
-    run = curves.load_run(make_run(tmp_path))
+    run = rundata.load_run(make_run(tmp_path))
     # trapezoids: (200 + 400) / 2 * 1000 + (400 + 300) / 2 * 1000 = 650,000 over 2000 steps
-    assert curves.mean_return_over_training(run) == pytest.approx(325.0)
+    assert aggregate.mean_return_over_training(run) == pytest.approx(325.0)
 
 
 def test_finished_run_summary(tmp_path):

@@ -18,7 +18,6 @@ import os
 import time
 from typing import Any, Sequence
 
-import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvStepReturn
 

@@ -98,7 +98,7 @@ def test_reference_projection_hand_computed():
                                      batch.discounts, batch.next_observations, batch.weights)
         log_p = net(batch.observations.float() / 255)[torch.arange(B), batch.actions]
     support = torch.linspace(-10, 10, 51)
-    i0, i_max, i_min = int((support - 0.0).abs().argmin()), 50, 0
+    i0, i_min = int((support - 0.0).abs().argmin()), 0
     torch.testing.assert_close(ce[1], -log_p[1, i0])         # terminal, R = 0: all mass on z = 0
     torch.testing.assert_close(ce[3], -log_p[3, i_min])      # terminal, R = -12: clamped to v_min
     lo = int(((1.3 + 10) / 0.4))                             # terminal, R = 1.3: split between neighbours

@@ -11,7 +11,7 @@ sequences of the same length (model i is position i in both).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import stats

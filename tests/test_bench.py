@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlzoo_transfer import bench
+from rlzoo_transfer import bench, bench_reference
 from rlzoo_transfer.envs import make_env
 from rlzoo_transfer.rl.buffers import ReplaySample
 from rlzoo_transfer.rl.policies import DERNetwork
@@ -53,7 +53,7 @@ def make_pair(env, seed: int = 0):
     other = DERNetwork(bench.N_ACTIONS)
     pol.q_net_target.load_state_dict(other.state_dict())
     pol.set_training_mode(True)   # as DER.train: noisy online and target nets
-    online, target = bench.RefDERNet(bench.N_ACTIONS), bench.RefDERNet(bench.N_ACTIONS)
+    online, target = bench_reference.RefDERNet(bench.N_ACTIONS), bench_reference.RefDERNet(bench.N_ACTIONS)
     online.load_state_dict(pol.q_net.state_dict())
     target.load_state_dict(pol.q_net_target.state_dict())
     online.train()
@@ -75,7 +75,7 @@ def test_reference_loss_equals_der_loss_and_gradients(env):
     batch = make_batch()
     loss, ce, aux = model._loss(batch.observations, batch.actions, batch.returns, batch.discounts,
                                 batch.next_observations, batch.weights, 0.0)
-    ref_loss, ref_ce = bench.reference_loss(online, target, batch.observations, batch.actions, batch.returns,
+    ref_loss, ref_ce = bench_reference.reference_loss(online, target, batch.observations, batch.actions, batch.returns,
                                             batch.discounts, batch.next_observations, batch.weights)
     assert aux == {}
     assert abs(loss.item() - ref_loss.item()) < 1e-5
@@ -91,10 +91,10 @@ def test_reference_loss_equals_der_loss_and_gradients(env):
 def test_reference_projection_hand_computed():
     """The reference's floor / ceil projection on terminal rows, where the target is a point mass computed by hand:
     on an atom it stays there, beyond v_min it is clamped, between atoms it splits linearly."""
-    net = bench.RefDERNet(bench.N_ACTIONS)
+    net = bench_reference.RefDERNet(bench.N_ACTIONS)
     batch = make_batch()
     with torch.no_grad():
-        _, ce = bench.reference_loss(net, net, batch.observations, batch.actions, batch.returns,
+        _, ce = bench_reference.reference_loss(net, net, batch.observations, batch.actions, batch.returns,
                                      batch.discounts, batch.next_observations, batch.weights)
         log_p = net(batch.observations.float() / 255)[torch.arange(B), batch.actions]
     support = torch.linspace(-10, 10, 51)
@@ -109,7 +109,7 @@ def test_reference_projection_hand_computed():
 def test_full_update_step_matches_reference(env):
     """One DER.train step and one reference update from the same weights, noise and batch leave the same weights."""
     model, online, target = make_pair(env)
-    ref = bench.ReferenceDER(bench.N_ACTIONS)
+    ref = bench_reference.ReferenceDER(bench.N_ACTIONS)
     ref.online, ref.target = online, target
     ref.optimiser = torch.optim.Adam(online.parameters(), lr=1e-4, eps=1.5e-4)
     batch = make_batch(1)

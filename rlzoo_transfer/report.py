@@ -146,6 +146,36 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
     return lines + [""]
 
 
+def report_difference_section(finals: dict, games: list[str], methods: list[str], baseline: str,
+                              confidence: float = 0.95) -> list[str]:
+    """Per game and method: the difference of mean final scores to the baseline with Welch's 95 % interval
+    (:func:`scores.welch_difference`), its p-value and the Holm-adjusted p over every comparison of the table
+    (:func:`scores.holm`); only pairs with >= 2 seeds a side."""
+    found = []
+    for game in games:
+        base = finals.get((game, baseline), [])
+        for m in methods:
+            vals = finals.get((game, m), [])
+            if m != baseline and len(vals) >= 2 and len(base) >= 2:
+                found.append((game, m, scores.welch_difference(vals, base, confidence)))
+    if not found:
+        return []
+    adjusted = scores.holm([w["p"] for _, _, w in found])
+    rows = [[game, m, f"{w['n_x']} / {w['n_y']}", f"{w['diff']:+.1f} [{w['low']:+.1f}, {w['high']:+.1f}]",
+             f"{w['p']:.3f}", f"{p_holm:.3f}"] for (game, m, w), p_holm in zip(found, adjusted)]
+    n_small = sum(p < 1 - confidence for _, _, w in found for p in [w["p"]])
+    n_holm = sum(p < 1 - confidence for p in adjusted)
+    return [f"## Difference to {baseline}", "",
+            f"Mean final score of the method minus `{baseline}`'s on the same game, with Welch's "
+            f"{confidence:.0%} t interval (unequal variances) and two-sided p-value; pairs with >= 2 complete seeds a "
+            f"side. With {len(found)} comparisons, about {len(found) * (1 - confidence):.1f} would show p < "
+            f"{1 - confidence:.2f} by chance alone: the Holm-adjusted p (over this table) is the one to read for "
+            f"\"is any of these a difference\". Here {n_small} of {len(found)} have p < {1 - confidence:.2f}, "
+            f"{n_holm} after adjustment.", "",
+            *md_table(["game", "method", "seeds (method / " + baseline + ")", f"difference [{confidence:.0%} CI]",
+                       "p", "p (Holm)"], rows), ""]
+
+
 def report_transfer_section(runs: list[Run], games: list[str], methods: list[str], baseline: str, reps: int = 2000,
                             seed: int = 0) -> list[str]:
     """Jump-start, area under the curve and final score of every method against the baseline, per game."""
@@ -236,6 +266,7 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
              "curves: `curves.csv`. Published rows: REFERENCE.md (SPR paper table for DER, rliable data for SPR).", ""]
     lines += report_final_section(finals, games, methods)
     lines += report_aggregate_section(finals, methods, args.baseline, args.reps, args.seed)
+    lines += report_difference_section(finals, games, methods, args.baseline)
     lines += report_transfer_section(runs, games, methods, args.baseline, args.reps, args.seed)
     lines += report_seeds_section(finals, games, args.baseline)
     band = "± one sample std" if args.band == "std" else "the 95 % Student-t CI of the mean"

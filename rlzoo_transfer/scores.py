@@ -300,3 +300,40 @@ def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float =
     while t_test_power(hi, n, alpha) < power:                                          # a lower bound of d
         hi *= 2
     return sd * float(optimize.brentq(lambda d: t_test_power(d, n, alpha) - power, 0.0, hi))
+
+
+def welch_difference(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> dict:
+    """Difference of means ``mean(x) - mean(y)`` with Welch's t interval and two-sided p-value (unequal variances).
+
+    ``se = sqrt(s_x^2 / n_x + s_y^2 / n_y)`` (sample variances, ddof=1), Welch-Satterthwaite degrees of freedom
+    ``nu = se^4 / ((s_x^2/n_x)^2 / (n_x-1) + (s_y^2/n_y)^2 / (n_y-1))``, interval ``diff +- t(1-(1-c)/2, nu) se``,
+    ``p = 2 P(T_nu > |diff| / se)``.  With no spread on either side (se = 0) the interval is the point and p is
+    0 for a non-zero difference, 1 for none.
+
+    :return: ``dict(diff, low, high, p, dof, n_x, n_y)``
+    :raises ValueError: a side with fewer than 2 values (no variance to estimate)
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError("Welch's test needs >= 2 values a side")
+    diff = float(x.mean() - y.mean())
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0.0:
+        return dict(diff=diff, low=diff, high=diff, p=float(diff == 0.0), dof=float("nan"), n_x=len(x), n_y=len(y))
+    dof = se ** 4 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    half = float(stats.t.ppf(1 - (1 - confidence) / 2, dof)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, dof))
+    return dict(diff=diff, low=diff - half, high=diff + half, p=p, dof=float(dof), n_x=len(x), n_y=len(y))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): the k-th smallest of m is multiplied by (m - k + 1),
+    made non-decreasing in that order and capped at 1.  Rejecting where the adjusted p < alpha keeps the chance of
+    any false "difference" among the m comparisons below alpha."""
+    order = np.argsort(pvalues, kind="stable")
+    m, out, running = len(pvalues), [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        out[i] = running
+    return out

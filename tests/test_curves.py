@@ -391,3 +391,36 @@ def test_report_seeds_section(runs_root):
     assert f"| Alien | {sd:.1f} (2) | {cells[0]} | {cells[1]} |" in lines
     assert not any(line.startswith("| Jamesbond") for line in lines)   # one seed per method: no spread to pool
     assert report.report_seeds_section({("Alien", "hub"): [70.0]}, ["Alien"], "scratch") == []
+
+
+def test_welch_difference_by_hand():
+    # x = [1, 2, 3]: mean 2, s^2 1; y = [2, 4, 6]: mean 4, s^2 4; se^2 = 1/3 + 4/3 = 5/3
+    # nu = (5/3)^2 / ((1/3)^2 / 2 + (4/3)^2 / 2) = 50/17
+    w = scores.welch_difference([1, 2, 3], [2, 4, 6])
+    assert w["diff"] == -2.0 and w["dof"] == pytest.approx(50 / 17) and (w["n_x"], w["n_y"]) == (3, 3)
+    from scipy import stats
+    half = stats.t.ppf(0.975, 50 / 17) * np.sqrt(5 / 3)
+    assert (w["low"], w["high"]) == pytest.approx((-2 - half, -2 + half))
+    assert w["p"] == pytest.approx(stats.ttest_ind([1, 2, 3], [2, 4, 6], equal_var=False).pvalue)
+    assert scores.welch_difference([5, 5], [3, 3]) == dict(diff=2.0, low=2.0, high=2.0, p=0.0, dof=pytest.approx(
+        float("nan"), nan_ok=True), n_x=2, n_y=2)
+    with pytest.raises(ValueError, match=">= 2 values"):
+        scores.welch_difference([1.0], [1.0, 2.0])
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04, 0.2 -> x4, x3, x2, x1 = 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.2
+    assert scores.holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert scores.holm([0.5, 0.9]) == [1.0, 1.0] and scores.holm([]) == []
+
+
+def test_report_difference_section(runs_root):
+    finals = aggregate.final_scores(rundata.load_runs([runs_root]))
+    lines = report.report_difference_section(finals, ["Alien", "Jamesbond"], ["scratch", "zoo", "hub"], "scratch")
+    # Alien: zoo [400, 600] - scratch [100, 300] = +300, se = sqrt(20000/2 + 20000/2) = 141.4, nu = 2
+    w = scores.welch_difference([400.0, 600.0], [100.0, 300.0])
+    assert w["diff"] == 300.0 and w["dof"] == pytest.approx(2.0)
+    row = f"| Alien | zoo | 2 / 2 | +300.0 [{w['low']:+.1f}, {w['high']:+.1f}] | {w['p']:.3f} | {w['p']:.3f} |"
+    assert row in lines
+    assert not any("| hub |" in line or line.startswith("| Jamesbond") for line in lines)   # one seed: no test
+    assert report.report_difference_section({("Alien", "zoo"): [1.0, 2.0]}, ["Alien"], ["zoo"], "scratch") == []

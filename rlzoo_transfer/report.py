@@ -30,6 +30,19 @@ def _fmt_ci(triple: tuple[float, float, float], digits: int = 3) -> str:
     return f"{p:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+#: Mark of a bootstrap interval over a game with only 2 seeds, and its footnote (report and README table).
+NARROW_MARK = "†"
+NARROW_NOTE = ("† a game with only 2 seeds: the bootstrap resamples two values there, so the interval shows little "
+               "more than the spread of those two seeds and comes out too narrow (a t interval for the mean of two "
+               "values is ~6x wider than a normal one) - not a 95 % confidence interval in earnest.")
+
+
+def fmt_aggregate_ci(triple: tuple[float, float, float], seeds: Sequence[int], digits: int = 3) -> str:
+    """``point [low, high]``, marked with :data:`NARROW_MARK` when a game has only 2 seeds (the caller has made sure
+    every game has >= 2)."""
+    return _fmt_ci(triple, digits) + (f" {NARROW_MARK}" if min(seeds) == 2 else "")
+
+
 def _fmt_point_only(triple: tuple[float, float, float], digits: int = 3, why: str = "1 seed per game") -> str:
     """``point (<why>: no CI)``: resampling a single seed gives a zero-width interval that would read as
     certainty, so none is shown."""
@@ -111,7 +124,7 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
             agg = aggregate_hns(finals, m, reps, seed, games)
             if agg:
                 if min(agg["seeds"]) >= 2:
-                    fmt = _fmt_ci
+                    fmt = partial(fmt_aggregate_ci, seeds=agg["seeds"])
                 else:
                     why = "1 seed per game" if max(agg["seeds"]) == 1 else "a game with 1 seed"
                     fmt = partial(_fmt_point_only, why=why)
@@ -130,6 +143,8 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
                   "comparable):", ""]
     rows = table(None)
     lines += md_table(header, rows) if rows else ["No complete run of a game with known random / human scores."]
+    if any(NARROW_MARK in line for line in lines):
+        lines += ["", NARROW_NOTE]
     lines += ["", f"## Probability of improvement over {baseline}", "",
               f"P(X > Y) of a run of the method beating a run of {baseline} on the same game (ties count 1/2), "
               "averaged over the games both completed; 95 % CI by stratified bootstrap over seeds, shown when both methods have "

@@ -34,8 +34,7 @@ def _iqm_cell(finals: dict, method: str, reps: int, seed: int) -> str:
     agg = aggregate.aggregate_hns(finals, method, reps, seed)
     if agg is None:
         return "-"
-    point, low, high = agg["iqm"]
-    return f"{point:.3f} [{low:.3f}, {high:.3f}]" if min(agg["seeds"]) >= 2 else f"{point:.3f}"
+    return report.fmt_aggregate_ci(agg["iqm"], agg["seeds"]) if min(agg["seeds"]) >= 2 else f"{agg['iqm'][0]:.3f}"
 
 
 def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000, seed: int = 0
@@ -70,6 +69,8 @@ def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000
              "game-balanced interquartile mean of human-normalised scores, [95 % bootstrap CI] once every game has "
              ">= 2 seeds.", ""]
     lines += report.md_table(["method", *games, "IQM HNS"], rows)
+    if any(report.NARROW_MARK in cell for row in rows for cell in row):
+        lines += ["", report.NARROW_NOTE]
     lines += ["", f"Mean return over training (area under the evaluation curve / steps, mean over seeds; "
                   f"difference to `{baseline}` in brackets):", ""]
     lines += report.md_table(["method", *games], area_rows)

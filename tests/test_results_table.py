@@ -78,3 +78,21 @@ def test_cli_readme_without_markers_is_a_clear_error(runs_root, tmp_path, capsys
     rc = curves.main([str(runs_root), "--out", str(tmp_path / "eval"), "--reps", "50",
                       "--readme", str(tmp_path / "missing.md")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_an_interval_over_a_game_with_two_seeds_is_marked_narrow(tmp_path):
+    from rlzoo_transfer import report
+    from tests.test_curves import make_run
+
+    for seed, final in enumerate((300.0, 500.0)):
+        make_run(tmp_path, "Alien", "zoo", seed, [(10000, final)], final_mean=final)
+    cell = _row(results_table.table_lines(rundata.load_runs([tmp_path]), reps=200), "`zoo`")[-1]
+    assert cell.endswith(f"] {report.NARROW_MARK}")                      # 2 seeds: CI shown, marked
+    lines = results_table.table_lines(rundata.load_runs([tmp_path]), reps=200)
+    assert report.NARROW_NOTE in lines
+    agg = "\n".join(report.report_aggregate_section(
+        {("Alien", "zoo"): [300.0, 500.0]}, ["zoo"], "scratch", 200, 0))
+    assert f"] {report.NARROW_MARK} |" in agg and report.NARROW_NOTE in agg
+    make_run(tmp_path, "Alien", "zoo", 2, [(10000, 400.0)], final_mean=400.0)
+    lines = results_table.table_lines(rundata.load_runs([tmp_path]), reps=200)
+    assert _row(lines, "`zoo`")[-1].endswith("]") and report.NARROW_NOTE not in lines   # 3 seeds: no mark

@@ -28,8 +28,8 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
 
 The work is in four modules: :mod:`rlzoo_transfer.rundata` reads the runs, :mod:`rlzoo_transfer.aggregate`
 computes the statistics, :mod:`rlzoo_transfer.plots` draws and :mod:`rlzoo_transfer.report` writes ``report.md``;
-this module writes the CSVs and runs them.  Every file is written atomically (`rlzoo_transfer.atomic`): an interrupted run of the command leaves the previous
-version in place, never half a file.
+this module writes the CSVs and runs them.  Every file is written atomically (:mod:`rlzoo_transfer.atomic`): an
+interrupted run of the command leaves the previous version in place, never half a file.
 
 Exit status: 0 on success, 1 when no run folder is found, 2 for a missing root, an unreadable run file or a
 --readme file without its markers.

@@ -146,7 +146,7 @@ def plot_stat(series: dict, title: str, ylabel: str, path: Path) -> None:
 
 
 def plot_diagnostics(runs: list[Run], out: Path) -> list[tuple[str, str, str, str, int]]:
-    """Gate and pathway plots per (game, method) with logged statistics: the mean over its complete runs (an
+    """Gate, pathway and flow-weight plots per (game, method) with logged statistics: the mean over its complete runs (an
     unfinished run would enter the mean only for its first steps and bend the lines); over the unfinished ones,
     and titled so, only while none is complete.
 
@@ -157,7 +157,8 @@ def plot_diagnostics(runs: list[Run], out: Path) -> list[tuple[str, str, str, st
     for run in runs:
         groups[(run.game, run.method)].append(run)
     for (game, method), group in sorted(groups.items()):
-        for kind, attr, ylabel in (("gates", "gates", "mean gate"), ("pathway", "pathway", "mean pathway weight")):
+        for kind, attr, ylabel in (("gates", "gates", "mean gate"), ("pathway", "pathway", "mean pathway weight"),
+                                   ("flow", "flow", "mean flow weight")):
             logged = [r for r in group if getattr(r, attr)]
             if not logged:
                 continue

@@ -1,7 +1,7 @@
 """Copy the small, publishable files of runs into ``eval/runs/``: ``python -m rlzoo_transfer.publish runs/``.
 
 Per run folder ``<Game>/<method>/seed<k>/``: config.yml, evaluations.csv, final.json (only finished runs have it),
-gates.csv, pathway.csv - never checkpoints, models or tensorboard logs.  Then
+gates.csv, pathway.csv, flow.csv - never checkpoints, models or tensorboard logs.  Then
 ``python -m rlzoo_transfer.curves eval/runs --out eval/`` draws the published picture.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-FILES = ("config.yml", "evaluations.csv", "final.json", "gates.csv", "pathway.csv")
+FILES = ("config.yml", "evaluations.csv", "final.json", "gates.csv", "pathway.csv", "flow.csv")
 
 
 def publish(src_root: Path, dst_root: Path) -> list[Path]:

@@ -290,9 +290,11 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
               "incomplete runs; black markers are published DER / SPR scores at 100k steps.", ""]
     lines += [f"![{g}]({name})" for g, name in curve_files.items()] + [""]
     if diagnostics:
-        lines += ["## Gates and pathway weights", "",
-                  "Mean AdaAgg gate per layer / source (zoo methods) and mean Hub-Pathway weight per source model "
-                  "(hub methods), averaged over every run that logged them (incomplete runs included).", ""]
+        lines += ["## Gates, pathway and flow weights", "",
+                  "Mean AdaAgg gate per layer / source (zoo methods), mean Hub-Pathway weight per source model "
+                  "(hub methods) and Knowledge Flow's weight of the student and of each teacher per flow point "
+                  "(kflow), averaged over the complete runs that logged them (over the unfinished ones while none "
+                  "is complete).", ""]
         for kind, game, method, name, n in diagnostics:
             lines += [f"### {game} / {method}: {kind} ({n} runs)", "", f"![{kind} {game} {method}]({name})", ""]
     lines += report_incomplete_section(runs)

@@ -4,7 +4,7 @@ The run folder (``<log_dir>/<Game>/<method>/seed<k>/``) gets:
 ``config.yml`` (resolved hyperparameters, package versions, git commit, command), ``evaluations.csv``
 (step, mean, std, n_episodes, returns), ``final.json`` (the final evaluation; its presence marks a complete run),
 ``model.zip`` (SB3 format), ``checkpoint/`` (for ``--resume``), ``tb/`` (tensorboard), and for transfer methods
-``gates.csv`` / ``pathway.csv``.  The CLIs then add the files to look at (``curve.png``, ``report.md``:
+``gates.csv`` / ``pathway.csv`` / ``flow.csv``.  The CLIs then add the files to look at (``curve.png``, ``report.md``:
 :mod:`rlzoo_transfer.run_summary`).
 """
 from __future__ import annotations

@@ -6,8 +6,8 @@ rlzoo_transfer.run_summary RUN_DIR ...`` (re)writes them for any run folder, fin
 * ``curve.png``: the run's evaluation return against agent steps, shaded +- one std over the evaluation's episodes
   (one seed: the band is the spread of episodes, not of seeds), the final evaluation as a point with its standard
   error, the game's random score as a dotted line and the published DER / SPR scores at 100k as markers.
-* ``gates_<game>_<method>.png`` / ``pathway_<game>_<method>.png`` for runs that logged AdaAgg gates or
-  Hub-Pathway weights (the plots of ``curves``).
+* ``gates_<game>_<method>.png`` / ``pathway_<game>_<method>.png`` / ``flow_<game>_<method>.png`` for runs that
+  logged AdaAgg gates, Hub-Pathway weights or Knowledge Flow weights (the plots of ``curves``).
 * ``report.md``: final score with its standard error and human-normalised score beside random, human and the
   published scores; the transfer measures of Taylor & Stone (jump-start = the step-0 evaluation, mean return over
   training = area under the evaluation curve / steps); the evaluation table; how the run was made.
@@ -113,8 +113,8 @@ def report_lines(run: Run, diagnostics: Sequence[tuple]) -> list[str]:
     if run.evaluations:
         lines += ["## Evaluations", ""]
         lines += md_table(["step", "mean", "std", "episodes"],
-                                 [[f"{e.step:,}", f"{e.mean:.1f}", f"{e.std:.1f}", e.n_episodes]
-                                  for e in run.evaluations]) + [""]
+                          [[f"{e.step:,}", f"{e.mean:.1f}", f"{e.std:.1f}", e.n_episodes]
+                           for e in run.evaluations]) + [""]
     cfg = run.config
     lines += ["## How it was made", ""]
     if cfg.get("command"):

@@ -1,5 +1,5 @@
 """Run folders as data: find the ``<root>/<Game>/<method>/seed<k>/`` folders that ``python -m rlzoo_transfer.train``
-writes and read each into a :class:`Run` (its config, evaluations, final score, gate and pathway logs).
+writes and read each into a :class:`Run` (its config, evaluations, final score, gate, pathway and flow logs).
 
 A truncated last CSV row (a run still writing) is dropped; any other unreadable file is a :class:`RunFolderError`
 naming it.
@@ -58,6 +58,7 @@ class Run:
     :param final: parsed ``final.json``; None while the run is incomplete
     :param gates: rows of ``gates.csv`` as ``(step, layer, source, gate)``
     :param pathway: rows of ``pathway.csv`` as ``(step, model, weight)``
+    :param flow: rows of ``flow.csv`` as ``(step, point, model, weight)`` (Knowledge Flow runs)
     """
 
     path: Path
@@ -69,6 +70,7 @@ class Run:
     final: dict | None = None
     gates: list[tuple] = field(default_factory=list)
     pathway: list[tuple] = field(default_factory=list)
+    flow: list[tuple] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -148,7 +150,7 @@ def read_evaluations(path: Path) -> list[Evaluation]:
 
 
 def _read_stat_rows(path: Path, keys: Sequence[str], value: str) -> list[tuple]:
-    """Rows ``(step, *keys, value)`` of ``gates.csv`` / ``pathway.csv``; empty when the file is absent."""
+    """Rows ``(step, *keys, value)`` of ``gates.csv`` / ``pathway.csv`` / ``flow.csv``; empty when absent."""
     rows = _read_csv_rows(path, ("step", *keys, value))
     try:
         return [(int(float(r["step"])), *(r[k] for k in keys), float(r[value])) for r in rows]
@@ -198,6 +200,7 @@ def load_run(path: Path) -> Run:
         final=_read_final(path / "final.json"),
         gates=_read_stat_rows(path / "gates.csv", ("layer", "source"), "gate"),
         pathway=_read_stat_rows(path / "pathway.csv", ("model",), "weight"),
+        flow=_read_stat_rows(path / "flow.csv", ("point", "model"), "weight"),
     )
 
 

@@ -12,7 +12,7 @@ from rlzoo_transfer import aggregate, curves, plots, report, rundata, scores
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def make_run(root, game, method, seed, evals, final_mean=None, steps=20000, gates=None, pathway=None):
+def make_run(root, game, method, seed, evals, final_mean=None, steps=20000, gates=None, pathway=None, flow=None):
     """Write a run folder in train's format: config.yml, evaluations.csv, final.json when ``final_mean``."""
     d = root / game / method / f"seed{seed}"
     d.mkdir(parents=True)
@@ -32,6 +32,9 @@ def make_run(root, game, method, seed, evals, final_mean=None, steps=20000, gate
     if pathway:
         rows = ["step,model,weight"] + [",".join(map(str, r)) for r in pathway]
         (d / "pathway.csv").write_text("\n".join(rows) + "\n")
+    if flow:
+        rows = ["step,point,model,weight"] + [",".join(map(str, r)) for r in flow]
+        (d / "flow.csv").write_text("\n".join(rows) + "\n")
     return d
 
 
@@ -342,6 +345,19 @@ def test_gate_plots_average_complete_runs_only(tmp_path, monkeypatch):
     assert "mean of 1 complete runs" in plotted["title"]
     (steps, values), = plotted["series"].values()
     assert list(steps) == [10000, 20000] and list(values) == pytest.approx([0.2, 0.2])
+
+
+def test_flow_weights_are_read_and_plotted(tmp_path):
+    root = tmp_path / "runs"
+    flow = [(0, "conv1", m, 1 / 3) for m in ("student", "Seaquest", "Riverraid")]
+    flow += [(10000, "conv1", "student", 0.9), (10000, "conv1", "Seaquest", 0.05), (10000, "conv1", "Riverraid", 0.05)]
+    make_run(root, "Jamesbond", "kflow", 0, [(0, 1.0), (10000, 2.0)], final_mean=2.0, steps=10000, flow=flow)
+    run, = rundata.load_runs([root])
+    assert run.flow[-3:] == [(10000, "conv1", "student", 0.9), (10000, "conv1", "Seaquest", 0.05),
+                             (10000, "conv1", "Riverraid", 0.05)]
+    written = plots.plot_diagnostics([run], tmp_path)
+    assert written == [("flow", "Jamesbond", "kflow", "flow_Jamesbond_kflow.png", 1)]
+    assert (tmp_path / "flow_Jamesbond_kflow.png").stat().st_size > 0
 
 
 def test_reference_rows_pair_each_algorithm_with_its_cells():

@@ -12,6 +12,7 @@ def _run(root, method, finished):
     (d / "config.yml").write_text("game: Alien\n")
     (d / "evaluations.csv").write_text("step,mean,std,n_episodes,returns\n0,1.0,0.0,1,1\n")
     (d / "gates.csv").write_text("step,layer,source,gate\n0,conv1,Seaquest,0.5\n")
+    (d / "flow.csv").write_text("step,point,model,weight\n0,conv1,student,1.0\n")
     if finished:
         (d / "final.json").write_text(json.dumps({"mean": 1.0}))
     return d
@@ -24,7 +25,7 @@ def test_copies_small_files_only(tmp_path):
     out = publish(src, dst)
     assert [p.relative_to(dst).as_posix() for p in out] == ["Alien/scratch/seed0", "Alien/zoo/seed0"]
     assert sorted(f.name for f in (dst / "Alien/scratch/seed0").iterdir()) == \
-        ["config.yml", "evaluations.csv", "final.json", "gates.csv"]
+        ["config.yml", "evaluations.csv", "final.json", "flow.csv", "gates.csv"]
     assert not (dst / "Alien/zoo/seed0/final.json").exists()
 
 

@@ -296,3 +296,26 @@ def test_zoo_run_killed_and_resumed_logs_each_gate_once(tmp_path):
         for layer in {layer for layer, _ in per_step[step]}:
             total = sum(float(r["gate"]) for r in rows if int(r["step"]) == step and r["layer"] == layer)
             assert total == pytest.approx(1.0, abs=1e-5)
+
+
+def test_kflow_run_logs_its_flow_weights(tmp_path):
+    """A real Knowledge Flow run writes flow.csv: the student's and each teacher's softmax weight per flow point at
+    every evaluation step (summing to 1 per point), and its flow plot beside the run's report."""
+    from rlzoo_transfer.rl.methods import FLOW_POINTS
+
+    log = tmp_path / "runs"
+    proc = cli("--game", GAME, "--method", "kflow", "--steps", "200", "--eval-freq", "100", "--log-dir", str(log),
+               *TINY)
+    assert proc.returncode == 0, proc.stderr
+    run = log / GAME / "kflow" / "seed0"
+    with open(run / "flow.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(int(r["step"]), r["point"], r["model"]) for r in rows} == {
+        (s, p, m) for s in (0, 100, 200) for p in FLOW_POINTS for m in ("student", "Seaquest", "Riverraid")}
+    assert len(rows) == 3 * len(FLOW_POINTS) * 3
+    for step in (0, 100, 200):
+        for point in FLOW_POINTS:
+            total = sum(float(r["weight"]) for r in rows if int(r["step"]) == step and r["point"] == point)
+            assert total == pytest.approx(1.0, abs=1e-5)
+    assert all(float(r["weight"]) == pytest.approx(1 / 3) for r in rows if r["step"] == "0")   # theta = 0 at start
+    assert (run / f"flow_{GAME}_kflow.png").stat().st_size > 0 and "flow" in (run / "report.md").read_text()

@@ -41,7 +41,7 @@ def eval_row(step: int, returns: list[float]) -> dict:
 
 
 def append_stats(path: Path, header: list[str], rows: list[list]) -> None:
-    """Add one step's rows to a statistics CSV (gates.csv, pathway.csv), atomically.
+    """Add one step's rows to a statistics CSV (gates.csv, pathway.csv, flow.csv), atomically.
 
     Rows already there from this step on are dropped first: a run resumed from an earlier checkpoint (or restarted
     from step 0) logs those steps again, and must not leave two rows per step behind.  ``rows[i][0]`` is the step.
@@ -101,10 +101,13 @@ class EvalCheckpointCallback(BaseCallback):
         stats = self.model.policy.statistics()
         gates = [[step, *k.split("/")[1:3], v] for k, v in stats.items() if k.startswith("gate/")]
         paths = [[step, k.split("/")[1], v] for k, v in stats.items() if k.startswith("pathway/")]
+        flows = [[step, *k.split("/")[1:3], v] for k, v in stats.items() if k.startswith("flow/")]
         if gates:
             append_stats(self.run_dir / "gates.csv", ["step", "layer", "source", "gate"], gates)
         if paths:
             append_stats(self.run_dir / "pathway.csv", ["step", "model", "weight"], paths)
+        if flows:   # Knowledge Flow: softmax weight of the student and of each teacher at each flow point
+            append_stats(self.run_dir / "flow.csv", ["step", "point", "model", "weight"], flows)
 
     def _on_training_start(self) -> None:
         if self.pending_update:

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from rlzoo_transfer.select import run_selection  # noqa: E402
 from rlzoo_transfer.selection import rank_models, spearman, trials_to_best  # noqa: E402
-from rlzoo_transfer.vision.classify import ClassifyConfig, environment, run_classification, write_json  # noqa: E402
+from rlzoo_transfer.vision.classify import ClassifyConfig, run_classification  # noqa: E402
+from rlzoo_transfer.vision.runtime import environment, write_json  # noqa: E402
 from rlzoo_transfer.vision.data import digits_images, write_image_folder  # noqa: E402
 
 SOURCES = {                      # name -> classes of the source pool it is trained on ("random": permuted labels)

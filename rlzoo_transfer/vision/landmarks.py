@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
@@ -43,10 +42,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlzoo_transfer.config import seed_arg
-from rlzoo_transfer.vision.classify import (USER_ERRORS, FitState, OneLineParser, UsageError, check_ranges,
-                                            environment, fit, load_zoo, make_checkpointer, open_writer, pick_device,
-                                            resume_from, save_atomic, seed_everything, write_json)
+from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, add_run_args, check_ranges,
+                                           cli_main, load_zoo, pick_device, save_atomic, seed_everything, train_run,
+                                           write_json)
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.vision.data import IMAGE_EXTENSIONS, BatchStream, DataError, load_image, normalize
 from rlzoo_transfer.vision.resnet import ARCHS, ResNet, build_resnet, count_params
@@ -538,38 +536,15 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
     iters = cfg.iters or cfg.epochs * per_epoch
     milestones = [m * per_epoch for m in cfg.milestones_epochs] if not cfg.iters else \
         [round(iters * m / cfg.epochs) for m in cfg.milestones_epochs]
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     config = asdict(cfg) | {"iterations": iters, "milestones": milestones, "num_points": k, "eyes_used": eyes,
                             "flip_pairs_used": pairs, "n_train": len(train_ds), "n_test": len(test_ds)}
-    write_json(out / "config.json", {"config": config, "environment": environment()})
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.gamma)
     stream = BatchStream(train_ds, cfg.batch_size, seed=cfg.seed, workers=cfg.workers)
-    ck_path = out / "checkpoint.pt"
-    state = FitState()
-    if cfg.resume and ck_path.exists():
-        try:
-            state = resume_from(ck_path, model, optimizer, scheduler, stream, config,
-                                ("data", "zoo", "method", "arch", "width", "iterations", "batch_size", "seed"))
-        except ValueError as e:
-            raise UsageError(str(e)) from e
-    checkpoint = make_checkpointer(ck_path, model, optimizer, scheduler, stream, config)
-    writer = open_writer(out, cfg.tensorboard)
-
-    def evaluate(it: int) -> dict:
-        metrics = evaluate_landmarks(model, test_ds, eyes, device)
-        if writer is not None:
-            for name, v in metrics.items():
-                writer.add_scalar(f"test/{name}", v, it)
-        return metrics
-
     loss_fn = lambda net, x, y: objective(net, net(x), y, heatmap_mse, cfg.hub_lambda)  # noqa: E731
-    fit(model, stream, optimizer, scheduler, iters, loss_fn, device, state, checkpoint=checkpoint,
-        save_every=cfg.save_every, log_every=cfg.log_every, writer=writer, progress=cfg.progress,
-        evaluate=evaluate, eval_every=cfg.eval_every, desc=cfg.method)
-    checkpoint(state)
-    metrics = evaluate(state.iteration)
+    state, metrics = train_run(cfg, config, model, optimizer, scheduler, stream, iters, loss_fn, device,
+                               lambda: evaluate_landmarks(model, test_ds, eyes, device),
+                               ("data", "zoo", "method", "arch", "width", "iterations", "batch_size", "seed"))
     results = {
         "method": cfg.method, "arch": cfg.arch, "data": cfg.data, "zoo": list(cfg.zoo), "seed": cfg.seed,
         "nme": metrics["nme"], "nme_percent": 100 * metrics["nme"], "failure_rate": metrics["failure_rate"],
@@ -582,10 +557,8 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
     }
     if isinstance(model, Ensemble):
         results["members_nme"] = [evaluate_landmarks(m_, test_ds, eyes, device)["nme"] for m_ in model.models]
-    save_atomic(model.state_dict(), out / "model.pt")
-    write_json(out / "results.json", results)
-    if writer is not None:
-        writer.close()
+    save_atomic(model.state_dict(), Path(cfg.out) / "model.pt")
+    write_json(Path(cfg.out) / "results.json", results)
     return results
 
 
@@ -616,33 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip-pairs", default=d.flip_pairs,
                    help="300w | synthetic | none | 'i-j,k-l,...' | a file of 'i j' lines (default 300w)")
     p.add_argument("--eyes", type=int, nargs=2, default=None, help="inter-ocular landmark indices for NME")
-    p.add_argument("--no-align", action="store_true")
-    p.add_argument("--hub-k", type=int, default=d.hub_k)
-    p.add_argument("--hub-lambda", type=float, default=d.hub_lambda)
-    p.add_argument("--seed", type=seed_arg, default=d.seed)
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_run_args(p, d)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = LandmarkConfig(**{k: (tuple(v) if k == "scale" else v) for k, v in vars(args).items()})
-    try:
-        results = run_landmarks(cfg)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: results[k] for k in ("method", "nme", "nme_percent", "iterations", "it_per_s")}))
-    return 0
+    return cli_main(build_parser(), lambda a: LandmarkConfig(**a | {"scale": tuple(a["scale"])}), run_landmarks,
+                    ("method", "nme", "nme_percent", "iterations", "it_per_s"), argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlzoo_transfer.vision.classify import FitState, fit
+from rlzoo_transfer.vision.runtime import FitState, fit
 from rlzoo_transfer.vision.data import BatchStream
 from rlzoo_transfer.vision.landmarks import (EYES_SYNTHETIC, FLIP_PAIRS_300W, FLIP_PAIRS_SYNTHETIC,
                                              LandmarkDataset, apply_transform, build_landmark_net, crop_transform,

@@ -1,0 +1,97 @@
+"""The vision run plumbing: RNG states that survive a safe load, checkpoints read without unpickling code,
+clear errors for a checkpoint that is not one."""
+import argparse
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlzoo_transfer.vision.data import BatchStream
+from rlzoo_transfer.vision.runtime import (FitState, UsageError, add_run_args, cli_main, make_checkpointer,
+                                           resume_from, rng_state, set_rng_state)
+
+
+class _TouchOnLoad:
+    """Unpickling this would create ``marker``: what an untrusted checkpoint could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def _run_parts():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [2, 4], 0.1)
+    stream = BatchStream(list(range(10)), 4, seed=0)
+    return model, optimizer, scheduler, stream
+
+
+def test_rng_state_round_trips_through_a_safe_load(tmp_path):
+    np.random.seed(3)
+    torch.manual_seed(3)
+    np.random.normal()                                   # leaves a cached Gaussian in numpy's state
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = np.random.normal(size=3), torch.rand(3)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = np.random.normal(size=3), torch.rand(3)
+    assert np.array_equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+
+
+def test_checkpoint_resumes_with_weights_only(tmp_path):
+    model, optimizer, scheduler, stream = _run_parts()
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    config = {"method": "zoo", "seed": 1, "crop_scale": (0.5, 1.0), "pairs": [(0, 1)], "milestones": None}
+    make_checkpointer(tmp_path / "checkpoint.pt", model, optimizer, scheduler, stream, config)(
+        FitState(5, [(5, {"loss": 0.25})], 1.5))
+    fresh = _run_parts()
+    state = resume_from(tmp_path / "checkpoint.pt", *fresh, config, keys=("method", "seed"))
+    assert (state.iteration, state.history, state.seconds) == (5, [(5, {"loss": 0.25})], 1.5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh[0].state_dict().values()))
+    assert fresh[2].last_epoch == 1 and fresh[1].state_dict()["state"]
+    with pytest.raises(ValueError, match="made with seed=1, this run has 2"):
+        resume_from(tmp_path / "checkpoint.pt", *_run_parts(), config | {"seed": 2}, keys=("method", "seed"))
+
+
+def test_a_checkpoint_that_is_not_one_is_a_clear_error_and_runs_no_code(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt: not a readable checkpoint.*delete it or use another --out"):
+        resume_from(garbage, *_run_parts(), {}, keys=())
+    marker = tmp_path / "marker"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"config": {}, "model": _TouchOnLoad(marker)}, hostile)
+    with pytest.raises(ValueError, match="hostile.pt: not a readable checkpoint"):
+        resume_from(hostile, *_run_parts(), {}, keys=())
+    assert not marker.exists()
+    old_format = tmp_path / "old.pt"                     # numpy's state as a tuple, as checkpoints before held it
+    model, optimizer, scheduler, stream = _run_parts()
+    torch.save({"config": {}, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "stream": stream.state(), "iteration": 1, "history": [],
+                "seconds": 0.0, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}, old_format)
+    with pytest.raises(ValueError, match="old.pt: not a readable checkpoint"):
+        resume_from(old_format, *_run_parts(), {}, keys=())
+
+
+def test_cli_main_prints_results_and_turns_usage_errors_into_status_2(capsys):
+    parser = argparse.ArgumentParser()
+    add_run_args(parser, argparse.Namespace(hub_k=2, hub_lambda=0.1, seed=0, out="runs/x", save_every=10,
+                                            log_every=5, eval_every=0, device="auto", workers=0, threads=0))
+
+    def run(cfg):
+        if cfg["seed"] == 7:
+            raise UsageError("seven is unlucky")
+        return {"seed": cfg["seed"], "out": cfg["out"], "other": random.random()}
+
+    assert cli_main(parser, dict, run, ("seed", "out"), ["--seed", "3", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == '{"seed": 3, "out": "runs/x"}'
+    assert cli_main(parser, dict, run, ("seed",), ["--seed", "7"]) == 2
+    assert capsys.readouterr().err.strip() == "error: seven is unlucky"

@@ -126,7 +126,12 @@ def open_split(data: str | Path, split: str, classes: Sequence[str] | None = Non
         raise DataError(f"{data}: no such data directory or CSV file")
     if classes is None and split != "train":
         classes = open_split(data, "train").classes
-    s = _csv_split(data, split, classes) if data.is_file() else _folder_split(data, split, classes)
+    return check_split(data, split, _csv_split(data, split, classes) if data.is_file()
+                       else _folder_split(data, split, classes))
+
+
+def check_split(data: Path, split: str, s):
+    """``s`` (anything with ``paths``) if it has images and each exists; DataError naming the first gap."""
     if len(s) == 0:
         raise DataError(f"{data}: the {split!r} split has no images")
     missing = next((p for p in s.paths if not p.is_file()), None)

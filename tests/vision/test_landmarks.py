@@ -7,12 +7,11 @@ import torch
 
 from rlzoo_transfer.vision.runtime import FitState, fit
 from rlzoo_transfer.vision.data import BatchStream
-from rlzoo_transfer.vision.landmarks import (EYES_SYNTHETIC, FLIP_PAIRS_300W, FLIP_PAIRS_SYNTHETIC,
-                                             LandmarkDataset, apply_transform, build_landmark_net, crop_transform,
-                                             decode_heatmaps, evaluate_landmarks, flip_permutation,
-                                             gaussian_heatmaps, heatmap_mse, heatmap_to_image, image_to_heatmap,
-                                             main, nme, open_landmark_split, parse_flip_pairs, read_pts,
-                                             synthetic_faces, write_landmark_folder, write_pts)
+from rlzoo_transfer.vision.faces import (EYES_SYNTHETIC, FLIP_PAIRS_300W, FLIP_PAIRS_SYNTHETIC, LandmarkDataset,
+                                         apply_transform, crop_transform, flip_permutation, nme, open_landmark_split,
+                                         parse_flip_pairs, read_pts, synthetic_faces, write_landmark_folder, write_pts)
+from rlzoo_transfer.vision.heatmaps import decode_heatmaps, gaussian_heatmaps, heatmap_to_image, image_to_heatmap
+from rlzoo_transfer.vision.landmarks import build_landmark_net, evaluate_landmarks, heatmap_mse, main
 from rlzoo_transfer.vision.zoo import objective
 
 torch.set_num_threads(1)

@@ -148,6 +148,12 @@ def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: "), err
+    (tmp_path / "o").mkdir(exist_ok=True)                               # bad input wrote nothing
+    (tmp_path / "o" / "checkpoint.pt").write_bytes(b"truncated")          # a corrupt checkpoint on --resume
+    assert main(["--data", str(digits), "--method", "scratch", "--arch", "small", "--width", "8", "--iters", "2",
+                 "--resume", "--out", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint.pt: not a readable checkpoint" in err, err
     proc = subprocess.run([sys.executable, "-m", "rlzoo_transfer.vision.classify", "--data", str(digits),
                            "--method", "fancy"], capture_output=True, text=True, timeout=60,
                           env={"OMP_NUM_THREADS": "1", "PATH": ""})

@@ -422,76 +422,60 @@ def bench_adaagg(repeats: int, quick: bool, device: torch.device) -> tuple[dict,
     return ratios, ms
 
 
-def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None = None, device: str = "cpu",
-              compile: bool = False, source: str = "Seaquest", fill: int | None = None,
-              sections: tuple[str, ...] = SECTIONS,
-              lockstep_k: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Run the benchmark and return the result dict (see the module docstring)."""
-    from rlzoo_transfer.envs import make_env
+def build_models(env, device: str, source: str, methods: list[str] | None, fill: int | None, quick: bool,
+                 result: dict[str, Any]):
+    """Scratch and every wanted method (plus ``hub(k=1)`` variants), all sharing one replay filled with real
+    Alien transitions.  Returns ``(replay, obs1, models)``; a method that does not build is reported in
+    ``result["failed"]``, not fatal."""
     from rlzoo_transfer.rl.methods import METHODS
 
-    dev = torch.device(device)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    result: dict[str, Any] = {"device": str(dev), "machine": machine_info(dev),
-                              "settings": {"game": GAME, "batch_size": BATCH, "n_actions": N_ACTIONS,
-                                           "repeats": repeats, "quick": quick, "compile": compile,
-                                           "source": source},
-                              "failed": {}, "notes": {}}
-    t_start = time.perf_counter()
-    if "env" in sections:
-        log("env throughput ...")
-        result["env_steps_per_s"] = bench_env(max(3, repeats // 4), quick, dev)
-
-    # --- models sharing one replay filled with real Alien transitions ---------------------------------------
-    env = make_env(GAME, 1, seed=0)
-    if int(env.action_space.n) != N_ACTIONS:
-        raise RuntimeError(f"{GAME} has {env.action_space.n} actions, expected {N_ACTIONS}")
     log("building scratch and filling its replay ...")
     scratch = build_method_model("scratch", env, device, source)
     replay = scratch.replay_buffer
     fill = fill if fill is not None else (600 if quick else 4000)
-    replay_capacity = replay.capacity
-    if fill > replay_capacity:
+    if fill > replay.capacity:
         from rlzoo_transfer.rl.buffers import PrioritizedNStepReplay
 
-        replay = PrioritizedNStepReplay(fill + 100, env.observation_space, env.action_space, device=dev,
-                                        n_steps=scratch.n_step_return, gamma=scratch.gamma,
-                                        alpha=scratch.priority_exponent, reward_clip=scratch.reward_clip, seed=0)
+        replay = PrioritizedNStepReplay(fill + 100, env.observation_space, env.action_space,
+                                        device=torch.device(device), n_steps=scratch.n_step_return,
+                                        gamma=scratch.gamma, alpha=scratch.priority_exponent,
+                                        reward_clip=scratch.reward_clip, seed=0)
     fill_replay(replay, env, fill)
     result["settings"]["replay_transitions"] = replay.size()
     obs1 = env.reset()
     models: dict[str, Any] = {"scratch": _prepare(scratch, replay, obs1)}
 
-    wanted = [m for m in METHODS if m != "scratch"] if methods is None else [m for m in methods if m != "scratch"]
-    for name in wanted:
-        if name not in METHODS:
-            result["failed"][name] = f"not a registered method (registered: {', '.join(METHODS)})"
-            continue
+    def add(name: str, method: str, overrides: dict | None = None) -> None:
         try:
-            models[name] = _prepare(build_method_model(name, env, device, source), replay, obs1)
+            models[name] = _prepare(build_method_model(method, env, device, source, overrides=overrides),
+                                    replay, obs1)
             log(f"built {name}")
         except Exception as e:  # noqa: BLE001 - a method that does not build is reported, not fatal
             result["failed"][name] = f"{type(e).__name__}: {e}"
             log(f"method {name} failed to build: {type(e).__name__}: {e}")
             if os.environ.get("RLZOO_BENCH_DEBUG"):
                 traceback.print_exc()
-    if "hub" in METHODS and (methods is None or "hub(k=1)" in methods or "hub" in methods):
-        try:   # the target is for one active source per sample; the hub default is k=2
-            models["hub(k=1)"] = _prepare(build_method_model("hub", env, device, source, overrides={"k": 1}),
-                                          replay, obs1)
-        except Exception as e:  # noqa: BLE001
-            result["failed"]["hub(k=1)"] = f"{type(e).__name__}: {e}"
-        try:   # the same with the ~20x cheaper pathway generator (-p generator=pooled)
-            models["hub(k=1,pooled)"] = _prepare(build_method_model(
-                "hub", env, device, source, overrides={"k": 1, "generator": "pooled"}), replay, obs1)
-        except Exception as e:  # noqa: BLE001
-            result["failed"]["hub(k=1,pooled)"] = f"{type(e).__name__}: {e}"
 
-    # --- our update's variants (measured without touching der.py) -------------------------------------------
+    wanted = [m for m in METHODS if m != "scratch"] if methods is None else [m for m in methods if m != "scratch"]
+    for name in wanted:
+        if name not in METHODS:
+            result["failed"][name] = f"not a registered method (registered: {', '.join(METHODS)})"
+        else:
+            add(name, name)
+    if "hub" in METHODS and (methods is None or "hub(k=1)" in methods or "hub" in methods):
+        add("hub(k=1)", "hub", {"k": 1})      # the target is for one active source per sample; hub's default is k=2
+        add("hub(k=1,pooled)", "hub", {"k": 1, "generator": "pooled"})   # the cheaper pathway generator
+    return replay, obs1, models
+
+
+def scratch_variants(env, device: str, source: str, replay, obs1, quick: bool, compile: bool,
+                     result: dict[str, Any]) -> dict[str, Any]:
+    """Candidate speed-ups of our update, measured without touching der.py: the other Adam implementations,
+    one forward over ``cat(obs, next_obs)`` and, with ``compile``, ``DER(compile=True)``."""
     variants: dict[str, Any] = {}
     if not quick:
-        defaults = scratch.policy.optimizer.defaults
+        base = _prepare(build_method_model("scratch", env, device, source), replay, obs1)
+        defaults = base.policy.optimizer.defaults
         current = "fused" if defaults.get("fused") else ("foreach" if defaults.get("foreach") else "single")
         result["settings"]["scratch_adam"] = current
         for impl, kw in (("single", {"foreach": False, "fused": False}), ("foreach", {"foreach": True}),
@@ -506,9 +490,8 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
                 variants[name] = m
             except Exception as e:  # noqa: BLE001
                 result["failed"][name] = f"{type(e).__name__}: {e}"
-        m = _prepare(build_method_model("scratch", env, device, source), replay, obs1)
-        m._loss_fn = _cat_forward_loss(m)
-        variants["scratch-catfwd"] = m
+        base._loss_fn = _cat_forward_loss(base)
+        variants["scratch-catfwd"] = base
     if compile:
         try:
             log("compiling scratch-compiled (DER(compile=True)) ...")
@@ -521,118 +504,148 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
             variants["scratch-compiled"] = m
         except Exception as e:  # noqa: BLE001
             result["failed"]["scratch-compiled"] = f"{type(e).__name__}: {e}"
+    return variants
 
-    # --- action selection (training mode, as DER acts) ------------------------------------------------------
-    if "act" in sections:
+
+def bench_updates(models: dict[str, Any], variants: dict[str, Any], replay, repeats: int, quick: bool,
+                  dev: torch.device, result: dict[str, Any]) -> None:
+    """``update_ms`` (medians), IQRs and paired ratios to the reference and to scratch, in two interleaved groups
+    that each hold reference and scratch (short repetitions pair better on a noisy machine); a method whose update
+    raises is reported in ``result["failed"]`` and left out."""
+    torch.manual_seed(0)
+    ref = ReferenceDER(N_ACTIONS, dev)
+    # ready-made NCHW batches, as a plain replay of stacked frames hands them over (ours come channels-last)
+    pool = [b._replace(observations=b.observations.contiguous(), next_observations=b.next_observations.contiguous())
+            for b in (replay.sample(BATCH, beta=0.4) for _ in range(8))]
+    counter = [0]
+
+    def ref_step():
+        counter[0] += 1
+        ref.update(pool[counter[0] % len(pool)])
+
+    def train_fn(m):
+        return lambda: m.train(gradient_steps=1, batch_size=BATCH)
+
+    def usable(fns):
+        good = {}
+        for k, fn in fns.items():
+            try:
+                fn()
+                good[k] = fn
+            except Exception as e:  # noqa: BLE001
+                result["failed"][k] = f"update: {type(e).__name__}: {e}"
+                log(f"{k} update failed: {type(e).__name__}: {e}")
+        return good
+
+    base = {"reference": ref_step, "scratch": train_fn(models["scratch"])}
+    extra = {k: train_fn(m) for k, m in variants.items()}
+    threads = torch.get_num_threads()
+    if threads > 1 and not quick:   # the same update on one intra-op thread, switched per call
+        def one_thread(fn=train_fn(models["scratch"])):
+            torch.set_num_threads(1)
+            try:
+                fn()
+            finally:
+                torch.set_num_threads(threads)
+        extra["scratch-1thread"] = one_thread
+    core = usable({**base, **extra})
+    others = usable({k: train_fn(m) for k, m in models.items() if k != "scratch"})
+    groups = [core, {**base, **others}] if others and not quick else [{**core, **others}]
+    result["update_groups"] = [list(g) for g in groups]
+    result["update_ms"], result["update_iqr_ms"] = {}, {}
+    result["ratios"] = {"vs_reference": {}, "vs_scratch": {}}
+    for gi, group in enumerate(groups):
+        log(f"updates, group {gi + 1}/{len(groups)}: {', '.join(group)}")
+        samples = interleaved(group, repeats, dev, warmup=2)
+        for k, v in samples.items():
+            if k in result["update_ms"]:   # reference / scratch: reported from the first group
+                continue
+            result["update_ms"][k] = round(median(v), 3)
+            result["update_iqr_ms"][k] = quartiles(v)
+            for base_key, ratios in (("reference", "vs_reference"), ("scratch", "vs_scratch")):
+                if base_key in samples:   # absent when its own update failed (reported under "failed")
+                    result["ratios"][ratios][k] = round(paired_ratio(v, samples[base_key]), 3)
+    for k, m in models.items():   # sparse routing: a hub's cost depends on how its last batch split
+        hub = getattr(m.policy.q_net, "hub", None)
+        if hub is not None and hub.last_load is not None:
+            result["notes"][k] = ("share of the last update batch routed to each source: "
+                                  + ", ".join(f"{v:.2f}" for v in hub.last_load.tolist()))
+    log("scratch breakdown ...")
+    result["scratch_breakdown_ms"] = scratch_breakdown(models["scratch"], repeats, dev)
+
+
+def bench_eval(models: dict[str, Any], obs1: np.ndarray, repeats: int, dev: torch.device,
+               result: dict[str, Any]) -> None:
+    """Greedy action (1 observation) and forward (8) in evaluation mode: scratch, zoo-lite, zoo-lite exported."""
+    lite_key = "zoo-lite" if "zoo-lite" in models else None
+    pols = {"scratch": copy.deepcopy(models["scratch"].policy)}
+    if lite_key is not None:
+        try:
+            pols[lite_key] = copy.deepcopy(models[lite_key].policy)
+            pols[f"{lite_key}-exported"] = models[lite_key].policy.export()
+        except Exception as e:  # noqa: BLE001
+            result["failed"][f"{lite_key}-exported"] = f"{type(e).__name__}: {e}"
+    obs_t = torch.as_tensor(obs1, device=dev)
+    obs8 = torch.as_tensor(np.repeat(obs1, 8, axis=0), device=dev)
+    for p in pols.values():
+        p.set_training_mode(False)
+
+    def q_act(p, o):
+        def run():
+            with torch.no_grad():
+                p.q_values(o).argmax(1).cpu()
+        return run
+    log("evaluation forward ...")
+    s1 = interleaved({k: q_act(p, obs_t) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=20)
+    s8 = interleaved({k: q_act(p, obs8) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=20)
+    result["eval_act_ms"] = {k: round(median(v), 3) for k, v in s1.items()}
+    result["eval_forward8_ms"] = {k: round(median(v), 3) for k, v in s8.items()}
+    result["eval_ratios_vs_scratch"] = {k: round(paired_ratio(v, s1["scratch"]), 3) for k, v in s1.items()}
+
+
+def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None = None, device: str = "cpu",
+              compile: bool = False, source: str = "Seaquest", fill: int | None = None,
+              sections: tuple[str, ...] = SECTIONS,
+              lockstep_k: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Run the benchmark's ``sections`` and return the result dict (see the module docstring)."""
+    from rlzoo_transfer.envs import make_env
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    result: dict[str, Any] = {"device": str(dev), "machine": machine_info(dev),
+                              "settings": {"game": GAME, "batch_size": BATCH, "n_actions": N_ACTIONS,
+                                           "repeats": repeats, "quick": quick, "compile": compile,
+                                           "source": source},
+                              "failed": {}, "notes": {}}
+    t_start = time.perf_counter()
+    if "env" in sections:
+        log("env throughput ...")
+        result["env_steps_per_s"] = bench_env(max(3, repeats // 4), quick, dev)
+    env = make_env(GAME, 1, seed=0)
+    if int(env.action_space.n) != N_ACTIONS:
+        raise RuntimeError(f"{GAME} has {env.action_space.n} actions, expected {N_ACTIONS}")
+    replay, obs1, models = build_models(env, device, source, methods, fill, quick, result)
+    variants = scratch_variants(env, device, source, replay, obs1, quick, compile, result)
+    if "act" in sections:   # action selection in training mode, as DER acts
         log("action selection ...")
         fns = {k: (lambda m=m: m._sample_action(0, None, 1)) for k, m in models.items()}
         samples = interleaved(fns, repeats, dev, warmup=3, number=3)
         result["act_ms"] = {k: round(median(v), 3) for k, v in samples.items()}
-
-    # --- updates ----------------------------------------------------------------------------------------------
     if "update" in sections:
-        torch.manual_seed(0)
-        ref = ReferenceDER(N_ACTIONS, dev)
-        # ready-made NCHW batches, as a plain replay of stacked frames hands them over (ours come channels-last)
-        pool = [b._replace(observations=b.observations.contiguous(), next_observations=b.next_observations.contiguous())
-                for b in (replay.sample(BATCH, beta=0.4) for _ in range(8))]
-        counter = [0]
-
-        def ref_step():
-            counter[0] += 1
-            ref.update(pool[counter[0] % len(pool)])
-
-        def train_fn(m):
-            return lambda: m.train(gradient_steps=1, batch_size=BATCH)
-
-        def usable(fns):   # a method whose update raises is reported and left out
-            good = {}
-            for k, fn in fns.items():
-                try:
-                    fn()
-                    good[k] = fn
-                except Exception as e:  # noqa: BLE001
-                    result["failed"][k] = f"update: {type(e).__name__}: {e}"
-                    log(f"{k} update failed: {type(e).__name__}: {e}")
-            return good
-
-        base = {"reference": ref_step, "scratch": train_fn(models["scratch"])}
-        extra = {k: train_fn(m) for k, m in variants.items()}
-        threads = torch.get_num_threads()
-        if threads > 1 and not quick:   # the same update on one intra-op thread, switched per call
-            def one_thread(fn=train_fn(models["scratch"])):
-                torch.set_num_threads(1)
-                try:
-                    fn()
-                finally:
-                    torch.set_num_threads(threads)
-            extra["scratch-1thread"] = one_thread
-        core = usable({**base, **extra})
-        others = usable({k: train_fn(m) for k, m in models.items() if k != "scratch"})
-        # two interleaved groups, each with reference and scratch: short repetitions pair better on a noisy machine
-        groups = [core, {**base, **others}] if others and not quick else [{**core, **others}]
-        result["update_groups"] = [list(g) for g in groups]
-        result["update_ms"], result["update_iqr_ms"] = {}, {}
-        result["ratios"] = {"vs_reference": {}, "vs_scratch": {}}
-        for gi, group in enumerate(groups):
-            log(f"updates, group {gi + 1}/{len(groups)}: {', '.join(group)}")
-            samples = interleaved(group, repeats, dev, warmup=2)
-            for k, v in samples.items():
-                if k in result["update_ms"]:   # reference / scratch: reported from the first group
-                    continue
-                result["update_ms"][k] = round(median(v), 3)
-                result["update_iqr_ms"][k] = quartiles(v)
-                for base_key, ratios in (("reference", "vs_reference"), ("scratch", "vs_scratch")):
-                    if base_key in samples:   # absent when its own update failed (reported under "failed")
-                        result["ratios"][ratios][k] = round(paired_ratio(v, samples[base_key]), 3)
-        for k, m in models.items():   # sparse routing: a hub's cost depends on how its last batch split
-            hub = getattr(m.policy.q_net, "hub", None)
-            if hub is not None and hub.last_load is not None:
-                result["notes"][k] = ("share of the last update batch routed to each source: "
-                                      + ", ".join(f"{v:.2f}" for v in hub.last_load.tolist()))
-        log("scratch breakdown ...")
-        result["scratch_breakdown_ms"] = scratch_breakdown(models["scratch"], repeats, dev)
-
-    # --- evaluation: zoo-lite before / after export_module vs scratch ----------------------------------------
+        bench_updates(models, variants, replay, repeats, quick, dev, result)
     if "eval" in sections:
-        lite_key = "zoo-lite" if "zoo-lite" in models else None
-        pols = {"scratch": copy.deepcopy(models["scratch"].policy)}
-        if lite_key is not None:
-            try:
-                pols[lite_key] = copy.deepcopy(models[lite_key].policy)
-                pols[f"{lite_key}-exported"] = models[lite_key].policy.export()
-            except Exception as e:  # noqa: BLE001
-                result["failed"][f"{lite_key}-exported"] = f"{type(e).__name__}: {e}"
-        obs_t = torch.as_tensor(obs1, device=dev)
-        obs8 = torch.as_tensor(np.repeat(obs1, 8, axis=0), device=dev)
-        for p in pols.values():
-            p.set_training_mode(False)
-
-        def q_act(p, o):
-            def run():
-                with torch.no_grad():
-                    p.q_values(o).argmax(1).cpu()
-            return run
-        log("evaluation forward ...")
-        s1 = interleaved({k: q_act(p, obs_t) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=20)
-        s8 = interleaved({k: q_act(p, obs8) for k, p in pols.items()}, repeats * 2, dev, warmup=3, number=20)
-        result["eval_act_ms"] = {k: round(median(v), 3) for k, v in s1.items()}
-        result["eval_forward8_ms"] = {k: round(median(v), 3) for k, v in s8.items()}
-        result["eval_ratios_vs_scratch"] = {k: round(paired_ratio(v, s1["scratch"]), 3) for k, v in s1.items()}
-
+        bench_eval(models, obs1, repeats, dev, result)
     if "lockstep" in sections:
         ks = lockstep_k or ((1, 2) if quick else (1, 8, 32))
         log(f"lock-step updates, K = {', '.join(map(str, ks))} ...")
         result["lockstep"] = bench_lockstep(models["scratch"], replay, obs1, env, device, repeats, tuple(ks), source)
-
     if "run" in sections:
         log("training throughput (DER.learn, 1 thread and all cores) ...")
         result["run"] = bench_run(device, max(3, repeats // 2), quick)
-
     if "adaagg" in sections:
         log("AdaAgg layers ...")
         result["adaagg"], result["adaagg_ms"] = bench_adaagg(max(3, repeats // 2), quick, dev)
-
     result["targets"] = evaluate_targets(result, models)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     env.close()

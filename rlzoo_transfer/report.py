@@ -35,6 +35,11 @@ NARROW_MARK = "†"
 NARROW_NOTE = ("† a game with only 2 seeds: the bootstrap resamples two values there, so the interval shows little "
                "more than the spread of those two seeds and comes out too narrow (a t interval for the mean of two "
                "values is ~6x wider than a normal one) - not a 95 % confidence interval in earnest.")
+FEW_SEEDS_NOTE = ("With 3-5 seeds a game the bootstrap intervals are still narrower than the data warrant: resampling "
+                  "n values reproduces (n - 1) / n of their variance (at n = 3 an interval ~0.8x as wide as their own spread "
+                  "gives) and its "
+                  "percentiles ignore how few values estimated the spread. Read overlapping intervals as no "
+                  "difference shown, and a gap between intervals with care.")
 
 
 def fmt_aggregate_ci(triple: tuple[float, float, float], seeds: Sequence[int], digits: int = 3) -> str:
@@ -118,6 +123,8 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
              "the interval would read as more certain than the data are.", ""]
     header = ["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "games", "runs", "seeds per game"]
 
+    shown_ci_seeds: list[list[int]] = []   # seeds per game of every row shown with an interval
+
     def table(games: list[str] | None) -> list[list]:
         rows = []
         for m in methods:
@@ -125,6 +132,7 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
             if agg:
                 if min(agg["seeds"]) >= 2:
                     fmt = partial(fmt_aggregate_ci, seeds=agg["seeds"])
+                    shown_ci_seeds.append(agg["seeds"])
                 else:
                     why = "1 seed per game" if max(agg["seeds"]) == 1 else "a game with 1 seed"
                     fmt = partial(_fmt_point_only, why=why)
@@ -145,6 +153,8 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
     lines += md_table(header, rows) if rows else ["No complete run of a game with known random / human scores."]
     if any(NARROW_MARK in line for line in lines):
         lines += ["", NARROW_NOTE]
+    if any(2 < min(agg_seeds) <= 5 for agg_seeds in shown_ci_seeds):
+        lines += ["", FEW_SEEDS_NOTE]
     lines += ["", f"## Probability of improvement over {baseline}", "",
               f"P(X > Y) of a run of the method beating a run of {baseline} on the same game (ties count 1/2), "
               "averaged over the games both completed; 95 % CI by stratified bootstrap over seeds, shown when both methods have "

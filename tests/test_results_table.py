@@ -89,10 +89,18 @@ def test_an_interval_over_a_game_with_two_seeds_is_marked_narrow(tmp_path):
     cell = _row(results_table.table_lines(rundata.load_runs([tmp_path]), reps=200), "`zoo`")[-1]
     assert cell.endswith(f"] {report.NARROW_MARK}")                      # 2 seeds: CI shown, marked
     lines = results_table.table_lines(rundata.load_runs([tmp_path]), reps=200)
-    assert report.NARROW_NOTE in lines
+    assert report.NARROW_NOTE in lines and report.FEW_SEEDS_NOTE not in lines
     agg = "\n".join(report.report_aggregate_section(
         {("Alien", "zoo"): [300.0, 500.0]}, ["zoo"], "scratch", 200, 0))
     assert f"] {report.NARROW_MARK} |" in agg and report.NARROW_NOTE in agg
     make_run(tmp_path, "Alien", "zoo", 2, [(10000, 400.0)], final_mean=400.0)
     lines = results_table.table_lines(rundata.load_runs([tmp_path]), reps=200)
     assert _row(lines, "`zoo`")[-1].endswith("]") and report.NARROW_NOTE not in lines   # 3 seeds: no mark
+    assert report.FEW_SEEDS_NOTE in lines
+    def aggregate(n: int) -> str:
+        return "\n".join(report.report_aggregate_section(
+            {("Alien", "zoo"): [300.0 + 50 * k for k in range(n)]}, ["zoo"], "scratch", 200, 0))
+
+    assert report.FEW_SEEDS_NOTE not in aggregate(2)                    # the 2-seed note says more
+    assert report.FEW_SEEDS_NOTE in aggregate(3) and report.FEW_SEEDS_NOTE in aggregate(5)
+    assert report.FEW_SEEDS_NOTE not in aggregate(6)

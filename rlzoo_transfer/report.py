@@ -36,10 +36,9 @@ NARROW_NOTE = ("† a game with only 2 seeds: the bootstrap resamples two values
                "more than the spread of those two seeds and comes out too narrow (a t interval for the mean of two "
                "values is ~6x wider than a normal one) - not a 95 % confidence interval in earnest.")
 FEW_SEEDS_NOTE = ("With 3-5 seeds a game the bootstrap intervals are still narrower than the data warrant: resampling "
-                  "n values reproduces (n - 1) / n of their variance (at n = 3 an interval ~0.8x as wide as their own spread "
-                  "gives) and its "
-                  "percentiles ignore how few values estimated the spread. Read overlapping intervals as no "
-                  "difference shown, and a gap between intervals with care.")
+                  "n values reproduces (n - 1) / n of their variance (at n = 3 an interval ~0.8x as wide as their own "
+                  "spread gives) and its percentiles ignore how few values estimated the spread. Read overlapping "
+                  "intervals as no difference shown, and a gap between intervals with care.")
 
 
 def fmt_aggregate_ci(triple: tuple[float, float, float], seeds: Sequence[int], digits: int = 3) -> str:

@@ -99,6 +99,16 @@ def check_ranges(args: Any, positive: Iterable[str] = (), non_negative: Iterable
         raise error("out of range: " + ", ".join(bad))
 
 
+def progress_bar_wanted(no_progress: bool, stream=None) -> bool:
+    """A progress bar only where someone watches: not with ``--no-progress``, and not when ``stream`` (default
+    stderr) is a file or pipe (``nohup``, ``make run > log``), where a bar prints nothing useful and the runs print a
+    progress line a minute instead."""
+    import sys
+
+    stream = sys.stderr if stream is None else stream
+    return not no_progress and bool(getattr(stream, "isatty", lambda: False)())
+
+
 def check_threads(threads: int | None, minimum: int = 0) -> None:
     """ConfigError unless ``--threads`` is None or >= minimum (0 meaning torch's default where allowed)."""
     if threads is not None and threads < minimum:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlzoo_transfer.config import parse_overrides, seed_arg
+from rlzoo_transfer.config import parse_overrides, progress_bar_wanted, seed_arg
 from rlzoo_transfer.train import add_run_options
 
 PROG = "python -m rlzoo_transfer.lockstep"
@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
                         "(what sweep --lockstep passes), e.g. Alien:scratch:0 Alien:finetune:Seaquest:1")
     add_run_options(p)
     p.add_argument("--log-every", type=float, default=60.0, metavar="SECONDS",
-                   help="with --no-progress: seconds between log lines (steps/s per agent, ETA; default 60)")
+                   help="without a progress bar (--no-progress, or stderr not a terminal): seconds between log lines "
+                        "(steps/s per agent, ETA; default 60)")
     p.add_argument("--sample-threads", type=int, default=None, metavar="N",
                    help="threads that sample the agents' replays (default: min(agents, CPU cores); 1 = serial). "
                         "Several lock-step processes on one machine may want fewer, e.g. cores / processes")
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             print("nothing to train: every run is finished")
             return 0
-        dirs = run_lockstep(specs, progress=not args.no_progress, log_every=args.log_every,
+        dirs = run_lockstep(specs, progress=progress_bar_wanted(args.no_progress), log_every=args.log_every,
                             sample_threads=args.sample_threads)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,
             FileNotFoundError) as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from rlzoo_transfer.config import check_ranges, parse_overrides, read_yaml, seed_arg
+from rlzoo_transfer.config import check_ranges, parse_overrides, progress_bar_wanted, read_yaml, seed_arg
 from rlzoo_transfer.zoo import sha256
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-p", "--hyperparams", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto", help="torch device: auto (default: cuda if there is one), cpu, cuda:N")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="a progress line a minute instead of the bar (the default when stderr is not a terminal)")
     args = p.parse_args(argv)
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     try:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = RunSpec(game=game, method="scratch", seed=args.seed, steps=args.steps, eval_freq=args.eval_freq,
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                        log_dir=args.log_dir, hyperparams=hyper, device=resolve_device(args.device), resume=args.resume,
-                       n_envs=args.n_envs, progress_bar=not args.no_progress, checkpoint_freq=args.checkpoint_freq,
+                       n_envs=args.n_envs, progress_bar=progress_bar_wanted(args.no_progress), checkpoint_freq=args.checkpoint_freq,
                        max_minutes=args.max_minutes, finish_on_time_limit=True,
                        eval_envs=min(32, args.n_envs), eval_at_start=False, command=command)
         run_dir = run_training(spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlzoo_transfer.config import parse_overrides, seed_arg
+from rlzoo_transfer.config import parse_overrides, progress_bar_wanted, seed_arg
 
 
 def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentParser:
@@ -37,7 +37,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's; use 1 per run when several runs share the cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="a progress line a minute instead of the bar (the default when stderr is not a terminal)")
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.train", **spec_defaults) -> int:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
                        eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
                        final_eval_episodes=args.final_eval_episodes, log_dir=args.log_dir,
                        hyperparams=parse_overrides(args.hyperparams), source=args.source, device=device,
-                       resume=args.resume, progress_bar=not args.no_progress,
+                       resume=args.resume, progress_bar=progress_bar_wanted(args.no_progress),
                        command=command_line(prog, argv),
                        **spec_defaults)
         run_dir = run_training(spec)

@@ -319,3 +319,14 @@ def test_kflow_run_logs_its_flow_weights(tmp_path):
             assert total == pytest.approx(1.0, abs=1e-5)
     assert all(float(r["weight"]) == pytest.approx(1 / 3) for r in rows if r["step"] == "0")   # theta = 0 at start
     assert (run / f"flow_{GAME}_kflow.png").stat().st_size > 0 and "flow" in (run / "report.md").read_text()
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    """``nohup`` / ``make run > log``: no bar (it would print nothing useful), the progress lines instead."""
+    from rlzoo_transfer.config import progress_bar_wanted
+
+    leader, follower = os.openpty()                       # a real terminal device
+    with open(follower, "w") as tty, open(tmp_path / "log", "w") as log:
+        assert progress_bar_wanted(False, tty) and not progress_bar_wanted(True, tty)
+        assert not progress_bar_wanted(False, log) and not progress_bar_wanted(False, subprocess.PIPE)
+    os.close(leader)

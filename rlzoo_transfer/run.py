@@ -196,7 +196,8 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
     callback = EvalCheckpointCallback(game, run_dir, spec.eval_freq, spec.eval_episodes, spec.seed,
                                       config["eval_epsilon"], checkpoint=lambda m: save_checkpoint(m, run_dir),
                                       checkpoint_freq=spec.checkpoint_freq, deadline=deadline,
-                                      eval_envs=spec.eval_envs, eval_at_start=spec.eval_at_start)
+                                      eval_envs=spec.eval_envs, eval_at_start=spec.eval_at_start,
+                                      stream=None if spec.progress_bar else sys.stderr)
     callback.pending_update = resumed and model.num_timesteps > model.learning_starts
     callbacks = [callback] if spec.progress_bar else [callback, ProgressLogCallback(spec.steps, stream=sys.stderr)]
     return PreparedRun(spec, run_dir, model, env, config, callback, callbacks,

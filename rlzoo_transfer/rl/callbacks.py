@@ -71,16 +71,18 @@ class EvalCheckpointCallback(BaseCallback):
     :param checkpoint_freq: agent steps between checkpoints (a multiple of ``eval_freq``; 0 = never)
     :param deadline: ``time.time()`` after which training stops (the caller checkpoints or finishes)
     :param eval_envs: games evaluated in parallel
+    :param stream: where to print one line per evaluation (for logs without a progress bar; None: silent)
     """
 
     def __init__(self, game: str, run_dir: Path, eval_freq: int, n_episodes: int, seed: int, epsilon: float,
                  checkpoint: Callable, checkpoint_freq: int | None = None, deadline: float | None = None,
-                 eval_envs: int = 8, eval_at_start: bool = True, verbose: int = 0):
+                 eval_envs: int = 8, eval_at_start: bool = True, verbose: int = 0, stream=None):
         super().__init__(verbose)
         self.game, self.run_dir, self.eval_freq = game, Path(run_dir), eval_freq
         self.n_episodes, self.seed, self.epsilon, self.checkpoint = n_episodes, seed, epsilon, checkpoint
         self.checkpoint_freq = eval_freq if checkpoint_freq is None else checkpoint_freq
         self.deadline, self.eval_envs, self.eval_at_start = deadline, eval_envs, eval_at_start
+        self.stream = stream
         self.csv = self.run_dir / "evaluations.csv"
         # a checkpoint is written at the end of its step's rollout, before that step's update: a run resumed from
         # it owes that one update, done first thing (``run.prepare_run`` sets this)
@@ -89,8 +91,15 @@ class EvalCheckpointCallback(BaseCallback):
     def evaluate_now(self) -> None:
         step = self.model.num_timesteps
         rows = [r for r in read_evaluations(self.csv) if int(r["step"]) < step]
+        if self.stream is not None:
+            print(f"evaluating at step {step}: {self.n_episodes} games of {self.game} ...", file=self.stream,
+                  flush=True)
+        t0 = time.time()
         returns = evaluate(self.model.policy, self.game, self.n_episodes, seed=self.seed * 1_000_003 + step,
                            epsilon=self.epsilon, max_envs=self.eval_envs)
+        if self.stream is not None:
+            print(f"eval step {step}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} "
+                  f"games ({time.time() - t0:.0f} s)", file=self.stream, flush=True)
         rows.append(eval_row(step, returns))
         write_evaluations(self.csv, rows)
         self.logger.record("eval/mean_return", float(np.mean(returns)))

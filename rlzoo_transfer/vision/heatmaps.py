@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import torch
 
+
 def image_to_heatmap(points: torch.Tensor, stride: float) -> torch.Tensor:
     """Image pixel coordinates -> heatmap coordinates at ``stride`` (pixel centres aligned)."""
     return (points + 0.5) / stride - 0.5
 
 
 def heatmap_to_image(points: torch.Tensor, stride: float) -> torch.Tensor:
+    """Inverse of :func:`image_to_heatmap`: heatmap coordinates at ``stride`` -> image pixel coordinates."""
     return (points + 0.5) * stride - 0.5
 
 

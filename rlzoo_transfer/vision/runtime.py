@@ -213,6 +213,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: What :func:`make_checkpointer` writes and :func:`resume_from` needs.
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "stream", "iteration", "history", "seconds", "rng", "config")
+
+
 def make_checkpointer(path: Path, model, optimizer, scheduler, stream, config: dict) -> Callable[[FitState], None]:
     def save(state: FitState) -> None:
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -226,11 +230,13 @@ def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, k
     checkpoint this code wrote, or was made with another value of one of ``keys``."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        fields = ck["config"], ck["model"], ck["optimizer"], ck["scheduler"], ck["stream"], ck["rng"]["numpy_key"]
+        missing = [k for k in CHECKPOINT_KEYS if k not in ck] + ([] if "numpy_key" in ck.get("rng", {}) else ["rng"])
+        if missing:   # an older layout (numpy's RNG state as a tuple) or another file altogether
+            raise KeyError(f"no {', '.join(missing)}")
     except Exception as e:   # truncated, another format, or pickled objects the safe loader refuses
         raise ValueError(f"{path}: not a readable checkpoint of this version ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); delete it or use another --out") from None
-    saved = fields[0]
+    saved = ck["config"]
     for k in keys:
         if saved.get(k) != config.get(k):
             raise ValueError(f"{path}: made with {k}={saved.get(k)!r}, this run has {config.get(k)!r}; "

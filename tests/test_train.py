@@ -52,9 +52,9 @@ def test_run_folder_has_every_file(finished):
                  "report.md"):
         assert (run / name).exists(), name
     assert f"report: {run / 'report.md'}" in proc.stdout
-    evals = [line for line in proc.stderr.splitlines() if line.startswith("eval step ")]   # a log, not a bar
-    assert "evaluating at step 0: 1 games of Alien ..." in proc.stderr
-    assert [line.split(":")[0] for line in evals] == ["eval step 0", "eval step 200", "eval step 400"], evals
+    evals = [line for line in proc.stderr.splitlines() if line.startswith("[Alien/scratch/seed0] eval step ")]
+    assert "[Alien/scratch/seed0] evaluating at step 0: 1 games ..." in proc.stderr     # a log, not a bar
+    assert [line.split(":")[0].split()[-1] for line in evals] == ["0", "200", "400"], evals
     assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     final = json.loads((run / "final.json").read_text())
     assert f"**{final['mean']:.1f}**" in (run / "report.md").read_text()

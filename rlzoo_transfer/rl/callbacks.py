@@ -83,6 +83,7 @@ class EvalCheckpointCallback(BaseCallback):
         self.checkpoint_freq = eval_freq if checkpoint_freq is None else checkpoint_freq
         self.deadline, self.eval_envs, self.eval_at_start = deadline, eval_envs, eval_at_start
         self.stream = stream
+        self.name = "/".join(self.run_dir.parts[-3:])   # <Game>/<method>/seed<k>: lock-step logs hold K runs
         self.csv = self.run_dir / "evaluations.csv"
         # a checkpoint is written at the end of its step's rollout, before that step's update: a run resumed from
         # it owes that one update, done first thing (``run.prepare_run`` sets this)
@@ -92,14 +93,14 @@ class EvalCheckpointCallback(BaseCallback):
         step = self.model.num_timesteps
         rows = [r for r in read_evaluations(self.csv) if int(r["step"]) < step]
         if self.stream is not None:
-            print(f"evaluating at step {step}: {self.n_episodes} games of {self.game} ...", file=self.stream,
+            print(f"[{self.name}] evaluating at step {step}: {self.n_episodes} games ...", file=self.stream,
                   flush=True)
         t0 = time.time()
         returns = evaluate(self.model.policy, self.game, self.n_episodes, seed=self.seed * 1_000_003 + step,
                            epsilon=self.epsilon, max_envs=self.eval_envs)
         if self.stream is not None:
-            print(f"eval step {step}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} "
-                  f"games ({time.time() - t0:.0f} s)", file=self.stream, flush=True)
+            print(f"[{self.name}] eval step {step}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over "
+                  f"{len(returns)} games ({time.time() - t0:.0f} s)", file=self.stream, flush=True)
         rows.append(eval_row(step, returns))
         write_evaluations(self.csv, rows)
         self.logger.record("eval/mean_return", float(np.mean(returns)))

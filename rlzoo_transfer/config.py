@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -103,8 +104,6 @@ def progress_bar_wanted(no_progress: bool, stream=None) -> bool:
     """A progress bar only where someone watches: not with ``--no-progress``, and not when ``stream`` (default
     stderr) is a file or pipe (``nohup``, ``make run > log``), where a bar prints nothing useful and the runs print a
     progress line a minute instead."""
-    import sys
-
     stream = sys.stderr if stream is None else stream
     return not no_progress and bool(getattr(stream, "isatty", lambda: False)())
 

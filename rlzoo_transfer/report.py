@@ -41,6 +41,11 @@ FEW_SEEDS_NOTE = ("With 3-5 seeds a game the bootstrap intervals are still narro
                   "intervals as no difference shown, and a gap between intervals with care.")
 
 
+def few_seeds(seeds_per_row) -> bool:
+    """Whether :data:`FEW_SEEDS_NOTE` applies: a row with an interval whose fewest seeds a game are 3 to 5."""
+    return any(seeds and 2 < min(seeds) <= 5 for seeds in seeds_per_row)
+
+
 def fmt_aggregate_ci(triple: tuple[float, float, float], seeds: Sequence[int], digits: int = 3) -> str:
     """``point [low, high]``, marked with :data:`NARROW_MARK` when a game has only 2 seeds (the caller has made sure
     every game has >= 2)."""
@@ -152,7 +157,7 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
     lines += md_table(header, rows) if rows else ["No complete run of a game with known random / human scores."]
     if any(NARROW_MARK in line for line in lines):
         lines += ["", NARROW_NOTE]
-    if any(2 < min(agg_seeds) <= 5 for agg_seeds in shown_ci_seeds):
+    if few_seeds(shown_ci_seeds):
         lines += ["", FEW_SEEDS_NOTE]
     lines += ["", f"## Probability of improvement over {baseline}", "",
               f"P(X > Y) of a run of the method beating a run of {baseline} on the same game (ties count 1/2), "

@@ -72,7 +72,7 @@ def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000
     if any(report.NARROW_MARK in cell for row in rows for cell in row):
         lines += ["", report.NARROW_NOTE]
     seeds = [[len(finals[(g, m)]) for g in games if (g, m) in finals and g in scores.GAMES] for m in methods]
-    if any(n and 2 < min(n) <= 5 for n in seeds):
+    if report.few_seeds(seeds):
         lines += ["", report.FEW_SEEDS_NOTE]
     lines += ["", f"Mean return over training (area under the evaluation curve / steps, mean over seeds; "
                   f"difference to `{baseline}` in brackets):", ""]

@@ -826,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_bench(repeats=repeats, quick=args.quick, methods=args.methods, device=args.device,
                        compile=args.compile, source=args.source, sections=tuple(args.sections),
                        lockstep_k=tuple(args.lockstep_k) if args.lockstep_k else None)
-    from rlzoo_transfer.run import git_commit, versions
+    from rlzoo_transfer.provenance import git_commit, versions
 
     result["command"] = " ".join(["python -m rlzoo_transfer.bench", *(sys.argv[1:] if argv is None else argv)])
     result["commit"], result["versions"] = git_commit(), versions()

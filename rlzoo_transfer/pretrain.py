@@ -29,7 +29,7 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
 
     from rlzoo_transfer.rl.callbacks import write_atomic
     from rlzoo_transfer.rl.der import DER
-    from rlzoo_transfer.run import git_commit
+    from rlzoo_transfer.provenance import git_commit
 
     commit_now = git_commit()   # before this export changes the tree
     config = yaml.safe_load((run_dir / "config.yml").read_text())

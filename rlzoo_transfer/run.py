@@ -10,10 +10,7 @@ The run folder (``<log_dir>/<Game>/<method>/seed<k>/``) gets:
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +23,7 @@ import yaml
 
 from rlzoo_transfer.config import ConfigError, load_config, split_config
 from rlzoo_transfer.envs import action_meanings, make_env, resolve_game
+from rlzoo_transfer.provenance import git_commit, versions
 from rlzoo_transfer.rl.callbacks import EvalCheckpointCallback, ProgressLogCallback, read_evaluations, write_atomic, write_evaluations
 from rlzoo_transfer.rl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rlzoo_transfer.rl.der import DER
@@ -33,8 +31,6 @@ from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.rl.methods import get_method
 from rlzoo_transfer.rl.policies import DERPolicy
 from rlzoo_transfer.zoo import ZooError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class RunError(RuntimeError):
@@ -74,32 +70,6 @@ def command_line(prog: str, argv: list[str] | None) -> str:
     """The command a run records: ``prog`` (e.g. ``python -m rlzoo_transfer.train``) and its arguments, quoted so
     the line can be pasted into a shell; ``argv`` None means this process's own arguments."""
     return " ".join([prog, shlex.join(sys.argv[1:] if argv is None else argv)]).rstrip()
-
-
-def git_commit() -> str:
-    """HEAD (with -dirty for uncommitted changes), or $RLZOO_COMMIT where the tree is a copy without .git."""
-    if os.environ.get("RLZOO_COMMIT"):
-        return os.environ["RLZOO_COMMIT"]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha or "unknown") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("rlzoo_transfer", "torch", "stable-baselines3", "gymnasium", "ale-py", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def run_folder(spec: RunSpec) -> Path:

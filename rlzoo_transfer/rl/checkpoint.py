@@ -6,12 +6,12 @@ Layout: ``<run>/checkpoint/{model.zip, replay.npz, rng.pt}``.  A new checkpoint 
 """
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from rlzoo_transfer import rngstate
 
 
 def save_checkpoint(model, run_dir: Path) -> Path:
@@ -21,8 +21,7 @@ def save_checkpoint(model, run_dir: Path) -> Path:
     tmp.mkdir(parents=True)
     model.save(tmp / "model.zip")
     model.replay_buffer.save(str(tmp / "replay.npz"))
-    torch.save({"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-                "numpy_pos": int(np.random.get_state()[2]), "python": repr(random.getstate())}, tmp / "rng.pt")
+    torch.save(rngstate.capture(), tmp / "rng.pt")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -41,13 +40,8 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(algo_class, path: Path, env, device) -> object:
     """Model (with optimiser state), replay buffer and RNG states from ``path``; the env restarts its games."""
-    import ast
-
     model = algo_class.load(path / "model.zip", env=env, device=device)
     model.replay_buffer.load(str(path / "replay.npz"))
     model.replay_buffer.end_episodes()
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"], 0, 0.0))
-    random.setstate(ast.literal_eval(rng["python"]))
+    rngstate.restore(torch.load(path / "rng.pt", weights_only=True))
     return model

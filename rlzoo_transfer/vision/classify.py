@@ -37,10 +37,10 @@ from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.vision.data import (BatchStream, DataError, ImageDataset, EvalTransform, TrainTransform,
                                         open_split, predict_batches)
 from rlzoo_transfer.vision.resnet import ARCHS, build_resnet, count_params
-from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, add_run_args, check_ranges,
-                                           cli_main, load_zoo, pick_device, save_atomic, seed_everything, train_run,
-                                           write_json)
-from rlzoo_transfer.vision.zoo import (METHODS, Ensemble, build_method, check_method, inference_model,
+from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, add_method_args, add_run_args,
+                                           check_ranges, cli_main, load_zoo, pick_device, save_atomic, seed_everything,
+                                           train_run, write_json)
+from rlzoo_transfer.vision.zoo import (Ensemble, build_method, check_method, inference_model,
                                        mean_softmax_log, objective)
 
 
@@ -179,9 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(top-1 on the test split).")
     p.add_argument("--data", required=True, help="ImageFolder-style DIR (DIR/train/<class>/*, DIR/test/<class>/*) "
                    "or a CSV list path,label,split")
-    p.add_argument("--zoo", nargs="*", default=[], help="torchvision-format state_dicts of --arch (the sources)")
-    p.add_argument("--sha256", nargs="*", default=[], help="expected sha256 (or >= 8-digit prefix) per --zoo file")
-    p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
+    add_method_args(p, d)
     p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default {d.arch})")
     p.add_argument("--width", type=int, default=d.width, help="base width of --arch small (default 16)")
     p.add_argument("--iters", type=int, default=d.iters, help="training iterations (default 15000)")

@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, add_run_args, check_ranges,
-                                           cli_main, load_zoo, pick_device, save_atomic, seed_everything, train_run,
-                                           write_json)
+from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, add_method_args, add_run_args,
+                                           check_ranges, cli_main, load_zoo, pick_device, save_atomic, seed_everything,
+                                           train_run, write_json)
 from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.resnet import ARCHS, ResNet, build_resnet, count_params
-from rlzoo_transfer.vision.zoo import METHODS, Ensemble, build_method, check_method, inference_model, \
+from rlzoo_transfer.vision.zoo import Ensemble, build_method, check_method, inference_model, \
     mean_outputs, objective
 from rlzoo_transfer.vision.faces import (EYES_300W, EYES_SYNTHETIC, LandmarkDataset, nme, open_landmark_split,
                                          parse_flip_pairs)
@@ -231,9 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                       description="Fine-tune a zoo of ResNets for facial-landmark detection (NME on the test split).")
     p.add_argument("--data", required=True, help="DIR with <split>/<image> + <image>.pts, or a CSV "
                    "path,split,x0,y0,...")
-    p.add_argument("--zoo", nargs="*", default=[], help="torchvision-format state_dicts of --arch")
-    p.add_argument("--sha256", nargs="*", default=[], help="expected sha256 (or >= 8-digit prefix) per --zoo file")
-    p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
+    add_method_args(p, d)
     p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default {d.arch})")
     p.add_argument("--width", type=int, default=d.width, help="base width of --arch small")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default 60")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,12 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlzoo_transfer import provenance, rngstate
 from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import check_ranges as config_check_ranges, seed_arg
 from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.resnet import CheckpointError, check_backbone_keys, load_state_dict_file
-from rlzoo_transfer.vision.zoo import UnknownMethodError
+from rlzoo_transfer.vision.zoo import METHODS, UnknownMethodError
 
 USER_ERRORS = (DataError, CheckpointError, UnknownMethodError, ValueError, FileNotFoundError)
 
@@ -38,39 +38,14 @@ class UsageError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ run plumbing
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the package's repository (None outside a git checkout)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def git_dirty(cwd: str | Path | None = None) -> bool | None:
-    """True when the package's code differs from the commit (changed or untracked files under rlzoo_transfer/,
-    scripts/ or agents/); None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", ":/rlzoo_transfer", ":/scripts", ":/agents"],
-                             cwd=cwd or Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10,
-                             check=True).stdout
-        return bool(out.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def environment() -> dict[str, Any]:
-    """Versions, commit, host facts and the command line, to write beside results."""
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("torch", "numpy", "scipy", "scikit-learn", "pillow", "tqdm", "tensorboard"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {"python": platform.python_version(), "versions": versions, "commit": git_commit(),
-            "dirty": git_dirty(), "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+    """Versions, commit (``provenance``: sha and whether the code differs from it), host facts and the command
+    line, to write beside results."""
+    return {"python": platform.python_version(),
+            "versions": provenance.versions(("torch", "numpy", "scipy", "scikit-learn", "pillow", "tqdm",
+                                             "tensorboard")),
+            "commit": provenance.git_head(), "dirty": provenance.git_dirty(), "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "argv": sys.argv,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -185,26 +160,6 @@ def fit(model: nn.Module, stream: BatchStream, optimizer: torch.optim.Optimizer,
     return state
 
 
-def rng_state() -> dict:
-    """torch's, numpy's (and CUDA's) RNG states as tensors and numbers, so a checkpoint loads with
-    ``weights_only=True`` (numpy's own state is a tuple holding an ndarray, which the safe loader refuses)."""
-    _, key, pos, has_gauss, gauss = np.random.get_state()
-    out = {"torch": torch.get_rng_state(), "numpy_key": torch.from_numpy(key.astype(np.int64)),
-           "numpy_pos": int(pos), "numpy_has_gauss": int(has_gauss), "numpy_gauss": float(gauss)}
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_key"].numpy().astype(np.uint32), state["numpy_pos"],
-                         state["numpy_has_gauss"], state["numpy_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
     import random
 
@@ -221,7 +176,8 @@ def make_checkpointer(path: Path, model, optimizer, scheduler, stream, config: d
     def save(state: FitState) -> None:
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "stream": stream.state(), "iteration": state.iteration,
-                     "history": state.history, "seconds": state.seconds, "rng": rng_state(), "config": config}, path)
+                     "history": state.history, "seconds": state.seconds, "rng": rngstate.capture(),
+                     "config": config}, path)
     return save
 
 
@@ -245,7 +201,7 @@ def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, k
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
     stream.load_state(ck["stream"])
-    set_rng_state(ck["rng"])
+    rngstate.restore(ck["rng"])
     return FitState(ck["iteration"], list(ck["history"]), float(ck["seconds"]))
 
 
@@ -264,12 +220,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def add_run_args(p: argparse.ArgumentParser, d: Any) -> None:
-    """The options every vision fine-tuning CLI has, with ``d``'s defaults (a config dataclass instance)."""
+def add_method_args(p: argparse.ArgumentParser, d: Any) -> None:
+    """The zoo and the transfer method of a vision fine-tuning CLI, with ``d``'s defaults (a config dataclass)."""
+    p.add_argument("--zoo", nargs="*", default=[], help="torchvision-format state_dicts of --arch (the sources)")
+    p.add_argument("--sha256", nargs="*", default=[], help="expected sha256 (or >= 8-digit prefix) per --zoo file")
+    p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
     p.add_argument("--no-align", action="store_true", help="zoo methods without channel alignment (w/o T)")
     p.add_argument("--hub-k", type=int, default=d.hub_k, help=f"hub: models activated per sample (default {d.hub_k})")
     p.add_argument("--hub-lambda", type=float, default=d.hub_lambda,
                    help=f"hub: explore-loss weight (default {d.hub_lambda})")
+
+
+def add_run_args(p: argparse.ArgumentParser, d: Any) -> None:
+    """The options of a vision fine-tuning run's life (seed, run folder, checkpoints, logging, device), with ``d``'s
+    defaults (a config dataclass instance)."""
     p.add_argument("--seed", type=seed_arg, default=d.seed)
     p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")

@@ -749,8 +749,8 @@ def render(result: dict[str, Any]) -> str:
         ls = result["lockstep"]
         rows = [[k, ls["update_ms_per_agent"][str(k)], ls["update_x_single"][str(k)], ls["act_ms_per_agent"][str(k)]]
                 for k in ls["k"]]
-        parts += ["", f"## Lock-step: K scratch agents, one stacked update (single update: {ls['single_update_ms']} ms)",
-                  "", _table(["K", "update ms per agent", "x single update", "act ms per agent"], rows)]
+        title = f"## Lock-step: K scratch agents, one stacked update (single update: {ls['single_update_ms']} ms)"
+        parts += ["", title, "", _table(["K", "update ms per agent", "x single update", "act ms per agent"], rows)]
         for k, v in ls.get("serial_sampling_update_ms_per_agent", {}).items():
             parts += ["", f"K = {k} with its replays sampled one after another instead of on "
                       f"{ls['sample_threads']} threads: {v} ms per agent"]

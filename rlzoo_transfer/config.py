@@ -88,8 +88,8 @@ def check_ranges(args: Any, positive: Iterable[str] = (), non_negative: Iterable
                  error: type[Exception] = ConfigError) -> None:
     """``error`` naming every option of ``args`` (an argparse namespace or a config object) out of its range, e.g.
     ``out of range: --steps 0 (must be > 0), --eval-freq -5 (must be > 0)``; options that are None are unset and
-    pass.  The one range check of every CLI (train, lockstep, pretrain, enjoy, the vision commands), so that a bad number
-    is refused before any work with one message format, naming the options at fault and their values."""
+    pass.  The one range check of every CLI (train, lockstep, pretrain, enjoy, the vision commands), so that a bad
+    number is refused before any work with one message format, naming the options at fault and their values."""
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")
 

@@ -18,11 +18,12 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   (``gates.csv``) or mean Hub-Pathway weight per source model (``pathway.csv``) against steps, averaged over every
   run of that game and method that logged them (these are diagnostics, so incomplete runs count too).
 * ``report.md``: final scores (mean +- std over seeds of the ``final.json`` means), human-normalised scores,
-  game-balanced IQM and mean of HNS with 95 % stratified bootstrap intervals, probability of improvement over the baseline, published
-  reference rows, the difference of each method's mean final score to the baseline's per game with Welch's 95 %
-  interval and Holm-adjusted p-values (:func:`report.report_difference_section`), the transfer measures of
-  :func:`aggregate.transfer_measures` (jump-start, area under the curve), the plots, how many seeds a difference needs (:func:`report.report_seeds_section`), and a table of incomplete runs.  Only
-  runs with ``final.json`` enter final scores.
+  game-balanced IQM and mean of HNS with 95 % stratified bootstrap intervals, probability of improvement over the
+  baseline, published reference rows, the difference of each method's mean final score to the baseline's per game
+  with Welch's 95 % interval and Holm-adjusted p-values (:func:`report.report_difference_section`), the transfer
+  measures of :func:`aggregate.transfer_measures` (jump-start, area under the curve), the plots, how many seeds a
+  difference needs (:func:`report.report_seeds_section`), and a table of incomplete runs.  Only runs with
+  ``final.json`` enter final scores.
 * with ``--readme MD``: the compact results table of :mod:`rlzoo_transfer.results_table`, spliced between the
   markers of that markdown file (the rest of it untouched).
 

@@ -146,8 +146,8 @@ def plot_stat(series: dict, title: str, ylabel: str, path: Path) -> None:
 
 
 def plot_diagnostics(runs: list[Run], out: Path) -> list[tuple[str, str, str, str, int]]:
-    """Gate, pathway and flow-weight plots per (game, method) with logged statistics: the mean over its complete runs (an
-    unfinished run would enter the mean only for its first steps and bend the lines); over the unfinished ones,
+    """Gate, pathway and flow-weight plots per (game, method) with logged statistics: the mean over its complete runs
+    (an unfinished run would enter the mean only for its first steps and bend the lines); over the unfinished ones,
     and titled so, only while none is complete.
 
     :return: ``(kind, game, method, file name, n_runs)`` per plot written

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = RunSpec(game=game, method="scratch", seed=args.seed, steps=args.steps, eval_freq=args.eval_freq,
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                        log_dir=args.log_dir, hyperparams=hyper, device=resolve_device(args.device), resume=args.resume,
-                       n_envs=args.n_envs, progress_bar=progress_bar_wanted(args.no_progress), checkpoint_freq=args.checkpoint_freq,
+                       n_envs=args.n_envs, progress_bar=progress_bar_wanted(args.no_progress),
+                       checkpoint_freq=args.checkpoint_freq,
                        max_minutes=args.max_minutes, finish_on_time_limit=True,
                        eval_envs=min(32, args.n_envs), eval_at_start=False, command=command)
         run_dir = run_training(spec)

@@ -161,8 +161,9 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
         lines += ["", FEW_SEEDS_NOTE]
     lines += ["", f"## Probability of improvement over {baseline}", "",
               f"P(X > Y) of a run of the method beating a run of {baseline} on the same game (ties count 1/2), "
-              "averaged over the games both completed; 95 % CI by stratified bootstrap over seeds, shown when both methods have "
-              ">= 2 seeds on every game (with one seed on a side it would show only the other side's spread).", ""]
+              "averaged over the games both completed; 95 % CI by stratified bootstrap over seeds, shown when both "
+              "methods have >= 2 seeds on every game (with one seed on a side it would show only the other side's "
+              "spread).", ""]
     rows = []
     for m in methods:
         res = None if m == baseline else improvement_over(finals, m, baseline, reps, seed)

@@ -44,8 +44,8 @@ def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000
     games = aggregate.games_of(runs)
     methods = [m for m in aggregate.method_order([r.method for r in runs], baseline)
                if any((g, m) in finals for g in games)]
-    rows = [[f"`{m}`", *(report.fmt_final(finals.get((g, m)), seeds="{}") for g in games), _iqm_cell(finals, m, reps, seed)]
-            for m in methods]
+    rows = [[f"`{m}`", *(report.fmt_final(finals.get((g, m)), seeds="{}") for g in games),
+             _iqm_cell(finals, m, reps, seed)] for m in methods]
     for algo, cells in report.reference_rows(games, lambda v, g: f"{v:.1f}"):   # the report's published rows
         hns = [scores.human_normalized(scores.GAMES[g].published[algo], g) for g in games
                if g in scores.GAMES and algo in scores.GAMES[g].published]

@@ -142,41 +142,65 @@ def make_target(args, data: dict, seed: int, work: Path) -> Path:
 
 
 def summarise(results: dict, args) -> str:
+    """summary.md: the tables of ``results`` over ``args.seeds``."""
     seeds = args.seeds
-    rows = ["scratch"] + [f"single:{s}" for s in SOURCES] + ZOO_METHODS
+    parts = [_methods_table(results, seeds, args), _paired_table(results, seeds), _sources_table(results),
+             _selection_tables(results, seeds), _gates_table(results, seeds)]
+    return "\n".join(line for part in parts for line in part) + "\n"
+
+
+def _top1(results: dict, seed: int, label: str) -> float:
+    return results["runs"][str(seed)][label]["top1"]
+
+
+def _methods_table(results: dict, seeds: list[int], args) -> list[str]:
     lines = [f"Top-1 (%) on the held-out target test set, {args.shots} shots per class, {args.iters} iterations, "
              f"seeds {seeds} (mean +- std over seeds; per-seed values in results.json).", "",
              "| method | sources | top-1 mean | std | min | max | train s (mean) | params (inference) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        vals = [results["runs"][str(s)][r]["top1"] for s in seeds]
+    for r in ["scratch"] + [f"single:{s}" for s in SOURCES] + ZOO_METHODS:
+        vals = [_top1(results, s, r) for s in seeds]
         secs = [results["runs"][str(s)][r]["train_seconds"] for s in seeds]
         src = r.split(":")[1] if r.startswith("single:") else ("-" if r == "scratch" else "A, B, C")
         name = "single" if r.startswith("single:") else r
         params = results["runs"][str(seeds[0])][r]["params_inference"]
         lines.append(f"| {name} | {src} | {np.mean(vals):.2f} | {np.std(vals):.2f} | {min(vals):.2f} | "
                      f"{max(vals):.2f} | {np.mean(secs):.1f} | {params:,} |")
-    lines += ["", "Paired by seed, against the single fine-tunings of the same zoo {A, B, C} (top-1 points):", "",
-              "| method | minus mean of singles A, B, C | minus best single of the seed | seeds above the best single |",
-              "| --- | --- | --- | --- |"]
+    return lines
+
+
+def _paired_table(results: dict, seeds: list[int]) -> list[str]:
+    """Each method minus the single fine-tunings of the zoo's sources, paired by seed."""
+    lines = ["", "Paired by seed, against the single fine-tunings of the same zoo {A, B, C} (top-1 points):", "",
+             "| method | minus mean of singles A, B, C | minus best single of the seed | seeds above the best single |",
+             "| --- | --- | --- | --- |"]
     for m in ["scratch"] + ZOO_METHODS:
         d_mean, d_best = [], []
         for sd in seeds:
-            singles = [results["runs"][str(sd)][f"single:{z}"]["top1"] for z in ZOO]
-            v = results["runs"][str(sd)][m]["top1"]
+            singles = [_top1(results, sd, f"single:{z}") for z in ZOO]
+            v = _top1(results, sd, m)
             d_mean.append(v - np.mean(singles))
             d_best.append(v - max(singles))
         lines.append(f"| {m} | {np.mean(d_mean):+.2f} +- {np.std(d_mean):.2f} | {np.mean(d_best):+.2f} +- "
                      f"{np.std(d_best):.2f} | {sum(d > 0 for d in d_best)}/{len(seeds)} |")
-    lines += ["", "Source networks (accuracy on their own held-out 15%):", "",
-              "| source | classes | own test top-1 |", "| --- | --- | --- |"]
+    return lines
+
+
+def _sources_table(results: dict) -> list[str]:
+    lines = ["", "Source networks (accuracy on their own held-out 15%):", "",
+             "| source | classes | own test top-1 |", "| --- | --- | --- |"]
     for s in SOURCES:
         lines.append(f"| {s} | {SOURCES[s]} | {results['sources'][s]['top1']:.2f} |")
+    return lines
+
+
+def _selection_tables(results: dict, seeds: list[int]) -> list[str]:
+    """The selection scores judged per seed, per source, and seed-averaged against the single accuracies."""
     scores = list(next(iter(results["selection"].values()))["judgement"])
-    lines += ["", "Model selection over the six sources, judged against the single-source fine-tuning accuracies "
-              "of the same seed:", "",
-              "| score | Spearman mean | Spearman per seed | trials to best (per seed) | top-1 pick = best single |",
-              "| --- | --- | --- | --- | --- |"]
+    lines = ["", "Model selection over the six sources, judged against the single-source fine-tuning accuracies "
+             "of the same seed:", "",
+             "| score | Spearman mean | Spearman per seed | trials to best (per seed) | top-1 pick = best single |",
+             "| --- | --- | --- | --- | --- |"]
     for sc in scores:
         rho = [results["selection"][str(s)]["judgement"][sc]["spearman"] for s in seeds]
         ttb = [results["selection"][str(s)]["judgement"][sc]["trials_to_best"] for s in seeds]
@@ -184,37 +208,39 @@ def summarise(results: dict, args) -> str:
         rho_s = ", ".join("n/a" if v is None else f"{v:+.2f}" for v in rho)
         valid = [v for v in rho if v is not None]
         lines.append(f"| {sc} | {np.mean(valid):+.3f} | {rho_s} | {ttb} | {hits}/{len(seeds)} |")
+    mean_score = {sc: {s: float(np.mean([results["selection"][str(sd)]["scores"][s][sc] for sd in seeds]))
+                       for s in SOURCES} for sc in scores}
+    mean_acc = {s: float(np.mean([_top1(results, sd, f"single:{s}") for sd in seeds])) for s in SOURCES}
     lines += ["", "Mean score per source (over seeds) beside its mean single fine-tuning top-1:", "",
               "| source | " + " | ".join(scores) + " | single top-1 |", "| --- |" + " --- |" * (len(scores) + 1)]
     for s in SOURCES:
-        cells = []
-        for sc in scores:
-            vals = [results["selection"][str(sd)]["scores"][s][sc] for sd in seeds]
-            cells.append(f"{np.mean(vals):.4f}")
-        acc = np.mean([results["runs"][str(sd)][f"single:{s}"]["top1"] for sd in seeds])
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {acc:.2f} |")
-    mean_acc = {s: float(np.mean([results["runs"][str(sd)][f"single:{s}"]["top1"] for sd in seeds])) for s in SOURCES}
+        lines.append(f"| {s} | " + " | ".join(f"{mean_score[sc][s]:.4f}" for sc in scores) + f" | {mean_acc[s]:.2f} |")
     lines += ["", "Seed-mean scores against seed-mean single accuracies (less noisy than one seed):", "",
               "| score | Spearman | trials to best | ranking |", "| --- | --- | --- | --- |"]
     for sc in scores:
-        ms = {s: float(np.mean([results["selection"][str(sd)]["scores"][s][sc] for sd in seeds])) for s in SOURCES}
+        ms = mean_score[sc]
         lines.append(f"| {sc} | {spearman(ms, mean_acc):+.3f} | {trials_to_best(ms, mean_acc)} | "
                      f"{' > '.join(rank_models(ms))} |")
     lines.append(f"| (accuracy) | | | {' > '.join(rank_models(mean_acc))} |")
-    sd_single = np.mean([np.std([results["runs"][str(sd)][f"single:{s}"]["top1"] for sd in seeds]) for s in SOURCES])
+    sd_single = np.mean([np.std([_top1(results, sd, f"single:{s}") for sd in seeds]) for s in SOURCES])
     lines += ["", f"Spread of the six mean single accuracies: {max(mean_acc.values()) - min(mean_acc.values()):.2f} "
               f"points; mean seed-to-seed std of one source: {sd_single:.2f} points.", ""]
+    return lines
+
+
+def _gates_table(results: dict, seeds: list[int]) -> list[str]:
     gated = [m for m in ("zoo", "zoo-lite") if "mean_gate" in results["runs"][str(seeds[0])][m]]
-    if gated:
-        lines += ["Mean gate per source after fine-tuning, averaged over the 9 AdaAgg layers (zoo: batch-mean gate "
-                  "on the last test batch; zoo-lite: the temporal-ensemble gate used at inference; raw sigmoids, "
-                  "about 0.5 at initialisation):", "", "| method | seed | " + " | ".join(ZOO) + " |",
-                  "| --- | --- |" + " --- |" * len(ZOO)]
-        for m in gated:
-            for sd in seeds:
-                g = results["runs"][str(sd)][m]["mean_gate"]
-                lines.append(f"| {m} | {sd} | " + " | ".join(f"{v:.3f}" for v in g) + " |")
-    return "\n".join(lines) + "\n"
+    if not gated:
+        return []
+    lines = ["Mean gate per source after fine-tuning, averaged over the 9 AdaAgg layers (zoo: batch-mean gate "
+             "on the last test batch; zoo-lite: the temporal-ensemble gate used at inference; raw sigmoids, "
+             "about 0.5 at initialisation):", "", "| method | seed | " + " | ".join(ZOO) + " |",
+             "| --- | --- |" + " --- |" * len(ZOO)]
+    for m in gated:
+        for sd in seeds:
+            g = results["runs"][str(sd)][m]["mean_gate"]
+            lines.append(f"| {m} | {sd} | " + " | ".join(f"{v:.3f}" for v in g) + " |")
+    return lines
 
 
 def check_args(args, data: dict) -> None:

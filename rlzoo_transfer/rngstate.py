@@ -38,5 +38,5 @@ def restore(state: dict) -> None:
         np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     if "python" in state:
         random.setstate(ast.literal_eval(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():     # a machine with fewer GPUs restores the ones it has
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])

@@ -1,4 +1,5 @@
-"""The command eval/vision.md records; the experiment is ``python -m rlzoo_transfer.vision.experiment``."""
+"""The command eval/vision.md records; the experiment is now
+``python -m rlzoo_transfer.vision.experiment``."""
 import sys
 from pathlib import Path
 

@@ -187,7 +187,8 @@ def test_cli_quick_json(tmp_path):
     for t in threads:
         floor = (100_000 - rn["learning_starts"]) / (rn["steps_per_s"][t] + 0.05) / 60   # rates are rounded to 0.1
         assert rn["projected_100k_min"][t] >= floor - 0.05
-    assert any(t["target"].startswith("100k scratch run") and t["status"] in ("PASS", "MISS") for t in result["targets"])
+    assert any(t["target"].startswith("100k scratch run") and t["status"] in ("PASS", "MISS")
+               for t in result["targets"])
     assert "## Training throughput" in bench.render(result)
 
 

@@ -246,7 +246,8 @@ def test_lockstep_groups_compatible_runs(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     commands = [ln for ln in lines if not ln.startswith("#")]
-    groups = [ln.split("--runs ")[1].split(" --log-dir")[0].split() for ln in commands if "rlzoo_transfer.lockstep" in ln]
+    groups = [ln.split("--runs ")[1].split(" --log-dir")[0].split()
+              for ln in commands if "rlzoo_transfer.lockstep" in ln]
     # in the sweep's seed-major order
     assert groups == [["Alien:scratch:0", "Jamesbond:scratch:0", "Alien:scratch:1"],
                       ["Gopher:scratch:0", "Gopher:scratch:1"]]

@@ -116,7 +116,8 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("extra,message", [
     (["--game", "Alein"], "unknown game 'Alein'. Did you mean Alien"),
     (["--game", GAME, "--method", "zooo"], "unknown method 'zooo'"),
-    (["--game", GAME, "-p", "learning_rat=2e-4"], "unknown hyperparameter 'learning_rat'. Did you mean 'learning_rate'"),
+    (["--game", GAME, "-p", "learning_rat=2e-4"],
+     "unknown hyperparameter 'learning_rat'. Did you mean 'learning_rate'"),
     (["--game", GAME, "-p", "learning_rate=fast"], "learning_rate='fast': expected a float"),
     (["--game", GAME, "-p", "batch_size=3.5"], "batch_size=3.5: expected an int"),
     (["--game", GAME, "-p", "compile=1"], "compile=1: expected a bool"),
@@ -188,7 +189,8 @@ def test_check_ranges_names_every_bad_option_and_passes_unset_ones():
 
     args = SimpleNamespace(steps=0, eval_freq=10, max_minutes=None, lr=float("nan"), checkpoint_freq=-1, gap=0)
     with pytest.raises(ConfigError) as e:
-        check_ranges(args, positive=("steps", "eval_freq", "max_minutes", "lr"), non_negative=("checkpoint_freq", "gap"))
+        check_ranges(args, positive=("steps", "eval_freq", "max_minutes", "lr"),
+                     non_negative=("checkpoint_freq", "gap"))
     assert str(e.value) == ("out of range: --steps 0 (must be > 0), --lr nan (must be > 0), "
                             "--checkpoint-freq -1 (must be >= 0)")
     check_ranges(SimpleNamespace(steps=1, gap=0), positive=("steps",), non_negative=("gap",))

@@ -177,7 +177,8 @@ def test_cli_refuses_a_bad_seed_in_runs(item, tmp_path, capsys):
 
 
 def test_zoo_lite_lockstep_equals_single_run(tmp_path):
-    """AdaAgg layers (gate nets, alignment, the lite gate's in-place EMA buffer) under vmap, agent 0 vs its single run."""
+    """AdaAgg layers (gate nets, alignment, the lite gate's in-place EMA buffer) under vmap, agent 0 vs its single
+    run."""
     tiny = {**TINY, "learning_starts": 40, "batch_size": 8, "target_update_interval": 20}
 
     def spec(seed, sub):

@@ -325,7 +325,8 @@ def test_kflow_with_all_weight_on_a_teacher_is_the_students_head_on_its_features
         net.theta.fill_(-30.0)
         net.theta[:, i + 1] = 30.0
     hybrid = copy.deepcopy(net.teachers[i])
-    hybrid.value_out, hybrid.advantage_out = copy.deepcopy(net.student.value_out), copy.deepcopy(net.student.advantage_out)
+    hybrid.value_out = copy.deepcopy(net.student.value_out)
+    hybrid.advantage_out = copy.deepcopy(net.student.advantage_out)
     assert not hybrid.value_hidden.noisy or not hybrid.value_hidden.noise_enabled
     x = frames["Gopher"]
     torch.testing.assert_close(log_probs(net, x, True), log_probs(hybrid, x, True), rtol=0, atol=1e-5)

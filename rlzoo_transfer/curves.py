@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -65,19 +66,23 @@ def write_curves_csv(rows: list[dict], path: Path) -> None:
 
 
 def write_runs_csv(runs: list[Run], path: Path) -> None:
-    """One row per run: identity, completeness, last step, final mean / std / episodes, folder."""
+    """One row per run: identity, completeness, last step, final mean / std / episodes, the final episodes' median
+    and how many distinct returns they have (a greedy policy under the protocol's little randomness - 0-30 no-ops,
+    epsilon 0.001 - can replay a few games, and a mean over them is lumpier than its std suggests), folder."""
     fields = ["game", "method", "seed", "complete", "last_step", "planned_steps",
-              "final_mean", "final_std", "n_episodes", "path"]
+              "final_mean", "final_std", "n_episodes", "final_median", "final_distinct", "path"]
     with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in sorted(runs, key=lambda r: (r.game, r.method, r.seed)):
             final = r.final or {}
+            returns = final.get("returns") or []
             writer.writerow(dict(game=r.game, method=r.method, seed=r.seed, complete=int(r.complete),
                                  last_step=r.last_step if r.last_step is not None else "",
                                  planned_steps=r.planned_steps or "", final_mean=final.get("mean", ""),
                                  final_std=final.get("std", ""), n_episodes=final.get("n_episodes", ""),
-                                 path=str(r.path)))
+                                 final_median=statistics.median(returns) if returns else "",
+                                 final_distinct=len(set(returns)) if returns else "", path=str(r.path)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -263,6 +263,9 @@ def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     with open(out / "runs.csv") as fh:
         run_rows = list(csv.DictReader(fh))
     assert len(run_rows) == 8 and sum(r["complete"] == "0" for r in run_rows) == 1
+    done = [r for r in run_rows if r["complete"] == "1"]
+    assert all(float(r["final_median"]) == float(r["final_mean"]) and r["final_distinct"] == "1" for r in done)
+    assert all(r["final_median"] == r["final_distinct"] == "" for r in run_rows if r["complete"] == "0")
 
     report = (out / "report.md").read_text()
     assert "## Final scores" in report and "## Human-normalised scores" in report

@@ -132,7 +132,7 @@ def write_sources(args, data: dict, work: Path, keep: bool = False) -> dict:
 def make_target(args, data: dict, seed: int, work: Path) -> Path:
     x, y, pool = data["x"], data["y"], data["target_pool"]
     rng = np.random.default_rng(1000 + seed)
-    train = np.concatenate([rng.choice(pool[y[pool] == c], args.shots, replace=False) for c in range(10)])
+    train = np.concatenate([rng.choice(pool[y[pool] == c], args.shots, replace=False) for c in range(N_CLASSES)])
     test = np.setdiff1d(pool, train)
     d = work / f"target_seed{seed}"
     shutil.rmtree(d, ignore_errors=True)
@@ -255,6 +255,11 @@ def check_args(args, data: dict) -> None:
                          "must stay for the test set")
 
 
+def empty_results() -> dict:
+    """results.json before anything ran: sources by name, then per seed its runs and selection scores."""
+    return {"sources": {}, "runs": {}, "selection": {}}
+
+
 def resumed_results(args, out: Path, work: Path) -> tuple[dict, dict]:
     """(results, source checkpoints) of an earlier run of this experiment to continue, or UsageError saying why
     it cannot be continued."""
@@ -262,7 +267,7 @@ def resumed_results(args, out: Path, work: Path) -> tuple[dict, dict]:
         old = json.loads((out / "results.json").read_text())
         old_args = json.loads((out / "config.json").read_text())["config"]["args"]
     except FileNotFoundError:
-        return {"sources": {}, "runs": {}, "selection": {}}, {}
+        return empty_results(), {}
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{out}: results.json / config.json are not this experiment's ({e}); use another --out "
                          "or run without --resume") from None
@@ -311,9 +316,7 @@ def run(args) -> int:
     t_start = time.perf_counter()
     data = split_data(args.data_seed)
     check_args(args, data)
-    results, ckpts = {"sources": {}, "runs": {}, "selection": {}}, {}
-    if args.resume:
-        results, ckpts = resumed_results(args, out, work)
+    results, ckpts = resumed_results(args, out, work) if args.resume else (empty_results(), {})
     work.mkdir(parents=True, exist_ok=True)
     env = environment()
     data["info"] = write_sources(args, data, work, keep=bool(ckpts))

@@ -164,7 +164,7 @@ def plot_diagnostics(runs: list[Run], out: Path) -> list[tuple[str, str, str, st
                 continue
             complete = [r for r in logged if r.complete]
             logged = complete or logged
-            which = "complete runs" if complete else "unfinished runs"
+            which = ("complete" if complete else "unfinished") + (" run" if len(logged) == 1 else " runs")
             name = f"{kind}_{safe_name(game)}_{safe_name(method)}.png"
             rows = [row for r in logged for row in getattr(r, attr)]
             plot_stat(_mean_series(rows), f"{game} / {method}: {kind} (mean of {len(logged)} {which})", ylabel,

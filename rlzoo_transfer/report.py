@@ -311,7 +311,8 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
                   "(kflow), averaged over the complete runs that logged them (over the unfinished ones while none "
                   "is complete).", ""]
         for kind, game, method, name, n in diagnostics:
-            lines += [f"### {game} / {method}: {kind} ({n} runs)", "", f"![{kind} {game} {method}]({name})", ""]
+            runs_word = "run" if n == 1 else "runs"
+            lines += [f"### {game} / {method}: {kind} ({n} {runs_word})", "", f"![{kind} {game} {method}]({name})", ""]
     lines += report_incomplete_section(runs)
     path = out / "report.md"
     write_atomic(path, "\n".join(lines))

@@ -345,7 +345,7 @@ def test_gate_plots_average_complete_runs_only(tmp_path, monkeypatch):
         series=series, title=title))
     written = plots.plot_diagnostics(rundata.load_runs([root]), tmp_path)
     assert written == [("gates", "Alien", "zoo", "gates_Alien_zoo.png", 1)]
-    assert "mean of 1 complete runs" in plotted["title"]
+    assert "mean of 1 complete run)" in plotted["title"]
     (steps, values), = plotted["series"].values()
     assert list(steps) == [10000, 20000] and list(values) == pytest.approx([0.2, 0.2])
 

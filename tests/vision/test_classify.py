@@ -50,7 +50,8 @@ def test_digits_training_lowers_loss_and_beats_chance(digits, tmp_path):
     assert saved["top1"] == res["top1"]
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     env = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
-    assert "commit" in env and env["versions"]["torch"]
+    assert "commit" in env and env["versions"]["torch"] and env["versions"]["rlzoo_transfer"]
+    assert env["versions"]["python"] and "python" not in env  # recorded once, with the packages
 
 
 @pytest.mark.parametrize("method", ["single", "zoo", "zoo-lite", "zoo-avg", "ensemble", "hub"])

@@ -68,9 +68,10 @@ def write_curves_csv(rows: list[dict], path: Path) -> None:
 def write_runs_csv(runs: list[Run], path: Path) -> None:
     """One row per run: identity, completeness, last step, final mean / std / episodes, the final episodes' median
     and how many distinct returns they have (a greedy policy under the protocol's little randomness - 0-30 no-ops,
-    epsilon 0.001 - can replay a few games, and a mean over them is lumpier than its std suggests), folder."""
+    epsilon 0.001 - can replay a few games, and a mean over them is lumpier than its std suggests), the commit its
+    ``config.yml`` records (``-dirty``: made with uncommitted changes), folder."""
     fields = ["game", "method", "seed", "complete", "last_step", "planned_steps",
-              "final_mean", "final_std", "n_episodes", "final_median", "final_distinct", "path"]
+              "final_mean", "final_std", "n_episodes", "final_median", "final_distinct", "commit", "path"]
     with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -82,7 +83,8 @@ def write_runs_csv(runs: list[Run], path: Path) -> None:
                                  planned_steps=r.planned_steps or "", final_mean=final.get("mean", ""),
                                  final_std=final.get("std", ""), n_episodes=final.get("n_episodes", ""),
                                  final_median=statistics.median(returns) if returns else "",
-                                 final_distinct=len(set(returns)) if returns else "", path=str(r.path)))
+                                 final_distinct=len(set(returns)) if returns else "",
+                                 commit=r.config.get("commit") or "", path=str(r.path)))
 
 
 def build_parser() -> argparse.ArgumentParser:

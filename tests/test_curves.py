@@ -266,9 +266,11 @@ def test_cli_writes_plots_csv_report(runs_root, tmp_path):
     done = [r for r in run_rows if r["complete"] == "1"]
     assert all(float(r["final_median"]) == float(r["final_mean"]) and r["final_distinct"] == "1" for r in done)
     assert all(r["final_median"] == r["final_distinct"] == "" for r in run_rows if r["complete"] == "0")
+    assert {r["commit"] for r in run_rows} == {"abc123"}
 
     report = (out / "report.md").read_text()
     assert "## Final scores" in report and "## Human-normalised scores" in report
+    assert "Commit: abc123. Per-run numbers and commits: `runs.csv`" in report
     assert "200.0 ± 141.4 (n=2)" in report  # Alien scratch: finals 100, 300
     assert "500.0 ± 141.4 (n=2)" in report  # Alien zoo: 400, 600
     assert "| DER (published) | 739.9 | 301.6 |" in report
@@ -443,3 +445,10 @@ def test_report_difference_section(runs_root):
     assert row in lines
     assert not any("| hub |" in line or line.startswith("| Jamesbond") for line in lines)   # one seed: no test
     assert report.report_difference_section({("Alien", "zoo"): [1.0, 2.0]}, ["Alien"], ["zoo"], "scratch") == []
+
+
+def test_commits_summary():
+    assert report.commits_summary([]) == "Commit: unknown"
+    assert report.commits_summary(["a1"]) == "Commit: a1"
+    assert report.commits_summary(["a1", "b2-dirty", "c3"]) == "3 commits (1 with uncommitted changes, `-dirty`)"
+    assert report.commits_summary(["a1", "c3"]) == "2 commits"

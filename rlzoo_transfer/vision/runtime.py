@@ -41,8 +41,8 @@ class UsageError(Exception):
 def environment() -> dict[str, Any]:
     """Versions, commit (``provenance``: sha and whether the code differs from it), host facts and the command
     line, to write beside results."""
-    return {"versions": provenance.versions(("rlzoo_transfer", "torch", "numpy", "scipy", "scikit-learn", "pillow", "tqdm",
-                                             "tensorboard")),
+    return {"versions": provenance.versions(("rlzoo_transfer", "torch", "numpy", "scipy", "scikit-learn", "pillow",
+                                             "tqdm", "tensorboard")),
             "commit": provenance.git_head(), "dirty": provenance.git_dirty(), "platform": platform.platform(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "argv": sys.argv,

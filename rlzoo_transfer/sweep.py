@@ -15,7 +15,9 @@ folder being ``<log dir>/<Game>/<method folder>/seed<k>/`` exactly as train writ
   interrupted run) gets ``--resume``.  A fresh run is started without ``--resume``; note that the sweep creates
   its folder (for ``train.log``) just before starting it.
 * A run counts as done when train exits 0 *and* ``final.json`` exists, failed otherwise.
-* Local backend (default): at most ``--jobs`` (default ``max(1, cpu_count // 2)``) runs at a time.
+* Local backend (default): at most ``--jobs`` (default ``max(1, cpu_count // 2)``) runs at a time, each with
+  ``OMP_NUM_THREADS = max(1, cpu_count // (jobs + other training processes already running))`` unless the
+  environment sets it (a second sweep beside a first would otherwise oversubscribe the cores).
   Ray backend (``pip install 'rlzoo_transfer[ray]'``): the same commands as Ray tasks on an existing cluster
   (``--address``, e.g. ``auto``), each reserving ``--cpus-per-run`` / ``--gpus-per-run``; the workers must see the
   same file system (log dir) and have the package installed.
@@ -233,6 +235,37 @@ def last_eval_step(run_dir: Path) -> int | None:
         except ValueError:
             continue
     return None
+
+
+# --------------------------------------------------------------------------------------------- threads
+
+
+_TRAINING_MODULES = ("rlzoo_transfer.train", "rlzoo_transfer.lockstep", "rlzoo_transfer.pretrain")
+
+
+def other_training_processes(proc: Path = Path("/proc")) -> list[int]:
+    """Pids of running ``python -m rlzoo_transfer.{train,lockstep,pretrain}`` processes (other than this one).
+
+    Read from ``/proc/<pid>/cmdline`` (Linux); an empty list where ``/proc`` does not exist.  Used so that a second
+    sweep started beside a first does not also give each run every core: with two sweeps of ``--jobs 1`` on 2 cores
+    each run took 2 torch threads, and the two runs trained ~4x slower (Gopher scratch 3.9 instead of ~18 agent
+    steps/s) than with 1 thread each.
+    """
+    pids = []
+    for entry in proc.glob("[0-9]*") if proc.is_dir() else ():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+        if int(entry.name) != os.getpid() and any(a.decode(errors="replace") in _TRAINING_MODULES for a in argv):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def threads_per_run(cores: int, parallel: int, others: int) -> int:
+    """Torch / OpenMP threads for each of ``parallel`` runs when ``others`` training processes already run:
+    ``max(1, cores // (parallel + others))`` (oversubscribed OpenMP threads spin and stall each other)."""
+    return max(1, cores // (parallel + others))
 
 
 # --------------------------------------------------------------------------------------------- backends
@@ -547,7 +580,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parallel = args.jobs or backend.slots()
         else:
             parallel = args.jobs or max(1, (os.cpu_count() or 2) // 2)
-            backend = LocalBackend(threads=max(1, (os.cpu_count() or 1) // parallel))
+            others = other_training_processes()
+            threads = threads_per_run(os.cpu_count() or 1, parallel, len(others))
+            if others and "OMP_NUM_THREADS" not in os.environ:
+                print(f"note: {len(others)} other training process(es) already running (pids "
+                      f"{' '.join(map(str, others))}): each run gets {threads} torch thread(s) "
+                      f"(set OMP_NUM_THREADS to choose)", file=sys.stderr, flush=True)
+            backend = LocalBackend(threads=threads)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ FAKE_TRAIN = textwrap.dedent('''
     with open(os.path.join(d, "argv.txt"), "a") as fh:
         fh.write(" ".join(sys.argv[1:]) + "\\n")
     print("fake train", a.game, folder, a.seed)
+    print("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS"))
     if a.fail:
         sys.exit(3)
     with open(os.path.join(d, "evaluations.csv"), "w") as fh:
@@ -182,6 +183,48 @@ def test_local_sweep_failures_exit_1(tmp_path, fake_train, capsys):
                        "--train-module", fake_train, "--no-live"])
     assert code == 0 and "--resume" in argv_of(log / "Gopher" / "zoo" / "seed0")[-1]
     capsys.readouterr()
+
+
+def test_threads_per_run():
+    assert sweep.threads_per_run(cores=2, parallel=1, others=0) == 2
+    assert sweep.threads_per_run(cores=2, parallel=1, others=1) == 1
+    assert sweep.threads_per_run(cores=16, parallel=2, others=2) == 4
+    assert sweep.threads_per_run(cores=2, parallel=2, others=3) == 1  # never below one thread
+
+
+def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train, capsys, monkeypatch):
+    """A real process whose command line names rlzoo_transfer.train counts as another training: the sweep's runs
+    get fewer torch threads and the sweep says so; OMP_NUM_THREADS in the environment still wins."""
+    import subprocess
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "rlzoo_transfer.train"])
+    try:
+        others = sweep.other_training_processes()
+        assert other.pid in others and os.getpid() not in others
+        log = tmp_path / "runs"
+        code = sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "--log-dir", str(log),
+                           "--jobs", "1", "--train-module", fake_train, "--no-live"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.out
+        expected = sweep.threads_per_run(os.cpu_count() or 1, 1, len(sweep.other_training_processes()))
+        assert f"OMP_NUM_THREADS {expected}\n" in (log / "Alien" / "scratch" / "seed0" / "train.log").read_text()
+        assert "other training process(es) already running" in captured.err and str(other.pid) in captured.err
+
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        code = sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "1", "--log-dir", str(log),
+                           "--jobs", "1", "--train-module", fake_train, "--no-live"])
+        captured = capsys.readouterr()
+        assert code == 0 and "other training process" not in captured.err
+        assert "OMP_NUM_THREADS 3\n" in (log / "Alien" / "scratch" / "seed1" / "train.log").read_text()
+    finally:
+        other.kill()
+        other.wait()
+    assert other.pid not in sweep.other_training_processes()
+
+
+def test_other_training_processes_without_proc(tmp_path):
+    assert sweep.other_training_processes(tmp_path / "no-proc") == []
 
 
 def test_last_eval_step(tmp_path):

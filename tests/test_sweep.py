@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -195,12 +197,14 @@ def test_threads_per_run():
 def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train, capsys, monkeypatch):
     """A real process whose command line names rlzoo_transfer.train counts as another training: the sweep's runs
     get fewer torch threads and the sweep says so; OMP_NUM_THREADS in the environment still wins."""
-    import subprocess
-
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "rlzoo_transfer.train"])
     try:
-        others = sweep.other_training_processes()
+        for _ in range(200):  # until the child has exec'd: right after fork its cmdline is still this process's
+            others = sweep.other_training_processes()
+            if other.pid in others:
+                break
+            time.sleep(0.05)
         assert other.pid in others and os.getpid() not in others
         log = tmp_path / "runs"
         code = sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "--log-dir", str(log),

@@ -9,8 +9,9 @@ Each run is the subprocess ``sys.executable -m rlzoo_transfer.train --game G --m
 folder being ``<log dir>/<Game>/<method folder>/seed<k>/`` exactly as train writes it.
 
 * A method ``name:Source`` (e.g. ``finetune:Seaquest``) becomes ``--method name --source Source`` and the folder
-  ``name-Source`` (``finetune-Seaquest``).  Games are canonicalised as train does (``JamesBond`` -> ``Jamesbond``,
-  ``envs.resolve_game``); an unknown game is an error before anything runs.
+  ``name-Source`` (``finetune-Seaquest``); that folder spelling is accepted as the method too.  Games are
+  canonicalised as train does (``JamesBond`` -> ``Jamesbond``, ``envs.resolve_game``); an unknown game is an
+  error before anything runs.
 * A run whose folder holds ``final.json`` is skipped.  A run whose folder already exists without it (an
   interrupted run) gets ``--resume``.  A fresh run is started without ``--resume``; note that the sweep creates
   its folder (for ``train.log``) just before starting it.
@@ -140,12 +141,28 @@ def canonical_game_name(name: str) -> str:
 def parse_method(text: str) -> tuple[str, str | None]:
     """``'zoo'`` -> ``('zoo', None)``; ``'finetune:Seaquest'`` -> ``('finetune', 'Seaquest')``.
 
+    The run-folder spelling ``'finetune-Seaquest'`` (what ``eval/`` and the report show) is accepted too, when
+    the part before the last ``-`` is a method that takes a source (``zoo-lite`` stays a method of its own).
+
     :raises SweepError: an empty method or source
     """
     method, sep, source = text.partition(":")
     if not method or (sep and not source) or ":" in source:
         raise SweepError(f"bad method {text!r}: expected NAME or NAME:SOURCE (e.g. finetune:Seaquest)")
+    if not sep and "-" in method:
+        name, _, folder_source = method.rpartition("-")
+        if name and folder_source and _takes_source(name):
+            return name, maybe_canonical_game(folder_source)
     return method, (maybe_canonical_game(source) if sep else None)
+
+
+def _takes_source(name: str) -> bool:
+    """Whether ``name`` is a registered method that takes ``--source`` (False without the RL stack)."""
+    try:
+        from rlzoo_transfer.rl.methods import METHODS
+    except ImportError:
+        return False
+    return name in METHODS and METHODS[name].needs_source
 
 
 def train_args(spec: RunSpec, log_dir: Path, steps: int | None, extra: Sequence[str], resume: bool,
@@ -481,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--games", nargs="+", required=True, help="games, e.g. Alien Gopher Jamesbond")
     p.add_argument("--methods", nargs="+", required=True,
                    help="methods, e.g. scratch zoo hub finetune:Seaquest "
-                        "(NAME:SOURCE -> --method NAME --source SOURCE)")
+                        "(NAME:SOURCE or the folder name NAME-SOURCE -> --method NAME --source SOURCE)")
     p.add_argument("--seeds", nargs="+", type=seed_arg, required=True, help="seeds, e.g. 0 1 2 3 4")
     p.add_argument("--steps", type=int, default=None, help="agent steps per run (default: train's default)")
     p.add_argument("--log-dir", type=Path, default=Path("runs"), help="run root (default: runs)")

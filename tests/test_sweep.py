@@ -69,6 +69,9 @@ def test_parse_method():
     assert sweep.parse_method("zoo") == ("zoo", None)
     assert sweep.parse_method("finetune:Seaquest") == ("finetune", "Seaquest")
     assert sweep.parse_method("finetune:seaquest") == ("finetune", "Seaquest")
+    assert sweep.parse_method("finetune-Riverraid") == ("finetune", "Riverraid")  # the run-folder spelling
+    assert sweep.parse_method("zoo-lite") == ("zoo-lite", None)
+    assert sweep.parse_method("hub-noexplore") == ("hub-noexplore", None)
     for bad in ("", ":Seaquest", "finetune:", "a:b:c"):
         with pytest.raises(sweep.SweepError):
             sweep.parse_method(bad)

@@ -116,6 +116,8 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
 @pytest.mark.parametrize("extra,message", [
     (["--game", "Alein"], "unknown game 'Alein'. Did you mean Alien"),
     (["--game", GAME, "--method", "zooo"], "unknown method 'zooo'"),
+    (["--game", GAME, "--method", "finetune-Riverraid"],
+     "that is the run folder of --method finetune --source Riverraid"),
     (["--game", GAME, "-p", "learning_rat=2e-4"],
      "unknown hyperparameter 'learning_rat'. Did you mean 'learning_rate'"),
     (["--game", GAME, "-p", "learning_rate=fast"], "learning_rate='fast': expected a float"),

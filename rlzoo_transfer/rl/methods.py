@@ -379,5 +379,9 @@ register(Method("kflow", "Knowledge Flow: teachers flow into a fresh student", "
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
+        prefix, _, source = name.rpartition("-")
+        if prefix in METHODS and METHODS[prefix].needs_source and source:
+            raise UnknownMethodError(f"unknown method {name!r}: that is the run folder of --method {prefix} "
+                                     f"--source {source}")
         raise UnknownMethodError(f"unknown method {name!r}. Valid methods: {', '.join(METHODS)}")
     return METHODS[name]

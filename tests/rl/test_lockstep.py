@@ -84,16 +84,25 @@ def test_lockstep_k2_equals_two_single_runs(tmp_path, two_single_runs):
     for k, seed in enumerate((3, 4)):
         single, single_state = two_single_runs[seed]
         assert len(single) == len(history) == n_updates
-        got = np.array([h[k]["loss"] for h in history])
-        want = np.array([d["loss"] for d in single])
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
-        ce_got = np.array([h[k]["cross_entropy"] for h in history])
-        np.testing.assert_allclose(ce_got, [d["cross_entropy"] for d in single], rtol=2e-4, atol=1e-5)
+        for key in ("loss", "cross_entropy"):
+            got = np.array([h[k][key] for h in history])
+            want = np.array([d[key] for d in single])
+            # The vmapped and the single ops round differently (~1e-7), and training amplifies it: a near-tie in
+            # the double-Q argmax that rounds the other way changes one target. Seen on one CPU: agent 0 within
+            # 3e-7 for all 160 updates, agent 1 from update ~100 on drifting to 3e-4. Two seeds differ by far more.
+            np.testing.assert_allclose(got[:100], want[:100], rtol=2e-4, atol=1e-5, err_msg=key)
+            np.testing.assert_allclose(got[100:], want[100:], rtol=2e-3, atol=1e-4, err_msg=key)
         state = dict(runs[k].model.policy.q_net.named_parameters())   # (the noise buffers differ by design)
+        # After that drift (agent 1 above) the weights differ by up to 2.6e-3 of a tensor's norm (1.1e-3 at most
+        # in one element): bound both with a ~4x margin.
         for name, value in single_state.items():
-            torch.testing.assert_close(state[name], value, rtol=1e-3, atol=1e-4, msg=name)
-    # the two agents really differ (different seeds), so equality above is not trivial
-    assert not np.allclose([h[0]["loss"] for h in history], [h[1]["loss"] for h in history])
+            diff = (state[name] - value).abs()
+            assert diff.norm() <= 1e-2 * value.norm() + 1e-6, (name, float(diff.norm() / value.norm()))
+            assert diff.max() <= 5e-3, (name, float(diff.max()))
+    # the two agents really differ (different seeds), so equality above is not trivial: most of their first 20
+    # losses differ by > 50x the tolerance (later both settle near the same value on this tiny budget)
+    a, b = (np.array([h[k]["loss"] for h in history[:20]]) for k in (0, 1))
+    assert np.mean(np.abs(a - b) > 1e-2 * np.abs(b)) > 0.5, np.abs(a - b) / np.abs(b)
 
 
 def test_stacked_networks_match_each_agent(tmp_path):

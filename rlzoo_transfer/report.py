@@ -205,12 +205,13 @@ def report_difference_section(finals: dict, games: list[str], methods: list[str]
              f"{w['p']:.3f}", f"{p_holm:.3f}"] for (game, m, w), p_holm in zip(found, adjusted)]
     alpha = 1 - confidence
     n_small, n_holm = sum(w["p"] < alpha for _, _, w in found), sum(p < alpha for p in adjusted)
+    verb = "has" if n_small == 1 else "have"
     return [f"## Difference to {baseline}", "",
             f"Mean final score of the method minus `{baseline}`'s on the same game, with Welch's "
             f"{confidence:.0%} t interval (unequal variances) and two-sided p-value; pairs with >= 2 complete seeds a "
             f"side. With {len(found)} comparisons, about {len(found) * alpha:.1f} would show p < "
             f"{alpha:.2f} by chance alone: the Holm-adjusted p (over this table) is the one to read for "
-            f"\"is any of these a difference\". Here {n_small} of {len(found)} {'has' if n_small == 1 else 'have'} p < {alpha:.2f}, "
+            f"\"is any of these a difference\". Here {n_small} of {len(found)} {verb} p < {alpha:.2f}, "
             f"{n_holm} after adjustment.", "",
             *md_table(["game", "method", "seeds (method / " + baseline + ")", f"difference [{confidence:.0%} CI]",
                        "p", "p (Holm)"], rows), ""]

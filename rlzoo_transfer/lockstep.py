@@ -67,25 +67,33 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
     Every run is finished (final evaluation) or, at a time limit, checkpointed before any error is raised.
     """
     from rlzoo_transfer.rl.lockstep import Lockstep
-    from rlzoo_transfer.run import RunIncomplete, finish_run, prepare_run
+    from rlzoo_transfer.run import RunIncomplete, finish_run, prepare_run, stop_incomplete
+    from rlzoo_transfer.stop import stop_on_signals
 
-    runs = []
+    runs, stopped = [], []
     try:
         for spec in specs:
             runs.append(prepare_run(spec))
-        Lockstep(runs, progress=progress, log_every=log_every, sample_threads=sample_threads).learn()
+        with stop_on_signals() as stop:
+            for r in runs:
+                r.callback.stop = stop
+            Lockstep(runs, progress=progress, log_every=log_every, sample_threads=sample_threads).learn()
+            for r in runs:  # checkpoints inside the handlers: a sweep's SIGTERM must not cut them short
+                try:
+                    stop_incomplete(r)
+                except RunIncomplete as e:
+                    stopped.append((r, e))
     except BaseException:
         for r in runs:
             r.env.close()
         raise
-    done, incomplete = [], []
+    incomplete = [e for _, e in stopped]
+    done = []
     for r in runs:
-        try:
+        if all(r is not s for s, _ in stopped):
             done.append(finish_run(r))
-        except RunIncomplete as e:
-            incomplete.append(str(e))
     if incomplete:
-        raise RunIncomplete("; ".join(incomplete))
+        raise RunIncomplete("; ".join(map(str, incomplete)), incomplete[0].exit_status)
     return done
 
 
@@ -136,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RunIncomplete as e:
-        print(f"stopped at the time limit: {e}", file=sys.stderr)
-        return 3
+    except RunIncomplete as e:  # a time limit (3) or SIGINT / SIGTERM (128 + its number): checkpointed
+        print(str(e), file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print("\ninterrupted: continue with the same command and --resume", file=sys.stderr)
         return 130

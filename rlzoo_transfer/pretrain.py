@@ -111,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
                        eval_envs=min(32, args.n_envs), eval_at_start=False, command=command)
         run_dir = run_training(spec)
         entry = export_source(run_dir, Path(args.zoo_dir), command)
-    except (ConfigError, UnknownGameError, RunError, RunIncomplete, FileNotFoundError) as e:
+    except (ConfigError, UnknownGameError, RunError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunIncomplete as e:  # SIGINT / SIGTERM during training: checkpointed at the step reached
+        print(str(e), file=sys.stderr)
+        return e.exit_status
     print(f"{game}: {entry['agent_steps']} agent steps, final score {entry['final_eval']['mean']} "
           f"-> {Path(args.zoo_dir) / entry['file']}")
     from rlzoo_transfer.run import summarize_after_run

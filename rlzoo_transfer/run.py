@@ -31,6 +31,7 @@ from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.rl.methods import get_method
 from rlzoo_transfer.rl.policies import DERPolicy
+from rlzoo_transfer.stop import stop_on_signals
 from rlzoo_transfer.zoo import ZooError
 
 
@@ -39,7 +40,12 @@ class RunError(RuntimeError):
 
 
 class RunIncomplete(RuntimeError):
-    """The run hit its time limit; it checkpointed and continues with --resume."""
+    """The run stopped before its last step (a time limit, or SIGINT / SIGTERM); it checkpointed and continues with
+    --resume.  ``exit_status``: 3 at a time limit, 128 + the signal's number after a signal (SIGINT 130)."""
+
+    def __init__(self, message: str, exit_status: int = 3):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 @dataclass
@@ -175,15 +181,24 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
                        reset_num_timesteps=not resumed)
 
 
+def stop_incomplete(run: PreparedRun) -> None:
+    """If training stopped before ``spec.steps`` on a signal (``run.callback.stop``) or at a time limit (unless the
+    spec finishes there): write the checkpoint and raise RunIncomplete, which says how to continue."""
+    spec, model, stop = run.spec, run.model, run.callback.stop
+    if model.num_timesteps >= spec.steps or not (stop or not spec.finish_on_time_limit):
+        return
+    save_checkpoint(model, run.run_dir)
+    run.env.close()
+    why = f"stopped by {stop.signal}" if stop else "time limit reached"
+    raise RunIncomplete(f"{why} at step {model.num_timesteps}/{spec.steps}; continue with the same command and "
+                        f"--resume (checkpoint in {run.run_dir})", stop.exit_status if stop else 3)
+
+
 def finish_run(run: PreparedRun) -> Path:
-    """After training: checkpoint and raise RunIncomplete at a time limit, else save the model, evaluate
-    ``final_eval_episodes`` games and write ``final.json``."""
+    """After training: checkpoint and raise RunIncomplete if it stopped early (``stop_incomplete``), else save the
+    model, evaluate ``final_eval_episodes`` games and write ``final.json``."""
     spec, model, run_dir = run.spec, run.model, run.run_dir
-    if model.num_timesteps < spec.steps and not spec.finish_on_time_limit:
-        save_checkpoint(model, run_dir)
-        run.env.close()
-        raise RunIncomplete(f"time limit reached at step {model.num_timesteps}/{spec.steps}; "
-                            f"continue with --resume (checkpoint in {run_dir})")
+    stop_incomplete(run)
     model.save(run_dir / "model.tmp.zip")
     (run_dir / "model.tmp.zip").replace(run_dir / "model.zip")
     returns = evaluate(model.policy, spec.game, spec.final_eval_episodes, seed=spec.seed * 1_000_003 + 999_999_937,
@@ -197,11 +212,14 @@ def finish_run(run: PreparedRun) -> Path:
 
 
 def run_training(spec: RunSpec) -> Path:
-    """Train, evaluate and write the run folder; resumes from its checkpoint with ``spec.resume``."""
+    """Train, evaluate and write the run folder; resumes from its checkpoint with ``spec.resume``.  SIGINT / SIGTERM
+    during training stop it at the next agent step with a checkpoint (:mod:`rlzoo_transfer.stop`)."""
     run = prepare_run(spec)
-    if run.remaining > 0:
-        run.model.learn(run.remaining, callback=run.callbacks, reset_num_timesteps=run.reset_num_timesteps,
-                        progress_bar=spec.progress_bar, tb_log_name="DER")
+    with stop_on_signals() as run.callback.stop:
+        if run.remaining > 0:
+            run.model.learn(run.remaining, callback=run.callbacks, reset_num_timesteps=run.reset_num_timesteps,
+                            progress_bar=spec.progress_bar, tb_log_name="DER")
+        stop_incomplete(run)  # inside: a sweep's SIGTERM after the user's Ctrl-C must not cut the checkpoint short
     return finish_run(run)
 
 

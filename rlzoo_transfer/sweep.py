@@ -288,6 +288,14 @@ def threads_per_run(cores: int, parallel: int, others: int) -> int:
 # --------------------------------------------------------------------------------------------- backends
 
 
+STOP_GRACE_S = 300.0  # seconds a stopped run gets to write its checkpoint (~1 GB with a 100k replay) before SIGKILL
+
+
+def _say_stopping(n: int, grace: float) -> None:
+    print(f"stopping {n} run(s): each writes a checkpoint first (up to {grace:.0f} s; Ctrl-C again to stop at "
+          f"once)", file=sys.stderr, flush=True)
+
+
 class LocalBackend:
     """Runs jobs as child processes of this one, with their output appended to ``train.log``."""
 
@@ -321,28 +329,56 @@ class LocalBackend:
             self._procs.pop(h)[1].close()
         return ended
 
-    def cancel(self) -> None:
-        """Terminate every process this backend started and still runs."""
-        for proc, log in self._procs.values():
+    def cancel(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop every process this backend started and still runs: SIGTERM, which a run answers by writing a
+        checkpoint at its next agent step (:mod:`rlzoo_transfer.stop`); after ``grace`` seconds, or at a second
+        Ctrl-C, SIGKILL (their last periodic checkpoint stays)."""
+        procs = [proc for proc, _ in self._procs.values() if proc.poll() is None]
+        for proc in procs:
             proc.terminate()
-        for proc, log in self._procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
-        self._procs.clear()
+        if procs:
+            _say_stopping(len(procs), grace)
+        try:
+            deadline = time.monotonic() + grace
+            for proc in procs:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for proc, log in self._procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+            self._procs.clear()
 
 
-def _ray_run(args: list[str], log_path: str, cwd: str) -> int:
-    """Body of the Ray task: run ``python args`` on the worker, output appended to ``log_path``."""
+def _ray_run(args: list[str], log_path: str, cwd: str, grace: float = STOP_GRACE_S) -> int:
+    """Body of the Ray task: run ``python args`` on the worker, output appended to ``log_path``.  Cancelled (Ray
+    raises KeyboardInterrupt in the task), it stops the run as ``LocalBackend.cancel`` does: SIGTERM, then SIGKILL
+    after ``grace`` seconds."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"# rlzoo_transfer.sweep (ray): {shlex.join([sys.executable, *args])}\n")
         log.flush()
-        return subprocess.call([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, cwd=cwd if os.path.isdir(cwd) else None,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=cwd if os.path.isdir(cwd) else None,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            while proc.poll() is None:  # not proc.wait(): Ray's cancel raises in the task only between bytecodes
+                time.sleep(0.2)
+            return proc.returncode
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+            raise
 
 
 class RayBackend:
@@ -385,11 +421,26 @@ class RayBackend:
             self._refs.pop(id(ref))
         return ended
 
-    def cancel(self) -> None:
-        """Cancel the tasks still running."""
-        for ref in self._refs.values():
-            self.ray.cancel(ref, force=True)
-        self._refs.clear()
+    def cancel(self, grace: float = STOP_GRACE_S) -> None:
+        """Cancel the tasks still running: each stops its run with a checkpoint (``_ray_run``); tasks still there
+        after ``grace`` seconds (and a bit), or at a second Ctrl-C, are killed."""
+        refs = list(self._refs.values())
+        for ref in refs:
+            self.ray.cancel(ref, force=False)
+        if refs:
+            _say_stopping(len(refs), grace)
+        try:
+            if refs:
+                self.ray.wait(refs, num_returns=len(refs), timeout=grace + 30)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for ref in refs:
+                try:
+                    self.ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - a task that already ended cannot be cancelled
+                    pass
+            self._refs.clear()
 
 
 # ------------------------------------------------------------------------------------------- execution

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
-    from rlzoo_transfer.run import RunError, RunSpec, command_line, run_folder, run_training
+    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, run_folder, run_training
     from rlzoo_transfer.zoo import ZooError
 
     args = parser(prog).parse_args(argv)
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunIncomplete as e:  # SIGINT / SIGTERM during training: checkpointed at the step reached
+        print(str(e), file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with the same command and --resume (checkpoint in "
               f"{run_folder(spec)})", file=sys.stderr)

@@ -285,6 +285,57 @@ def test_real_two_run_sweep(tmp_path, capsys):
     assert (tmp_path / "eval" / "curves_Alien.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_sigterm_to_a_sweep_checkpoints_its_runs_then_a_rerun_resumes(tmp_path, backend):
+    """SIGTERM to a real sweep (local backend, or a local Ray instance where Ray is installed) of two real runs: each
+    run writes a checkpoint at the step it reached (not the last periodic one: there is none before step 1000), the
+    sweep exits 130, and the same sweep again resumes both from those steps and finishes them (local backend only:
+    the resumed command is the backend's same ``--resume`` line, and Ray runs its workers at nice 15, so beside other
+    work the rerun would take many minutes)."""
+    if backend == "ray":
+        pytest.importorskip("ray")
+    log = tmp_path / "runs"
+    argv = [sys.executable, "-m", "rlzoo_transfer.sweep", "--games", "Alien", "--methods", "scratch", "--seeds",
+            "0", "1", "--log-dir", str(log), "--steps", "1000", "--jobs", "2", "--no-live", "--backend", backend, "--",
+            "--eval-freq", "1000", "--eval-episodes", "1", "--final-eval-episodes", "1", "-p", "learning_starts=100",
+            "buffer_size=2000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [log / "Alien" / "scratch" / f"seed{s}" for s in (0, 1)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        csvs = [r / "evaluations.csv" for r in runs]
+        while not all(c.exists() and "\n0," in c.read_text() for c in csvs):
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no step-0 evaluations within 300 s"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        proc.terminate()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert "each writes a checkpoint first" in err and "Traceback" not in err
+    stopped_at = []
+    for r in runs:
+        log_lines = (r / "train.log").read_text().splitlines()
+        lines = [ln for ln in log_lines if ln.startswith("stopped by SIGTERM at step ")]
+        assert len(lines) == 1, (r / "train.log").read_text()
+        stopped_at.append(int(lines[0].split("at step ")[1].split("/")[0]))
+        assert (r / "checkpoint" / "model.zip").is_file() and not (r / "final.json").exists()
+    assert all(0 < s < 1000 for s in stopped_at)
+    if backend == "ray":
+        return
+
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    for r, step in zip(runs, stopped_at):
+        assert f"resuming {r} from step {step}" in (r / "train.log").read_text()
+        assert json.loads((r / "final.json").read_text())["steps"] == 1000
+
+
 # ------------------------------------------------------------------------------------------------ lock-step
 
 

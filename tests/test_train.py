@@ -6,8 +6,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 import yaml
 
 from rlzoo_transfer import train
-from tests.conftest import kill_after_checkpoint
+from tests.conftest import kill_after_checkpoint, signal_once_training
 
 ROOT = Path(__file__).resolve().parent.parent
 # Alien: an untrained agent's evaluation game ends in ~0.5 s (Seaquest's idle agent may sit for 27k steps)
@@ -252,6 +254,47 @@ def test_kill_then_resume(tmp_path, capsys):
     # updates continued where they stopped: the checkpoint is taken at the end of its step's rollout, before that
     # step's update, which the resumed run does first - exactly the uninterrupted run's 400 - 100 updates
     assert model._n_updates == 300
+
+
+def test_ctrl_c_checkpoints_at_the_step_reached_then_resume_finishes(tmp_path, capsys):
+    """SIGINT mid-training (then a SIGTERM, as a sweep sends after the terminal's Ctrl-C): the run writes a
+    checkpoint at the step it reached - not the last periodic one - and exits 130; --resume finishes with exactly
+    the uninterrupted run's updates and each evaluation once."""
+    log = tmp_path / "runs"
+    args = ["--game", GAME, "--steps", "1000", "--eval-freq", "500", "--log-dir", str(log), *TINY]
+    run = log / GAME / "scratch" / "seed0"
+    stopped = signal_once_training(["-m", "rlzoo_transfer.train", *args], run,
+                                   signals=(signal.SIGINT, signal.SIGTERM), cwd=ROOT)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "Traceback" not in stopped.stderr and "SIGINT: stopping at the next agent step" in stopped.stderr
+    line = [ln for ln in stopped.stderr.splitlines() if ln.startswith("stopped by SIGINT at step ")]
+    assert len(line) == 1 and "--resume" in line[0], stopped.stderr
+    step = int(line[0].split("at step ")[1].split("/")[0])
+    assert 0 < step < 1000 and step not in (500,)
+    assert not (run / "final.json").exists()
+    with zipfile.ZipFile(run / "checkpoint" / "model.zip") as z:
+        assert f'"num_timesteps": {step},' in z.read("data").decode()
+    assert steps_in(run / "evaluations.csv") == [s for s in (0, 500) if s <= step]
+
+    done = cli(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {run} from step {step}" in done.stderr
+    assert steps_in(run / "evaluations.csv") == [0, 500, 1000]
+    from rlzoo_transfer.rl.der import DER
+
+    model = DER.load(run / "model.zip", device="cpu")
+    assert model.num_timesteps == 1000 and model._n_updates == 1000 - 100
+
+
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+    log = tmp_path / "runs"
+    args = ["--game", GAME, "--steps", "5000", "--eval-freq", "5000", "--log-dir", str(log), *TINY]
+    run = log / GAME / "scratch" / "seed0"
+    stopped = signal_once_training(["-m", "rlzoo_transfer.train", *args], run, signals=(signal.SIGTERM,),
+                                   delay=0.5, cwd=ROOT)
+    assert stopped.returncode == 143, stopped.stderr
+    assert "stopped by SIGTERM at step " in stopped.stderr and "Traceback" not in stopped.stderr
+    assert (run / "checkpoint" / "model.zip").is_file() and (run / "checkpoint" / "replay.npz").is_file()
 
 
 @pytest.mark.parametrize("broken", ["model.zip", "replay.npz", "rng.pt"])

@@ -70,19 +70,22 @@ class EvalCheckpointCallback(BaseCallback):
     :param checkpoint: ``f(model)`` that writes the checkpoint
     :param checkpoint_freq: agent steps between checkpoints (a multiple of ``eval_freq``; 0 = never)
     :param deadline: ``time.time()`` after which training stops (the caller checkpoints or finishes)
+    :param stop: a ``stop.StopRequest``: once it is set (by SIGINT / SIGTERM), training stops at the next agent
+        step (the caller checkpoints).  That step's transition is not stored (SB3 stops before storing it) and its
+        update is the one a resumed run does first, so the update count matches an uninterrupted run's.
     :param eval_envs: games evaluated in parallel
     :param stream: where to print one line per evaluation (for logs without a progress bar; None: silent)
     """
 
     def __init__(self, game: str, run_dir: Path, eval_freq: int, n_episodes: int, seed: int, epsilon: float,
                  checkpoint: Callable, checkpoint_freq: int | None = None, deadline: float | None = None,
-                 eval_envs: int = 8, eval_at_start: bool = True, verbose: int = 0, stream=None):
+                 eval_envs: int = 8, eval_at_start: bool = True, verbose: int = 0, stream=None, stop=None):
         super().__init__(verbose)
         self.game, self.run_dir, self.eval_freq = game, Path(run_dir), eval_freq
         self.n_episodes, self.seed, self.epsilon, self.checkpoint = n_episodes, seed, epsilon, checkpoint
         self.checkpoint_freq = eval_freq if checkpoint_freq is None else checkpoint_freq
         self.deadline, self.eval_envs, self.eval_at_start = deadline, eval_envs, eval_at_start
-        self.stream = stream
+        self.stream, self.stop = stream, stop
         self.name = "/".join(self.run_dir.parts[-3:])   # <Game>/<method>/seed<k>: lock-step logs hold K runs
         self.csv = self.run_dir / "evaluations.csv"
         # a checkpoint is written at the end of its step's rollout, before that step's update: a run resumed from
@@ -128,6 +131,8 @@ class EvalCheckpointCallback(BaseCallback):
             self.logger.dump(0)
 
     def _on_step(self) -> bool:
+        if self.stop:
+            return False
         return self.deadline is None or time.time() < self.deadline
 
     def _on_rollout_end(self) -> None:

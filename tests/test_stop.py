@@ -1,0 +1,52 @@
+"""``stop_on_signals``: real signals sent to this process - the first one is a request, a second Ctrl-C stops at
+once, a SIGTERM after a request waits, and the previous handlers come back."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from rlzoo_transfer.stop import stop_on_signals
+
+
+def _deliver(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(0.05)  # Python runs the handler at the next bytecode boundary of the main thread
+
+
+def test_first_signal_is_a_request_second_ctrl_c_stops_at_once(capsys):
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals() as stop:
+            assert not stop and stop.signal is None
+            _deliver(signal.SIGINT)
+            assert stop and stop.signal == "SIGINT" and stop.exit_status == 130
+            _deliver(signal.SIGTERM)  # what a sweep sends after the terminal's Ctrl-C: ignored, the run checkpoints
+            assert stop.signal == "SIGINT"
+            _deliver(signal.SIGINT)
+            pytest.fail("a second Ctrl-C must raise KeyboardInterrupt")
+    assert "SIGINT: stopping at the next agent step" in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_sigterm_request_and_its_exit_status():
+    with stop_on_signals() as stop:
+        _deliver(signal.SIGTERM)
+    assert stop.signal == "SIGTERM" and stop.exit_status == 143
+
+
+def test_outside_the_main_thread_nothing_is_installed():
+    seen = []
+    before = signal.getsignal(signal.SIGINT)
+
+    def body():
+        with stop_on_signals() as stop:
+            seen.append((bool(stop), signal.getsignal(signal.SIGINT)))
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == [(False, before)]

@@ -1,7 +1,7 @@
 """Evaluation curves, final scores and aggregate statistics of a set of runs.
 
     python -m rlzoo_transfer.curves runs/ --out eval/ [--reps 2000] [--seed 0] [--band std|ci] [--baseline scratch]
-                                   [--readme README.md]
+                                   [--readme README.md] [--confirm eval/confirm/*.yml]
 
 Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots (the layout written by
 ``python -m rlzoo_transfer.train``) and writes into ``--out``:
@@ -22,7 +22,9 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   baseline, published reference rows, the difference of each method's mean final score to the baseline's per game
   with Welch's 95 % interval and Holm-adjusted p-values (:func:`report.report_difference_section`), the transfer
   measures of :func:`aggregate.transfer_measures` (jump-start, area under the curve), the plots, how many seeds a
-  difference needs (:func:`report.report_seeds_section`), and a table of incomplete runs.  Only runs with
+  difference needs (:func:`report.report_seeds_section`), the pre-registered tests given with ``--confirm``
+  (:mod:`rlzoo_transfer.confirm`: each run's state, the test once all its runs are complete), and a table of
+  incomplete runs.  Only runs with
   ``final.json`` enter final scores.
 * with ``--readme MD``: the compact results table of :mod:`rlzoo_transfer.results_table`, spliced between the
   markers of that markdown file (the rest of it untouched).
@@ -32,8 +34,8 @@ computes the statistics, :mod:`rlzoo_transfer.plots` draws and :mod:`rlzoo_trans
 this module writes the CSVs and runs them.  Every file is written atomically (:mod:`rlzoo_transfer.atomic`): an
 interrupted run of the command leaves the previous version in place, never half a file.
 
-Exit status: 0 on success, 1 when no run folder is found, 2 for a missing root, an unreadable run file or a
---readme file without its markers.
+Exit status: 0 on success, 1 when no run folder is found, 2 for a missing root, an unreadable run file or
+registration, or a --readme file without its markers.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from typing import Sequence
 from rlzoo_transfer.aggregate import aggregate_curves, games_of, method_order
 from rlzoo_transfer.atomic import replacing
 from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.confirm import ConfirmError, load_registration
 from rlzoo_transfer.plots import plot_all_games, plot_diagnostics, plot_game, safe_name
 from rlzoo_transfer.report import write_report
 from rlzoo_transfer.results_table import MarkerError, update_markdown
@@ -102,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", type=Path, default=None, metavar="MD",
                    help="also rewrite the results table between the '<!-- results-table:start -->' and "
                         "'<!-- results-table:end -->' markers of this markdown file (e.g. README.md)")
+    p.add_argument("--confirm", nargs="+", type=Path, default=[], metavar="YML",
+                   help="pre-registered tests (python -m rlzoo_transfer.confirm register) to evaluate in report.md")
     return p
 
 
@@ -112,7 +117,10 @@ def run_report(args) -> Path:
     :raises NoRunsError: no run folder below the roots
     :raises BaselineError: a ``--baseline`` given is not a method of the runs (before any file is written); without
         one, ``scratch`` is the baseline, and a set of runs without it gets tables without comparisons
+    :raises ConfirmError: an unreadable ``--confirm`` registration (before any file is written)
     """
+    for path in args.confirm:
+        load_registration(path)
     runs = load_runs(args.roots)
     if not runs:
         raise NoRunsError(f"no run folders (<Game>/<method>/seed<k>/) found under {', '.join(map(str, args.roots))}")
@@ -161,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoRunsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except BaselineError as err:
+    except (BaselineError, ConfirmError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except MarkerError as err:

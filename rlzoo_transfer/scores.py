@@ -282,37 +282,56 @@ def pooled_std(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
     return (math.sqrt(sq / dof), dof) if dof else (float("nan"), 0)
 
 
-def t_test_power(effect: float, n: int, alpha: float = 0.05) -> float:
-    """Power of the two-sided two-sample t-test with ``n`` values a side against a true difference of ``effect``
-    standard deviations: ``P(|T| > t_{1-alpha/2, 2n-2})`` with ``T ~ noncentral t(2n - 2, effect sqrt(n / 2))``."""
+ALTERNATIVES = ("two-sided", "greater")
+
+
+def _check_alternative(alternative: str) -> None:
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
+
+
+def t_test_power(effect: float, n: int, alpha: float = 0.05, alternative: str = "two-sided") -> float:
+    """Power of the two-sample t-test with ``n`` values a side against a true difference of ``effect`` standard
+    deviations, ``T ~ noncentral t(2n - 2, effect sqrt(n / 2))``: two-sided ``P(|T| > t_{1-alpha/2, 2n-2})``, or
+    for ``alternative="greater"`` (the test of "x > y") ``P(T > t_{1-alpha, 2n-2})``."""
+    _check_alternative(alternative)
     df = 2 * n - 2
-    crit = stats.t.ppf(1 - alpha / 2, df)
     nc = effect * math.sqrt(n / 2)
+    if alternative == "greater":
+        return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, nc))
+    crit = stats.t.ppf(1 - alpha / 2, df)
     return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
 
 
-def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest difference of two means (in the units of ``sd``) that the two-sided t-test at ``alpha`` detects
-    with probability ``power`` at ``n >= 2`` seeds a side: ``sd * d`` where ``t_test_power(d, n, alpha) = power``."""
+def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8,
+                          alternative: str = "two-sided") -> float:
+    """Smallest difference of two means (in the units of ``sd``) that the t-test at ``alpha`` (two-sided, or
+    one-sided for ``alternative="greater"``) detects with probability ``power`` at ``n >= 2`` seeds a side:
+    ``sd * d`` where ``t_test_power(d, n, alpha, alternative) = power``."""
+    _check_alternative(alternative)
     if n < 2:
         raise ValueError("a t-test needs n >= 2 seeds a side")
-    hi = (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * math.sqrt(2 / n)   # the normal approximation:
-    while t_test_power(hi, n, alpha) < power:                                          # a lower bound of d
+    tail = alpha / 2 if alternative == "two-sided" else alpha
+    hi = (stats.norm.ppf(1 - tail) + stats.norm.ppf(power)) * math.sqrt(2 / n)   # the normal approximation:
+    while t_test_power(hi, n, alpha, alternative) < power:                        # a lower bound of d
         hi *= 2
-    return sd * float(optimize.brentq(lambda d: t_test_power(d, n, alpha) - power, 0.0, hi))
+    return sd * float(optimize.brentq(lambda d: t_test_power(d, n, alpha, alternative) - power, 0.0, hi))
 
 
-def welch_difference(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> dict:
-    """Difference of means ``mean(x) - mean(y)`` with Welch's t interval and two-sided p-value (unequal variances).
+def welch_difference(x: Sequence[float], y: Sequence[float], confidence: float = 0.95,
+                     alternative: str = "two-sided") -> dict:
+    """Difference of means ``mean(x) - mean(y)`` with Welch's t interval and p-value (unequal variances).
 
     ``se = sqrt(s_x^2 / n_x + s_y^2 / n_y)`` (sample variances, ddof=1), Welch-Satterthwaite degrees of freedom
     ``nu = se^4 / ((s_x^2/n_x)^2 / (n_x-1) + (s_y^2/n_y)^2 / (n_y-1))``, interval ``diff +- t(1-(1-c)/2, nu) se``,
-    ``p = 2 P(T_nu > |diff| / se)``.  With no spread on either side (se = 0) the interval is the point and p is
-    0 for a non-zero difference, 1 for none.
+    ``p = 2 P(T_nu > |diff| / se)``; for ``alternative="greater"`` (the one-sided test of "mean x > mean y") ``p =
+    P(T_nu > diff / se)`` (the interval stays two-sided).  With no spread on either side (se = 0) the interval is
+    the point and p is 0 for a difference in the tested direction, 1 otherwise.
 
     :return: ``dict(diff, low, high, p, dof, n_x, n_y)``
     :raises ValueError: a side with fewer than 2 values (no variance to estimate)
     """
+    _check_alternative(alternative)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 2 or len(y) < 2:
         raise ValueError("Welch's test needs >= 2 values a side")
@@ -320,10 +339,11 @@ def welch_difference(x: Sequence[float], y: Sequence[float], confidence: float =
     vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = math.sqrt(vx + vy)
     if se == 0.0:
-        return dict(diff=diff, low=diff, high=diff, p=float(diff == 0.0), dof=float("nan"), n_x=len(x), n_y=len(y))
+        shown = diff > 0.0 if alternative == "greater" else diff != 0.0
+        return dict(diff=diff, low=diff, high=diff, p=float(not shown), dof=float("nan"), n_x=len(x), n_y=len(y))
     dof = se ** 4 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
     half = float(stats.t.ppf(1 - (1 - confidence) / 2, dof)) * se
-    p = float(2 * stats.t.sf(abs(diff) / se, dof))
+    p = float(stats.t.sf(diff / se, dof) if alternative == "greater" else 2 * stats.t.sf(abs(diff) / se, dof))
     return dict(diff=diff, low=diff - half, high=diff + half, p=p, dof=float(dof), n_x=len(x), n_y=len(y))
 
 

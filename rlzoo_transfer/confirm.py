@@ -310,6 +310,24 @@ def section_lines(reg: Registration, path: Path, runs: list[Run]) -> list[str]:
     return lines
 
 
+def summary_line(reg: Registration, path: Path, runs: list[Run]) -> str:
+    """One line for the README: the registered comparison, how many of its runs are complete, the verdict."""
+    ev = evaluate(reg, runs)
+    done = sum(c.run is not None and c.run.complete for c in ev["cells"])
+    sign = ">" if reg.alternative == "greater" else "vs"
+    seeds = (f"{reg.seeds[0]}-{reg.seeds[-1]}" if reg.seeds == list(range(reg.seeds[0], reg.seeds[-1] + 1))
+             else " ".join(map(str, reg.seeds)))
+    head = (f"Pre-registered test ([`{path}`]({path})): `{reg.method}` {sign} `{reg.baseline}` on {reg.game}, "
+            f"fresh seeds {seeds}: {done} of {len(ev['cells'])} runs complete")
+    r = ev["result"]
+    if r is None:
+        return head + ", test pending."
+    deviated = any(c.deviations for c in ev["cells"])
+    verdict = "confirmed" if r["rejected"] else "not confirmed"
+    return (head + f"; {r['diff']:+.1f}, Welch {reg.alternative} p = {r['p']:.4f}: **{verdict}**"
+            + (" (with deviations, see report.md)." if deviated else "."))
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -151,7 +151,7 @@ def run_report(args) -> Path:
     diagnostics = plot_diagnostics(runs, args.out)
     path = write_report(runs, args.out, curve_files, diagnostics, args)
     if args.readme is not None:
-        update_markdown(args.readme, runs, args.baseline, args.reps, args.seed)
+        update_markdown(args.readme, runs, args.baseline, args.reps, args.seed, args.confirm)
     return path
 
 

@@ -9,7 +9,8 @@ writes, between the marker lines ``<!-- results-table:start -->`` and ``<!-- res
   the seeds in brackets, and the game-balanced IQM of human-normalised scores with its 95 % stratified bootstrap
   CI (:func:`aggregate.aggregate_hns`; point only while a game has one seed); published DER / SPR and random rows;
 * **mean return over training**: the area under each method's evaluation curve / steps
-  (:func:`aggregate.transfer_measures`), its difference to the baseline in brackets.
+  (:func:`aggregate.transfer_measures`), its difference to the baseline in brackets;
+* with ``--confirm``: one line per pre-registered test, its runs complete so far and, once all are, its verdict.
 
 So the numbers a reader sees first are always those of ``eval/``: nobody copies them by hand.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from rlzoo_transfer import aggregate, plots, report, scores
+from rlzoo_transfer import aggregate, confirm, plots, report, scores
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.rundata import Run
 
@@ -37,9 +38,10 @@ def _iqm_cell(finals: dict, method: str, reps: int, seed: int) -> str:
     return report.fmt_aggregate_ci(agg["iqm"], agg["seeds"]) if min(agg["seeds"]) >= 2 else f"{agg['iqm'][0]:.3f}"
 
 
-def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000, seed: int = 0
-                ) -> list[str]:
-    """The markdown of the two tables (complete runs only; incomplete ones are counted in a note)."""
+def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000, seed: int = 0,
+                confirm_paths: Sequence[Path] = ()) -> list[str]:
+    """The markdown of the two tables (complete runs only; incomplete ones are counted in a note), and a line per
+    pre-registered test (:func:`confirm.summary_line`)."""
     finals = aggregate.final_scores(runs)
     games = aggregate.games_of(runs)
     methods = [m for m in aggregate.method_order([r.method for r in runs], baseline)
@@ -79,6 +81,8 @@ def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000
     lines += report.md_table(["method", *games], area_rows)
     lines += ["", f"{sum(r.complete for r in runs)} complete runs"
                   + (f"; {incomplete} incomplete (left out)" if incomplete else "") + "."]
+    for path in confirm_paths:
+        lines += ["", confirm.summary_line(confirm.load_registration(path), Path(path), list(runs))]
     return lines
 
 
@@ -100,7 +104,7 @@ def splice(text: str, block: Sequence[str], source: str = "the file") -> str:
 
 
 def update_markdown(path: Path, runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000,
-                    seed: int = 0) -> None:
+                    seed: int = 0, confirm_paths: Sequence[Path] = ()) -> None:
     """Rewrite the results table of the markdown file ``path`` in place, atomically.
 
     :raises MarkerError: see :func:`splice`; also for a file that does not exist
@@ -108,4 +112,4 @@ def update_markdown(path: Path, runs: Sequence[Run], baseline: str = "scratch", 
     if not path.is_file():
         raise MarkerError(f"{path} does not exist (--readme names the markdown file to update)")
     text = path.read_text()
-    write_atomic(path, splice(text, table_lines(runs, baseline, reps, seed), str(path)))
+    write_atomic(path, splice(text, table_lines(runs, baseline, reps, seed, confirm_paths), str(path)))

@@ -176,3 +176,26 @@ def test_cli_register_check_and_curves(explore, tmp_path, capsys):
     other = tmp_path / "eval2"
     assert curves.main([str(explore), "--out", str(other), "--confirm", str(bad)]) == 2
     assert "missing" in capsys.readouterr().err and not other.exists()     # nothing written
+
+
+def test_summary_line_and_readme(explore, tmp_path):
+    reg = confirm.register("Jamesbond", "hub", "scratch", [100, 101], "greater", 0.05, [explore])
+    reg.registered = "2026-06-01 12:00:00"
+    path = tmp_path / "reg.yml"
+    confirm.write_registration(reg, path)
+    live = tmp_path / "runs"
+    make_run(live, "Jamesbond", "hub", 100, 500.0, started="2026-06-01 13:00:00")
+    line = confirm.summary_line(reg, path, load_runs([live]))
+    assert "`hub` > `scratch` on Jamesbond, fresh seeds 100-101: 1 of 4 runs complete, test pending." in line
+    for arm, seed, v in (("hub", 101, 520.0), ("scratch", 100, 300.0), ("scratch", 101, 310.0)):
+        make_run(live, "Jamesbond", arm, seed, v, started="2026-06-01 13:00:00")
+    p = stats.ttest_ind([500.0, 520.0], [300.0, 310.0], equal_var=False, alternative="greater").pvalue
+    line = confirm.summary_line(reg, path, load_runs([live]))
+    assert f"4 of 4 runs complete; +205.0, Welch greater p = {p:.4f}: **confirmed**." in line
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results-table:start -->\nold\n<!-- results-table:end -->\nrest\n")
+    assert curves.main([str(explore), str(live), "--out", str(tmp_path / "eval"), "--reps", "50",
+                        "--readme", str(readme), "--confirm", str(path)]) == 0
+    text = readme.read_text()
+    assert "**confirmed**" in text and text.startswith("intro\n") and text.endswith("rest\n")

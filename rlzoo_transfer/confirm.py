@@ -19,9 +19,10 @@ The registration records (choices a careful experimenter makes; all checked agai
   episodes), one-sided (``greater``: "method > baseline", the direction the exploratory runs suggested) or
   two-sided, at ``alpha``;
 * the **protocol** of both arms - the exploratory runs' resolved hyperparameters and their steps / evaluation
-  settings, which must agree across those runs; a confirmatory run whose ``config.yml`` differs from them, or that
-  started before the registration (its ``started`` stamp, the machine's local time as the registration's), is a
-  **deviation**, listed beside the result;
+  settings, which must agree across those runs; a confirmatory run whose ``config.yml`` differs from them, that
+  started before the registration (its ``started`` stamp, the machine's local time as the registration's), or that
+  was made at a commit without the registration file (where git knows that commit) is a **deviation**, listed
+  beside the result;
 * the **planning numbers**: the exploratory difference and its p-value, the seed-to-seed standard deviation pooled
   over every method of the game (as the report's "Seeds needed"), the power the registered seeds have against the
   exploratory difference, and the smallest difference they detect with 80 % power.  The exploratory difference is
@@ -49,7 +50,7 @@ import yaml
 from rlzoo_transfer import scores
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.config import seed_arg
-from rlzoo_transfer.provenance import git_commit
+from rlzoo_transfer.provenance import file_in_commit, git_commit
 from rlzoo_transfer.rundata import Run, RunFolderError, find_run_dirs, load_runs
 
 #: ``config.yml`` keys that fix how a run is trained and scored (beside ``hyperparams``).
@@ -244,8 +245,11 @@ class Cell:
         return "running (no evaluation yet)" if step is None else f"incomplete (evaluated to step {step})"
 
 
-def evaluate(reg: Registration, runs: Iterable[Run]) -> dict:
+def evaluate(reg: Registration, runs: Iterable[Run], path: Path | None = None) -> dict:
     """The registration's cells and, once every registered run is complete, its test.
+
+    With the registration's ``path``, a run made at a commit that git knows and that does not contain that file
+    is a deviation too (the strongest evidence of order the repository has: the run's code predates the plan).
 
     :return: ``dict(cells, complete, result)``; ``result`` is None while runs are missing, else
         ``welch_difference(method finals, baseline finals, alternative=reg.alternative)`` with ``rejected`` (p <
@@ -262,6 +266,9 @@ def evaluate(reg: Registration, runs: Iterable[Run]) -> dict:
                 started = str(run.config.get("started") or "")
                 if started and started < reg.registered:
                     deviations.insert(0, f"started {started}, before the registration ({reg.registered})")
+                commit = str(run.config.get("commit") or "")
+                if path is not None and commit and file_in_commit(commit, path) is False:
+                    deviations.insert(0, f"made at commit {commit[:12]}, which does not contain {path}")
             cells.append(Cell(arm, seed, run, deviations))
     complete = all(c.run is not None and c.run.complete for c in cells)
     result = None
@@ -274,7 +281,7 @@ def evaluate(reg: Registration, runs: Iterable[Run]) -> dict:
 
 def section_lines(reg: Registration, path: Path, runs: list[Run]) -> list[str]:
     """Markdown for one registration: what was registered, each run's state, the test once complete."""
-    ev = evaluate(reg, runs)
+    ev = evaluate(reg, runs, path)
     cells = ev["cells"]
     done = sum(c.run is not None and c.run.complete for c in cells)
     plan = reg.planning or {}
@@ -312,7 +319,7 @@ def section_lines(reg: Registration, path: Path, runs: list[Run]) -> list[str]:
 
 def summary_line(reg: Registration, path: Path, runs: list[Run]) -> str:
     """One line for the README: the registered comparison, how many of its runs are complete, the verdict."""
-    ev = evaluate(reg, runs)
+    ev = evaluate(reg, runs, path)
     done = sum(c.run is not None and c.run.complete for c in ev["cells"])
     sign = ">" if reg.alternative == "greater" else "vs"
     seeds = (f"{reg.seeds[0]}-{reg.seeds[-1]}" if reg.seeds == list(range(reg.seeds[0], reg.seeds[-1] + 1))

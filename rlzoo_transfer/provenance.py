@@ -44,6 +44,19 @@ def git_commit() -> str:
     return (head or "unknown") + ("-dirty" if git_dirty() else "")
 
 
+def file_in_commit(commit: str, path: str | Path) -> bool | None:
+    """Whether ``path`` (a file of this checkout) exists in commit ``commit`` (``-dirty`` suffix ignored); None when
+    git cannot tell: no git, a commit this clone does not have (shallow, another fork), a path outside the tree."""
+    sha = str(commit).removesuffix("-dirty")
+    try:
+        rel = Path(path).resolve().relative_to(PROJECT_ROOT)
+    except ValueError:
+        return None
+    if not sha or _git("cat-file", "-e", f"{sha}^{{commit}}") is None:
+        return None
+    return _git("cat-file", "-e", f"{sha}:{rel.as_posix()}") is not None
+
+
 def versions(packages: tuple[str, ...] = ("rlzoo_transfer", "torch", "stable-baselines3", "gymnasium", "ale-py",
                                           "numpy")) -> dict[str, str | None]:
     """Python's version and each installed package's (None for one not installed)."""

@@ -199,3 +199,36 @@ def test_summary_line_and_readme(explore, tmp_path):
                         "--readme", str(readme), "--confirm", str(path)]) == 0
     text = readme.read_text()
     assert "**confirmed**" in text and text.startswith("intro\n") and text.endswith("rest\n")
+
+
+def _git(*args):
+    import subprocess
+
+    from rlzoo_transfer.provenance import PROJECT_ROOT
+    done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def test_a_run_made_before_the_registration_was_committed_is_a_deviation(explore, tmp_path):
+    """Against this repository's own history: the commit that added eval/confirm/Jamesbond-hub.yml has it, its
+    parent does not."""
+    from rlzoo_transfer.provenance import PROJECT_ROOT, file_in_commit
+
+    path = PROJECT_ROOT / "eval" / "confirm" / "Jamesbond-hub.yml"
+    added = _git("log", "--diff-filter=A", "--format=%H", "--", "eval/confirm/Jamesbond-hub.yml").split("\n")[-1]
+    parent = _git("rev-parse", f"{added}^") if added else ""
+    if not parent:
+        pytest.skip("no git history here (shallow clone or a copy without .git)")
+    assert file_in_commit(added, path) is True and file_in_commit(parent + "-dirty", path) is False
+    assert file_in_commit("0" * 40, path) is None and file_in_commit(added, tmp_path / "x.yml") is None
+
+    reg = confirm.load_registration(path)
+    live = tmp_path / "runs"
+    d = make_run(live, "Jamesbond", "hub", reg.seeds[0], 400.0, started="2099-01-01 00:00:00",
+                 hyper=reg.protocol["hub"]["hyperparams"])
+    cfg = yaml.safe_load((d / "config.yml").read_text())
+    for commit, expect in ((parent, True), (added, False)):
+        cfg["commit"] = commit
+        (d / "config.yml").write_text(yaml.safe_dump(cfg))
+        cell = next(c for c in confirm.evaluate(reg, load_runs([live]), path)["cells"] if c.run is not None)
+        assert any("does not contain" in dev for dev in cell.deviations) == expect

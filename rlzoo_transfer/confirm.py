@@ -3,6 +3,7 @@
     python -m rlzoo_transfer.confirm register --game Jamesbond --method hub --baseline scratch \\
         --seeds 100 101 102 103 104 105 106 107 --alternative greater --runs eval/runs \\
         --out eval/confirm/Jamesbond-hub.yml
+    python -m rlzoo_transfer.sweep --confirm eval/confirm/Jamesbond-hub.yml    # once the file is committed
     python -m rlzoo_transfer.confirm check eval/confirm/Jamesbond-hub.yml --runs eval/runs runs
 
 Why: the report compares every method with the baseline on every game (18 comparisons for 6 methods x 3 games), and
@@ -392,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             reg = register(args.game, args.method, args.baseline, args.seeds, args.alternative, args.alpha,
                            args.runs, args.log_dir)
             write_registration(reg, args.out)
-            print(f"wrote {args.out}; commit it before the runs start, then run:\n  {reg.command}")
+            print(f"wrote {args.out}; commit it before the runs start, then run:\n"
+                  f"  python -m rlzoo_transfer.sweep --confirm {args.out}\n  (the same as: {reg.command})")
         else:
             reg = load_registration(args.registration)
             print("\n".join(section_lines(reg, args.registration, load_runs(args.runs))))

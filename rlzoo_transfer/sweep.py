@@ -25,6 +25,9 @@ folder being ``<log dir>/<Game>/<method folder>/seed<k>/`` exactly as train writ
 * A live table (rich) shows each run's status (pending / running / done / failed / skipped) and the last
   evaluation step found in its ``evaluations.csv``.
 
+``--confirm YML`` runs the game, methods and seeds of a pre-registered test (:mod:`rlzoo_transfer.confirm`) and
+refuses to start until the registration is committed (:func:`take_registration`).
+
 Exit status: 0 when no run failed, 1 when one did (the summary lists them and their logs), 2 for bad arguments
 or a missing Ray; 130 on Ctrl-C (the runs started are terminated; rerun the same command to resume them).
 """
@@ -546,11 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.sweep",
                                 description="Run games x methods x seeds of rlzoo_transfer.train; "
                                             "arguments after -- are passed to every train run.")
-    p.add_argument("--games", nargs="+", required=True, help="games, e.g. Alien Gopher Jamesbond")
-    p.add_argument("--methods", nargs="+", required=True,
+    p.add_argument("--games", nargs="+", help="games, e.g. Alien Gopher Jamesbond")
+    p.add_argument("--methods", nargs="+",
                    help="methods, e.g. scratch zoo hub finetune:Seaquest "
                         "(NAME:SOURCE or the folder name NAME-SOURCE -> --method NAME --source SOURCE)")
-    p.add_argument("--seeds", nargs="+", type=seed_arg, required=True, help="seeds, e.g. 0 1 2 3 4")
+    p.add_argument("--seeds", nargs="+", type=seed_arg, help="seeds, e.g. 0 1 2 3 4")
+    p.add_argument("--confirm", type=Path, default=None, metavar="YML",
+                   help="run the runs of a pre-registered test (python -m rlzoo_transfer.confirm register) instead "
+                        "of --games/--methods/--seeds; refused until the registration is committed")
     p.add_argument("--steps", type=int, default=None, help="agent steps per run (default: train's default)")
     p.add_argument("--log-dir", type=Path, default=Path("runs"), help="run root (default: runs)")
     p.add_argument("--jobs", type=int, default=None,
@@ -587,6 +593,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     own, extra = split_extra(argv)
     args = parser.parse_args(own)
     args.extra = extra
+    if args.confirm is not None:
+        take_registration(args, parser)
+    elif not (args.games and args.methods and args.seeds):
+        parser.error("give --games, --methods and --seeds (or --confirm YML)")
     if args.jobs is not None and args.jobs < 1:
         parser.error("--jobs must be >= 1")
     if args.address and args.backend != "ray":
@@ -615,6 +625,42 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+#: train options that would change a pre-registered protocol (``confirm``): refused with ``--confirm``.
+PROTOCOL_FLAGS = ("-p", "--hyperparams", "--steps", "--eval-freq", "--eval-episodes", "--final-eval-episodes",
+                  "--n-envs")
+
+
+def take_registration(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill ``args.games / methods / seeds`` from the registration ``args.confirm``.
+
+    Refused (``parser.error``, exit 2): --games / --methods / --seeds given too, --steps or a protocol-changing
+    train option after ``--`` (the runs would be deviations), an unreadable registration, or one that HEAD does
+    not contain (commit it first: each run records HEAD, and a run made at a commit without the registration counts
+    as a deviation).  Where git cannot tell (no ``.git``), a note says so and the sweep goes on.
+    """
+    from rlzoo_transfer.confirm import ConfirmError, load_registration
+    from rlzoo_transfer.provenance import file_in_commit, git_head
+
+    if args.games or args.methods or args.seeds:
+        parser.error("--confirm takes the game, methods and seeds from the registration: drop --games, --methods "
+                     "and --seeds")
+    changing = [a for a in args.extra if a.split("=")[0] in PROTOCOL_FLAGS]
+    if args.steps is not None or changing:
+        parser.error(f"--confirm runs the registered protocol: {' '.join(changing) or '--steps'} would change it")
+    try:
+        reg = load_registration(args.confirm)
+    except ConfirmError as err:
+        parser.error(str(err))
+    committed = file_in_commit(git_head() or "", args.confirm)
+    if committed is False:
+        parser.error(f"{args.confirm} is not in the commit checked out (HEAD): commit it before its runs start "
+                     f"(git add {args.confirm} && git commit), so that every run records a commit that has it")
+    if committed is None:
+        print(f"note: git cannot tell whether {args.confirm} is committed here; commit it before the runs start",
+              file=sys.stderr)
+    args.games, args.methods, args.seeds = [reg.game], [reg.method, reg.baseline], list(reg.seeds)
+
+
 def _run_with_display(jobs: list[Job], backend, parallel: int, no_live: bool) -> None:
     """:func:`execute` under a rich Live table, or with plain log lines."""
     if no_live:
@@ -641,7 +687,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.lockstep > 1:
             lockstep_groups(jobs, args.lockstep, args.log_dir, args.steps, args.extra, args.sample_threads)
         if args.dry_run:
-            print(dry_run_text(jobs))
+            try:
+                print(dry_run_text(jobs), flush=True)
+            except BrokenPipeError:   # e.g. piped into head
+                sys.stdout = open(os.devnull, "w")
             return 0
         if args.backend == "ray":
             backend = RayBackend(args.address, args.cpus_per_run, args.gpus_per_run)

@@ -394,3 +394,44 @@ def test_real_lockstep_sweep(tmp_path, capsys):
     for seed in (0, 1):
         final = json.loads((log / "Gopher" / "scratch" / f"seed{seed}" / "final.json").read_text())
         assert final["steps"] == 150 and final["seed"] == seed
+
+
+def test_confirm_runs_the_registered_runs_once_committed(tmp_path, capsys):
+    """--confirm plans exactly the registration's game x (method, baseline) x seeds; refuses other selections,
+    protocol-changing options and a registration the checked-out commit does not contain."""
+    from rlzoo_transfer.confirm import load_registration
+    from rlzoo_transfer.provenance import PROJECT_ROOT
+
+    committed = PROJECT_ROOT / "eval" / "confirm" / "Jamesbond-hub.yml"
+    reg = load_registration(committed)
+    assert sweep.main(["--confirm", str(committed), "--log-dir", str(tmp_path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    planned = {(ln.split("--method ")[1].split()[0], int(ln.split("--seed ")[1].split()[0])) for ln in lines}
+    assert planned == {(m, s) for m in ("hub", "scratch") for s in reg.seeds} and len(lines) == 2 * len(reg.seeds)
+    assert all("--game Jamesbond" in ln for ln in lines)
+
+    for extra in (["--seeds", "0"], ["--steps", "500"], ["--", "-p", "k=1"], ["--", "--steps=10"]):
+        with pytest.raises(SystemExit) as exc:
+            sweep.main(["--confirm", str(committed), "--log-dir", str(tmp_path), "--dry-run", *extra])
+        assert exc.value.code == 2
+    assert "would change it" in capsys.readouterr().err
+
+    # a registration written in the working tree but not committed: refused before any run folder exists
+    scratch_dir = PROJECT_ROOT / "runs" / f"test-confirm-{os.getpid()}"
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    uncommitted = scratch_dir / "reg.yml"
+    try:
+        uncommitted.write_text(committed.read_text())
+        try:
+            code = sweep.main(["--confirm", str(uncommitted), "--log-dir", str(tmp_path / "l"), "--dry-run"])
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+        if "git cannot tell" in err:            # a copy without git history: a note, and the plan
+            assert code == 0
+        else:
+            assert code == 2 and "is not in the commit checked out" in err
+        assert not (tmp_path / "l").exists()
+    finally:
+        uncommitted.unlink(missing_ok=True)
+        scratch_dir.rmdir()

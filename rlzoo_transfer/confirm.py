@@ -4,7 +4,7 @@
         --seeds 100 101 102 103 104 105 106 107 --alternative greater --runs eval/runs \\
         --out eval/confirm/Jamesbond-hub.yml
     python -m rlzoo_transfer.sweep --confirm eval/confirm/Jamesbond-hub.yml    # once the file is committed
-    python -m rlzoo_transfer.confirm check eval/confirm/Jamesbond-hub.yml --runs eval/runs runs
+    python -m rlzoo_transfer.confirm check eval/confirm/Jamesbond-hub.yml --runs runs   # the live runs
 
 Why: the report compares every method with the baseline on every game (18 comparisons for 6 methods x 3 games), and
 the largest of those differences is, by being picked as the largest, an overestimate with an optimistic p-value.

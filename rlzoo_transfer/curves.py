@@ -24,10 +24,9 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   measures of :func:`aggregate.transfer_measures` (jump-start, area under the curve), the plots, how many seeds a
   difference needs (:func:`report.report_seeds_section`), the pre-registered tests given with ``--confirm``
   (:mod:`rlzoo_transfer.confirm`: each run's state, the test once all its runs are complete), and a table of
-  incomplete runs.  Only runs with
-  ``final.json`` enter final scores.
+  incomplete runs.  Only runs with ``final.json`` enter final scores.
 * with ``--readme MD``: the compact results table of :mod:`rlzoo_transfer.results_table`, spliced between the
-  markers of that markdown file (the rest of it untouched).
+  markers of that markdown file (the rest of it untouched), with a line per ``--confirm`` registration.
 
 The work is in four modules: :mod:`rlzoo_transfer.rundata` reads the runs, :mod:`rlzoo_transfer.aggregate`
 computes the statistics, :mod:`rlzoo_transfer.plots` draws and :mod:`rlzoo_transfer.report` writes ``report.md``;

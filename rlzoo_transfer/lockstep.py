@@ -70,7 +70,7 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
     from rlzoo_transfer.run import RunIncomplete, finish_run, prepare_run, stop_incomplete
     from rlzoo_transfer.stop import stop_on_signals
 
-    runs, stopped = [], []
+    runs, stopped = [], {}   # stopped: id(run) -> its RunIncomplete
     try:
         for spec in specs:
             runs.append(prepare_run(spec))
@@ -82,16 +82,13 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
                 try:
                     stop_incomplete(r)
                 except RunIncomplete as e:
-                    stopped.append((r, e))
+                    stopped[id(r)] = e
     except BaseException:
         for r in runs:
             r.env.close()
         raise
-    incomplete = [e for _, e in stopped]
-    done = []
-    for r in runs:
-        if all(r is not s for s, _ in stopped):
-            done.append(finish_run(r))
+    done = [finish_run(r) for r in runs if id(r) not in stopped]
+    incomplete = list(stopped.values())
     if incomplete:
         raise RunIncomplete("; ".join(map(str, incomplete)), incomplete[0].exit_status)
     return done

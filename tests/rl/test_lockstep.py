@@ -254,3 +254,22 @@ def test_killed_group_resumes_exactly(tmp_path):
         assert steps == [0, 150, 300]
         model = DER.load(r / "model.zip", device="cpu")
         assert model.num_timesteps == 300 and model._n_updates == 300 - TINY["learning_starts"]
+
+
+def test_time_limit_checkpoints_every_run_of_the_group(tmp_path):
+    """Past a time limit, run_lockstep checkpoints each agent, finishes none and raises one RunIncomplete naming
+    every run (exit status 3); --resume then finishes both."""
+    from rlzoo_transfer.lockstep import run_lockstep
+    from rlzoo_transfer.run import RunIncomplete
+
+    torch.set_num_threads(1)
+    specs = [_spec(tmp_path, s, steps=150, max_minutes=1e-6) for s in (0, 1)]
+    with pytest.raises(RunIncomplete) as exc:
+        run_lockstep(specs, progress=False)
+    assert exc.value.exit_status == 3
+    folders = [tmp_path / "Gopher" / "scratch" / f"seed{s}" for s in (0, 1)]
+    for d in folders:
+        assert str(d) in str(exc.value) and (d / "checkpoint").is_dir() and not (d / "final.json").exists()
+    done = run_lockstep([_spec(tmp_path, s, steps=150, resume=True) for s in (0, 1)], progress=False)
+    assert sorted(map(str, done)) == sorted(map(str, folders))
+    assert all((d / "final.json").is_file() for d in folders)

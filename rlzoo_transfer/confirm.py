@@ -393,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             reg = register(args.game, args.method, args.baseline, args.seeds, args.alternative, args.alpha,
                            args.runs, args.log_dir)
             write_registration(reg, args.out)
+            diff = (reg.planning.get("exploratory") or {}).get("diff")
+            if reg.alternative == "greater" and diff is not None and diff <= 0:
+                print(f"warning: the exploratory runs point the other way ({reg.method} - {reg.baseline} = "
+                      f"{diff:+.1f}); the registered test asks whether {reg.method} is higher", file=sys.stderr)
             print(f"wrote {args.out}; commit it before the runs start, then run:\n"
                   f"  python -m rlzoo_transfer.sweep --confirm {args.out}\n  (the same as: {reg.command})")
         else:

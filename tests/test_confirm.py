@@ -232,3 +232,10 @@ def test_a_run_made_before_the_registration_was_committed_is_a_deviation(explore
         (d / "config.yml").write_text(yaml.safe_dump(cfg))
         cell = next(c for c in confirm.evaluate(reg, load_runs([live]), path)["cells"] if c.run is not None)
         assert any("does not contain" in dev for dev in cell.deviations) == expect
+
+
+def test_register_warns_when_the_exploratory_runs_point_the_other_way(explore, tmp_path, capsys):
+    out = tmp_path / "zoo.yml"
+    assert confirm.main(["register", "--game", "Jamesbond", "--method", "zoo", "--seeds", "100", "101",
+                         "--alternative", "greater", "--runs", str(explore), "--log-dir", "--out", str(out)]) == 0
+    assert "point the other way (zoo - scratch = -60.0)" in capsys.readouterr().err and out.is_file()

@@ -60,6 +60,8 @@ PROTOCOL_KEYS = ("steps", "eval_freq", "eval_episodes", "final_eval_episodes", "
 IGNORED_HYPERPARAMS = ("compile",)
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PLANNED_POWER = 0.8
+#: Fractions of the exploratory difference the report also gives the registered seeds' power against.
+SHRUNK = (0.5, 0.75)
 
 
 class ConfirmError(Exception):
@@ -222,8 +224,8 @@ def write_registration(reg: Registration, path: Path) -> None:
     """Write ``reg`` as YAML; never over an existing file (a registration is not edited after the fact)."""
     if path.exists():
         raise ConfirmError(f"{path} exists: a registration is fixed once written; choose another --out")
-    header = ("# Pre-registered confirmatory test (python -m rlzoo_transfer.confirm). Commit it before its runs start;\n"
-              "# do not edit: `confirm check` and `curves --confirm` evaluate exactly this.\n")
+    header = ("# Pre-registered confirmatory test (python -m rlzoo_transfer.confirm). Commit it before its runs "
+              "start;\n# do not edit: `confirm check` and `curves --confirm` evaluate exactly this.\n")
     write_atomic(path, header + yaml.safe_dump(asdict(reg), sort_keys=False))
 
 
@@ -280,6 +282,11 @@ def evaluate(reg: Registration, runs: Iterable[Run], path: Path | None = None) -
     return dict(cells=cells, complete=complete, result=result)
 
 
+def _power(reg: Registration, diff: float) -> float:
+    """Power of the registered test at its seeds against a true difference ``diff`` (planning's pooled std)."""
+    return scores.t_test_power(diff / reg.planning["pooled_std"], len(reg.seeds), reg.alpha, reg.alternative)
+
+
 def section_lines(reg: Registration, path: Path, runs: list[Run]) -> list[str]:
     """Markdown for one registration: what was registered, each run's state, the test once complete."""
     ev = evaluate(reg, runs, path)
@@ -297,7 +304,9 @@ def section_lines(reg: Registration, path: Path, runs: list[Run]) -> list[str]:
                       f"pooled seed std {plan['pooled_std']}): {len(reg.seeds)} seeds a side detect "
                       f"{plan['detectable_at_80_percent_power']} with 80 % power and have power "
                       f"{plan['power_at_exploratory_diff']:.2f} against the exploratory difference, which its "
-                      "selection as the largest of many inflates.")
+                      "selection as the largest of many inflates; against " + ", ".join(
+                          f"{f * abs(expl['diff']):+.0f} ({f:.0%} of it): {_power(reg, f * abs(expl['diff'])):.2f}"
+                          for f in SHRUNK) + ".")
     lines += ["", f"{done} of {len(cells)} registered runs complete.", ""]
     rows = [[seed, *(next(c for c in cells if c.arm == arm and c.seed == seed).state for arm in reg.arms)]
             for seed in reg.seeds]

@@ -239,3 +239,13 @@ def test_register_warns_when_the_exploratory_runs_point_the_other_way(explore, t
     assert confirm.main(["register", "--game", "Jamesbond", "--method", "zoo", "--seeds", "100", "101",
                          "--alternative", "greater", "--runs", str(explore), "--log-dir", "--out", str(out)]) == 0
     assert "point the other way (zoo - scratch = -60.0)" in capsys.readouterr().err and out.is_file()
+
+
+def test_section_gives_power_against_smaller_differences(explore, tmp_path):
+    reg = confirm.register("Jamesbond", "hub", "scratch", [100, 101, 102], "greater", 0.05, [explore])
+    text = "\n".join(confirm.section_lines(reg, tmp_path / "reg.yml", []))
+    diff, sd = reg.planning["exploratory"]["diff"], reg.planning["pooled_std"]
+    for f in confirm.SHRUNK:
+        power = scores.t_test_power(f * diff / sd, 3, 0.05, "greater")
+        assert f"{f * diff:+.0f} ({f:.0%} of it): {power:.2f}" in text
+    assert scores.t_test_power(0.5 * diff / sd, 3, 0.05, "greater") < reg.planning["power_at_exploratory_diff"]

@@ -120,6 +120,7 @@ def load_registration(path: Path) -> Registration:
     if missing:
         raise ConfirmError(f"{path}: missing {', '.join(missing)}")
     reg = Registration(**data)
+    reg.registered = str(reg.registered)   # an unquoted YAML timestamp loads as a datetime; str() gives TIME_FORMAT
     seeds = reg.seeds if isinstance(reg.seeds, list) else []
     if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfirmError(f"{path}: seeds must be a list of >= 2 distinct non-negative integers, got {reg.seeds!r}")

@@ -150,6 +150,9 @@ def test_load_registration_errors(explore, tmp_path):
     bad.write_text(yaml.safe_dump({**data, "seeds": [100]}))
     with pytest.raises(confirm.ConfirmError, match="seeds"):
         confirm.load_registration(bad)
+    unquoted = out.read_text().replace(f"registered: '{reg.registered}'", f"registered: {reg.registered}")
+    bad.write_text(unquoted)
+    assert unquoted != out.read_text() and confirm.load_registration(bad).registered == reg.registered
     bad.write_text("game: [unclosed")
     with pytest.raises(confirm.ConfirmError, match="not valid YAML"):
         confirm.load_registration(bad)

@@ -93,6 +93,10 @@ class Registration:
     def arms(self) -> tuple[str, str]:
         return self.method, self.baseline
 
+    def covers(self, run: Run) -> bool:
+        """Whether ``run`` is one of the registered runs (its game, an arm, a registered seed)."""
+        return run.game.lower() == self.game.lower() and run.method in self.arms and run.seed in self.seeds
+
 
 def _fields() -> list[str]:
     return list(Registration.__dataclass_fields__)
@@ -361,7 +365,8 @@ def report_section(paths: Sequence[Path], runs: list[Run]) -> list[str]:
     lines = ["## Confirmatory tests (pre-registered)", "",
              "Each test below was fixed in a registration file before its runs started (`python -m "
              "rlzoo_transfer.confirm`): one comparison, fresh seeds, one test, evaluated once all its runs are "
-             "complete. Its runs also enter the exploratory tables above, which compare everything with everything.",
+             "complete. Its runs are kept out of the exploratory tables and curves above, so that the sample that "
+             "tests a hypothesis is not pooled with the one that suggested it.",
              ""]
     for path in paths:
         lines += section_lines(load_registration(path), Path(path), runs)

@@ -24,7 +24,9 @@ Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots
   measures of :func:`aggregate.transfer_measures` (jump-start, area under the curve), the plots, how many seeds a
   difference needs (:func:`report.report_seeds_section`), the pre-registered tests given with ``--confirm``
   (:mod:`rlzoo_transfer.confirm`: each run's state, the test once all its runs are complete), and a table of
-  incomplete runs.  Only runs with ``final.json`` enter final scores.
+  incomplete runs.  Only runs with ``final.json`` enter final scores.  The runs of a ``--confirm`` registration
+  (its game, method and baseline at its seeds) are kept out of every table, curve and plot but ``runs.csv`` and
+  its own section: the sample that tests a hypothesis is not pooled with the one that suggested it.
 * with ``--readme MD``: the compact results table of :mod:`rlzoo_transfer.results_table`, spliced between the
   markers of that markdown file (the rest of it untouched), with a line per ``--confirm`` registration.
 
@@ -118,11 +120,14 @@ def run_report(args) -> Path:
         one, ``scratch`` is the baseline, and a set of runs without it gets tables without comparisons
     :raises ConfirmError: an unreadable ``--confirm`` registration (before any file is written)
     """
-    for path in args.confirm:
-        load_registration(path)
-    runs = load_runs(args.roots)
-    if not runs:
+    registrations = [load_registration(path) for path in args.confirm]
+    all_runs = load_runs(args.roots)
+    if not all_runs:
         raise NoRunsError(f"no run folders (<Game>/<method>/seed<k>/) found under {', '.join(map(str, args.roots))}")
+    runs = [r for r in all_runs if not any(reg.covers(r) for reg in registrations)]   # the exploratory runs
+    if not runs:
+        raise NoRunsError("every run found belongs to a pre-registered test (--confirm): python -m "
+                          "rlzoo_transfer.confirm check reports them")
     methods = sorted({r.method for r in runs})
     if args.baseline is None:
         args.baseline = "scratch"
@@ -136,7 +141,7 @@ def run_report(args) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = aggregate_curves(runs)
     write_curves_csv(rows, args.out / "curves.csv")
-    write_runs_csv(runs, args.out / "runs.csv")
+    write_runs_csv(all_runs, args.out / "runs.csv")
     curve_files = {}
     for game in games_of(runs):
         game_runs = [r for r in runs if r.game == game]
@@ -148,9 +153,9 @@ def run_report(args) -> Path:
         plot_all_games(games_of(runs), rows, runs, method_order([r.method for r in runs], args.baseline),
                        args.out / "curves_all.png", args.band)
     diagnostics = plot_diagnostics(runs, args.out)
-    path = write_report(runs, args.out, curve_files, diagnostics, args)
+    path = write_report(runs, args.out, curve_files, diagnostics, args, all_runs)
     if args.readme is not None:
-        update_markdown(args.readme, runs, args.baseline, args.reps, args.seed, args.confirm)
+        update_markdown(args.readme, runs, args.baseline, args.reps, args.seed, args.confirm, all_runs)
     return path
 
 

@@ -10,7 +10,8 @@ writes, between the marker lines ``<!-- results-table:start -->`` and ``<!-- res
   CI (:func:`aggregate.aggregate_hns`; point only while a game has one seed); published DER / SPR and random rows;
 * **mean return over training**: the area under each method's evaluation curve / steps
   (:func:`aggregate.transfer_measures`), its difference to the baseline in brackets;
-* with ``--confirm``: one line per pre-registered test, its runs complete so far and, once all are, its verdict.
+* with ``--confirm``: one line per pre-registered test, its runs complete so far and, once all are, its verdict
+  (its runs are not in the tables: ``curves`` keeps them out).
 
 So the numbers a reader sees first are always those of ``eval/``: nobody copies them by hand.
 """
@@ -39,9 +40,9 @@ def _iqm_cell(finals: dict, method: str, reps: int, seed: int) -> str:
 
 
 def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000, seed: int = 0,
-                confirm_paths: Sequence[Path] = ()) -> list[str]:
+                confirm_paths: Sequence[Path] = (), all_runs: Sequence[Run] | None = None) -> list[str]:
     """The markdown of the two tables (complete runs only; incomplete ones are counted in a note), and a line per
-    pre-registered test (:func:`confirm.summary_line`)."""
+    pre-registered test (:func:`confirm.summary_line`) over ``all_runs`` (default ``runs``)."""
     finals = aggregate.final_scores(runs)
     games = aggregate.games_of(runs)
     methods = [m for m in aggregate.method_order([r.method for r in runs], baseline)
@@ -82,7 +83,7 @@ def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000
     lines += ["", f"{sum(r.complete for r in runs)} complete runs"
                   + (f"; {incomplete} incomplete (left out)" if incomplete else "") + "."]
     for path in confirm_paths:
-        lines += ["", confirm.summary_line(confirm.load_registration(path), Path(path), list(runs))]
+        lines += ["", confirm.summary_line(confirm.load_registration(path), Path(path), list(all_runs or runs))]
     return lines
 
 
@@ -104,7 +105,7 @@ def splice(text: str, block: Sequence[str], source: str = "the file") -> str:
 
 
 def update_markdown(path: Path, runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000,
-                    seed: int = 0, confirm_paths: Sequence[Path] = ()) -> None:
+                    seed: int = 0, confirm_paths: Sequence[Path] = (), all_runs: Sequence[Run] | None = None) -> None:
     """Rewrite the results table of the markdown file ``path`` in place, atomically.
 
     :raises MarkerError: see :func:`splice`; also for a file that does not exist
@@ -112,4 +113,4 @@ def update_markdown(path: Path, runs: Sequence[Run], baseline: str = "scratch", 
     if not path.is_file():
         raise MarkerError(f"{path} does not exist (--readme names the markdown file to update)")
     text = path.read_text()
-    write_atomic(path, splice(text, table_lines(runs, baseline, reps, seed, confirm_paths), str(path)))
+    write_atomic(path, splice(text, table_lines(runs, baseline, reps, seed, confirm_paths, all_runs), str(path)))

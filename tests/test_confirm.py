@@ -252,3 +252,30 @@ def test_section_gives_power_against_smaller_differences(explore, tmp_path):
         power = scores.t_test_power(f * diff / sd, 3, 0.05, "greater")
         assert f"{f * diff:+.0f} ({f:.0%} of it): {power:.2f}" in text
     assert scores.t_test_power(0.5 * diff / sd, 3, 0.05, "greater") < reg.planning["power_at_exploratory_diff"]
+
+
+def test_curves_keeps_registered_runs_out_of_the_exploratory_tables(explore, tmp_path):
+    reg = confirm.register("Jamesbond", "hub", "scratch", [100, 101], "greater", 0.05, [explore])
+    path = tmp_path / "reg.yml"
+    confirm.write_registration(reg, path)
+    live = tmp_path / "live"
+    make_run(live, "Jamesbond", "hub", 100, 9999.0, started="2099-01-01 00:00:00")
+    make_run(live, "Jamesbond", "zoo", 100, 7777.0)              # not an arm of the registration: exploratory
+    out = tmp_path / "eval"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results-table:start -->\n<!-- results-table:end -->\n")
+    assert curves.main([str(explore), str(live), "--out", str(out), "--reps", "50", "--confirm", str(path),
+                        "--readme", str(readme)]) == 0
+    report = (out / "report.md").read_text()
+    tables, section = report.split("## Confirmatory tests")
+    assert "9999" not in tables and "9999" not in (out / "curves.csv").read_text()
+    assert "| 100 | 9999.0 | not started |" in section and "and 1 of pre-registered tests" in tables
+    assert "9999" in (out / "runs.csv").read_text()                  # every run folder is listed there
+    text = readme.read_text()
+    assert "9999" not in text and "1 of 4 runs complete, test pending" in text
+    rows = {}                                                        # first table: final scores
+    for line in text.split("\n"):
+        if line.startswith("| `"):
+            rows.setdefault(line.split(" | ")[0], line)
+    assert "(3)" in rows["| `hub`"]                                  # the exploratory seeds only
+    assert "(3)" in rows["| `zoo`"]                                  # zoo seed 100 is an ordinary run: 2 + 1

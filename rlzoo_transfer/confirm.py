@@ -52,6 +52,7 @@ from rlzoo_transfer import scores
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.provenance import file_in_commit, git_commit
+from rlzoo_transfer.report import md_table
 from rlzoo_transfer.rundata import Run, RunFolderError, find_run_dirs, load_runs
 
 #: ``config.yml`` keys that fix how a run is trained and scored (beside ``hyperparams``).
@@ -315,7 +316,7 @@ def section_lines(reg: Registration, path: Path, runs: list[Run]) -> list[str]:
     lines += ["", f"{done} of {len(cells)} registered runs complete.", ""]
     rows = [[seed, *(next(c for c in cells if c.arm == arm and c.seed == seed).state for arm in reg.arms)]
             for seed in reg.seeds]
-    lines += _table(["seed", f"`{reg.method}`", f"`{reg.baseline}`"], rows) + [""]
+    lines += md_table(["seed", f"`{reg.method}`", f"`{reg.baseline}`"], rows) + [""]
     deviations = [(c, d) for c in cells for d in c.deviations]
     if deviations:
         lines += ["Deviations from the registration (the test below is computed, but does not confirm as "
@@ -348,11 +349,6 @@ def summary_line(reg: Registration, path: Path, runs: list[Run]) -> str:
     verdict = "confirmed" if r["rejected"] else "not confirmed"
     return (head + f"; {r['diff']:+.1f}, Welch {reg.alternative} p = {r['p']:.4f}: **{verdict}**"
             + (" (with deviations, see report.md)." if deviated else "."))
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def report_section(paths: Sequence[Path], runs: list[Run]) -> list[str]:

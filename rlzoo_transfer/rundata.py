@@ -204,16 +204,29 @@ def load_run(path: Path) -> Run:
     )
 
 
+def _progress(run: Run) -> tuple[bool, int]:
+    """How far a run has got: complete first, then the step of its last evaluation."""
+    return (run.complete, run.last_step if run.last_step is not None else -1)
+
+
 def load_runs(roots: Iterable[Path]) -> list[Run]:
-    """Every run below ``roots``; a (game, method, seed) found twice is kept once, with a warning."""
-    runs, seen = [], {}
+    """Every run below ``roots``; a (game, method, seed) found twice is kept once, with a warning.
+
+    Of two copies the one further along is kept (a complete run over an incomplete one, then the later last
+    evaluation), so a published incomplete copy (``eval/runs``) never hides the finished run in ``runs/``,
+    whichever root is listed first; between copies equally far along, the first listed wins.
+    """
+    kept: dict[tuple, Run] = {}
     for root in roots:
         for run_dir in find_run_dirs(Path(root)):
             run = load_run(run_dir)
             key = (run.game, run.method, run.seed)
-            if key in seen:
-                warnings.warn(f"{run_dir}: duplicate of {seen[key]}, ignored")
-                continue
-            seen[key] = run_dir
-            runs.append(run)
-    return runs
+            other = kept.get(key)
+            if other is None:
+                kept[key] = run
+            elif _progress(run) > _progress(other):
+                warnings.warn(f"{other.path}: duplicate of {run_dir}, which is further along; ignored")
+                kept[key] = run
+            else:
+                warnings.warn(f"{run_dir}: duplicate of {other.path}, ignored")
+    return list(kept.values())

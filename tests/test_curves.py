@@ -179,6 +179,24 @@ def test_load_runs_and_completeness(runs_root):
     assert zoo.evaluations[0].returns == [300.0, 300.0] and len(zoo.gates) == 4
 
 
+def test_load_runs_keeps_the_copy_further_along(tmp_path):
+    """A published incomplete copy must not hide the finished run, whichever root comes first."""
+    published, live = tmp_path / "eval_runs", tmp_path / "runs"
+    make_run(published, "Jamesbond", "scratch", 102, [(10000, 100.0)])
+    make_run(live, "Jamesbond", "scratch", 102, [(10000, 100.0), (20000, 350.0)], final_mean=350.0)
+    make_run(published, "Jamesbond", "scratch", 103, [(10000, 80.0)])
+    make_run(live, "Jamesbond", "scratch", 103, [(10000, 80.0), (20000, 90.0)])  # further, still incomplete
+    make_run(published, "Jamesbond", "scratch", 104, [(10000, 70.0)], final_mean=70.0)
+    make_run(live, "Jamesbond", "scratch", 104, [(10000, 70.0)], final_mean=70.0)  # equal: first listed wins
+    for roots in ([published, live], [live, published]):
+        with pytest.warns(UserWarning, match="duplicate"):
+            runs = {r.seed: r for r in rundata.load_runs(roots)}
+        assert len(runs) == 3
+        assert runs[102].complete and runs[102].final_mean == 350.0 and runs[102].path.parent.parent.parent == live
+        assert runs[103].last_step == 20000 and runs[103].path.parent.parent.parent == live
+        assert runs[104].path.parent.parent.parent == roots[0]
+
+
 def test_aggregate_curves_hand_values(runs_root):
     rows = aggregate.aggregate_curves(rundata.load_runs([runs_root]))
     scratch = [r for r in rows if (r["game"], r["method"]) == ("Alien", "scratch")]

@@ -76,7 +76,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlzoo_transfer.layers.noisy import NoisyLinear, scale_noise
+from rlzoo_transfer.layers.noisy import FactorisedNoise, NoisyLinear
 
 MODES = ("adaptive", "lite", "average")
 GATE_NORMS = ("sum", "none")
@@ -442,7 +442,7 @@ class AdaAggLinear(AdaAggBase):
         return f"in_features={self.in_features}, out_features={self.out_features}, " + super().extra_repr()
 
 
-class AdaAggNoisyLinear(AdaAggLinear):
+class AdaAggNoisyLinear(FactorisedNoise, AdaAggLinear):
     """AdaAgg over m ``NoisyLinear`` sources sharing ONE factorised noise sample.
 
     Input (..., I) -> output (..., O).  Parameters ``weight_mu, weight_sigma (m, O, I)``, ``bias_mu,
@@ -457,36 +457,17 @@ class AdaAggNoisyLinear(AdaAggLinear):
                  gate_norm: str = "sum"):
         super().__init__(sources, mode, align, gate_norm)
         self.sigma0 = sources[0].sigma0
-        self.noise_enabled = True
-        fk = dict(device=self.weight_mu.device, dtype=self.weight_mu.dtype)
-        self.register_buffer("weight_epsilon", torch.zeros(self.out_features, self.in_features, **fk))
-        self.register_buffer("bias_epsilon", torch.zeros(self.out_features, **fk))
-        self.reset_noise()
+        self._register_noise(self.out_features, self.in_features, device=self.weight_mu.device,
+                             dtype=self.weight_mu.dtype)
+        self.reset_noise()  # one sample shared by all sources
 
     def _stack_params(self, sources):
         for name in ("weight_mu", "weight_sigma", "bias_mu", "bias_sigma"):
             setattr(self, name, _stack([getattr(s, name) for s in sources]))
 
-    @torch.no_grad()
-    def reset_noise(self) -> None:
-        """Draw a new factorised noise sample (shared by all sources), in place."""
-        dev = self.weight_mu.device
-        eps_in = scale_noise(self.in_features, device=dev)
-        eps_out = scale_noise(self.out_features, device=dev)
-        self.weight_epsilon.copy_(torch.outer(eps_out, eps_in))
-        self.bias_epsilon.copy_(eps_out)
-
-    @property
-    def noisy(self) -> bool:
-        """True when the forward pass adds noise (training mode and noise enabled)."""
-        return self.training and self.noise_enabled
-
     def _source_weights(self, noise: bool = True):
         """Effective source weights (m, O, I), biases (m, O): mu + sigma * eps when noisy, else mu."""
-        if noise and self.noisy:
-            return (self.weight_mu + self.weight_sigma * self.weight_epsilon,
-                    self.bias_mu + self.bias_sigma * self.bias_epsilon)
-        return self.weight_mu, self.bias_mu
+        return self.noisy_weight(noise)
 
     def _make_plain(self):
         """NoisyLinear with mu = sum_i a_i T_i mu_i, sigma = sum_i a_i T_i sigma_i and this layer's noise.

@@ -25,7 +25,44 @@ def scale_noise(size: int, generator: torch.Generator | None = None, device=None
     return x.sign() * x.abs().sqrt()
 
 
-class NoisyLinear(nn.Module):
+class FactorisedNoise:
+    """The factorised noise state of a noisy linear layer, for ``nn.Module`` subclasses with parameters
+    ``weight_mu, weight_sigma: (..., O, I)`` and ``bias_mu, bias_sigma: (..., O)`` (``...``: e.g. the m sources of
+    an AdaAgg layer, which share one noise sample).
+
+    Buffers ``weight_epsilon = f(eps_out) f(eps_in)^T: (O, I)`` and ``bias_epsilon = f(eps_out): (O,)``; the flag
+    ``noise_enabled``; ``noisy`` = training mode and noise enabled.
+    """
+
+    def _register_noise(self, out_features: int, in_features: int, **factory) -> None:
+        self.noise_enabled = True
+        self.register_buffer("weight_epsilon", torch.zeros(out_features, in_features, **factory))
+        self.register_buffer("bias_epsilon", torch.zeros(out_features, **factory))
+
+    @torch.no_grad()
+    def reset_noise(self) -> None:
+        """Draw a new factorised noise sample (in place, so compiled graphs see it)."""
+        dev = self.weight_mu.device
+        eps_in = scale_noise(self.weight_epsilon.shape[1], device=dev)
+        eps_out = scale_noise(self.weight_epsilon.shape[0], device=dev)
+        self.weight_epsilon.copy_(torch.outer(eps_out, eps_in))
+        self.bias_epsilon.copy_(eps_out)
+
+    @property
+    def noisy(self) -> bool:
+        """True when the forward pass adds noise (training mode and noise enabled)."""
+        return self.training and self.noise_enabled
+
+    def noisy_weight(self, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu_w + sigma_w * eps_w, mu_b + sigma_b * eps_b)`` when ``noise`` and ``noisy``, else
+        ``(mu_w, mu_b)``; shapes those of ``weight_mu`` and ``bias_mu``."""
+        if noise and self.noisy:
+            return (self.weight_mu + self.weight_sigma * self.weight_epsilon,
+                    self.bias_mu + self.bias_sigma * self.bias_epsilon)
+        return self.weight_mu, self.bias_mu
+
+
+class NoisyLinear(FactorisedNoise, nn.Module):
     """Linear layer with learnable factorised Gaussian noise.
 
     :param in_features: input size ``I``
@@ -40,13 +77,11 @@ class NoisyLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.sigma0 = sigma0
-        self.noise_enabled = True
         self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
         self.weight_sigma = nn.Parameter(torch.empty(out_features, in_features))
         self.bias_mu = nn.Parameter(torch.empty(out_features))
         self.bias_sigma = nn.Parameter(torch.empty(out_features))
-        self.register_buffer("weight_epsilon", torch.zeros(out_features, in_features))
-        self.register_buffer("bias_epsilon", torch.zeros(out_features))
+        self._register_noise(out_features, in_features)
         self.reset_parameters()
         self.reset_noise()
 
@@ -57,26 +92,9 @@ class NoisyLinear(nn.Module):
         nn.init.constant_(self.weight_sigma, self.sigma0 / math.sqrt(self.in_features))
         nn.init.constant_(self.bias_sigma, self.sigma0 / math.sqrt(self.in_features))
 
-    @torch.no_grad()
-    def reset_noise(self) -> None:
-        """Draw a new factorised noise sample (in place, so compiled graphs see it)."""
-        dev = self.weight_mu.device
-        eps_in = scale_noise(self.in_features, device=dev)
-        eps_out = scale_noise(self.out_features, device=dev)
-        self.weight_epsilon.copy_(torch.outer(eps_out, eps_in))
-        self.bias_epsilon.copy_(eps_out)
-
-    @property
-    def noisy(self) -> bool:
-        """True when the forward pass adds noise (training mode and noise enabled)."""
-        return self.training and self.noise_enabled
-
     def effective_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (weight (O, I), bias (O,)) the forward pass uses right now."""
-        if self.noisy:
-            return (self.weight_mu + self.weight_sigma * self.weight_epsilon,
-                    self.bias_mu + self.bias_sigma * self.bias_epsilon)
-        return self.weight_mu, self.bias_mu
+        return self.noisy_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.effective_weight()

@@ -88,9 +88,10 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
             r.env.close()
         raise
     done = [finish_run(r) for r in runs if id(r) not in stopped]
-    incomplete = list(stopped.values())
-    if incomplete:
-        raise RunIncomplete("; ".join(map(str, incomplete)), incomplete[0].exit_status)
+    if stopped:   # one message for the group: the runs share the reason and the step
+        first = next(iter(stopped.values()))
+        folders = ", ".join(str(r.run_dir) for r in runs if id(r) in stopped)
+        raise RunIncomplete(f"{first.reason} (checkpoints in {folders})", first.exit_status, first.reason)
     return done
 
 

@@ -41,11 +41,13 @@ class RunError(RuntimeError):
 
 class RunIncomplete(RuntimeError):
     """The run stopped before its last step (a time limit, or SIGINT / SIGTERM); it checkpointed and continues with
-    --resume.  ``exit_status``: 3 at a time limit, 128 + the signal's number after a signal (SIGINT 130)."""
+    --resume.  ``exit_status``: 3 at a time limit, 128 + the signal's number after a signal (SIGINT 130);
+    ``reason``: the message without the run folder (lock-step names a group's folders once)."""
 
-    def __init__(self, message: str, exit_status: int = 3):
+    def __init__(self, message: str, exit_status: int = 3, reason: str | None = None):
         super().__init__(message)
         self.exit_status = exit_status
+        self.reason = reason or message
 
 
 @dataclass
@@ -190,8 +192,8 @@ def stop_incomplete(run: PreparedRun) -> None:
     save_checkpoint(model, run.run_dir)
     run.env.close()
     why = f"stopped by {stop.signal}" if stop else "time limit reached"
-    raise RunIncomplete(f"{why} at step {model.num_timesteps}/{spec.steps}; continue with the same command and "
-                        f"--resume (checkpoint in {run.run_dir})", stop.exit_status if stop else 3)
+    reason = f"{why} at step {model.num_timesteps}/{spec.steps}; continue with the same command and --resume"
+    raise RunIncomplete(f"{reason} (checkpoint in {run.run_dir})", stop.exit_status if stop else 3, reason)
 
 
 def finish_run(run: PreparedRun) -> Path:

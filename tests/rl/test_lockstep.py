@@ -270,6 +270,7 @@ def test_time_limit_checkpoints_every_run_of_the_group(tmp_path):
     folders = [tmp_path / "Gopher" / "scratch" / f"seed{s}" for s in (0, 1)]
     for d in folders:
         assert str(d) in str(exc.value) and (d / "checkpoint").is_dir() and not (d / "final.json").exists()
+    assert str(exc.value).count("time limit reached") == 1 and "checkpoints in" in str(exc.value)
     done = run_lockstep([_spec(tmp_path, s, steps=150, resume=True) for s in (0, 1)], progress=False)
     assert sorted(map(str, done)) == sorted(map(str, folders))
     assert all((d / "final.json").is_file() for d in folders)

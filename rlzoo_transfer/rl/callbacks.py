@@ -71,8 +71,9 @@ class EvalCheckpointCallback(BaseCallback):
     :param checkpoint_freq: agent steps between checkpoints (a multiple of ``eval_freq``; 0 = never)
     :param deadline: ``time.time()`` after which training stops (the caller checkpoints or finishes)
     :param stop: a ``stop.StopRequest``: once it is set (by SIGINT / SIGTERM), training stops at the next agent
-        step (the caller checkpoints).  That step's transition is not stored (SB3 stops before storing it) and its
-        update is the one a resumed run does first, so the update count matches an uninterrupted run's.
+        step (the caller checkpoints).  That step's transition is not stored (SB3 stops before storing it); its
+        update is the one a resumed run does first, so the update count matches an uninterrupted run's, and when it
+        was an evaluation step the resumed run evaluates first.
     :param eval_envs: games evaluated in parallel
     :param stream: where to print one line per evaluation (for logs without a progress bar; None: silent)
     """
@@ -122,7 +123,23 @@ class EvalCheckpointCallback(BaseCallback):
         if flows:   # Knowledge Flow: softmax weight of the student and of each teacher at each flow point
             append_stats(self.run_dir / "flow.csv", ["step", "point", "model", "weight"], flows)
 
+    def eval_due(self) -> bool:
+        """Whether the current step crosses a multiple of ``eval_freq`` since the last evaluation."""
+        step, last = self.model.num_timesteps, getattr(self, "_last_eval", None)
+        if last is None:
+            last = step - self.model.n_envs
+        return step // self.eval_freq > max(last, 0) // self.eval_freq
+
     def _on_training_start(self) -> None:
+        step = self.model.num_timesteps
+        if step > 0:   # resumed
+            evaluated = max((int(r["step"]) for r in read_evaluations(self.csv)), default=0)
+            if step // self.eval_freq > evaluated // self.eval_freq:
+                # stopped at its evaluation step, before the evaluation (a stop ends the step early): evaluate
+                # now, before the owed update, where the uninterrupted run evaluates
+                self.evaluate_now()
+                self.logger.dump(step)
+            self._last_eval = step
         if self.pending_update:
             self.pending_update = False
             self.model.train(gradient_steps=self.model.gradient_steps, batch_size=self.model.batch_size)
@@ -138,8 +155,8 @@ class EvalCheckpointCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         step, last = self.model.num_timesteps, getattr(self, "_last_eval", None)
         if last is None:
-            last = self.model.num_timesteps - self.model.n_envs
-        if step // self.eval_freq > max(last, 0) // self.eval_freq:
+            last = step - self.model.n_envs
+        if self.eval_due():
             self.evaluate_now()
             self.logger.dump(step)
             if self.checkpoint_freq and step // self.checkpoint_freq > max(last, 0) // self.checkpoint_freq:

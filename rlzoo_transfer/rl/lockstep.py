@@ -284,12 +284,6 @@ class Lockstep:
             actions = self.stacked.q_values(obs).argmax(-1).cpu().numpy()
         return list(actions)
 
-    def _eval_due(self, model, callback) -> bool:
-        step, last = model.num_timesteps, getattr(callback, "_last_eval", None)
-        if last is None:
-            last = step - model.n_envs
-        return step // callback.eval_freq > max(last, 0) // callback.eval_freq
-
     # --------------------------------------------------------------------------------------- learning
     def _sample_all(self) -> list:
         """Every agent's prioritised batch, on the CPU, the agents spread over ``sample_threads`` threads.
@@ -380,7 +374,7 @@ class Lockstep:
             if not running:
                 break
             for r in self.runs:
-                due = due or self._eval_due(r.model, r.callback)
+                due = due or r.callback.eval_due()
             if due:  # evaluation / checkpoint use the agents' own networks and optimisers
                 self.stacked.sync_to_models(self.models)
             for _, cb in setups:

@@ -58,6 +58,11 @@ def append_stats(path: Path, header: list[str], rows: list[list]) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def crossed(last: int, step: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in (max(last, 0), step]."""
+    return step // every > max(last, 0) // every
+
+
 class EvalCheckpointCallback(BaseCallback):
     """Every ``eval_freq`` agent steps: evaluate, append the CSV row, log statistics, then checkpoint.
 
@@ -123,18 +128,20 @@ class EvalCheckpointCallback(BaseCallback):
         if flows:   # Knowledge Flow: softmax weight of the student and of each teacher at each flow point
             append_stats(self.run_dir / "flow.csv", ["step", "point", "model", "weight"], flows)
 
+    def _previous_step(self) -> int:
+        """The step of the last evaluation check (before the first: the step before this one)."""
+        last = getattr(self, "_last_eval", None)
+        return self.model.num_timesteps - self.model.n_envs if last is None else last
+
     def eval_due(self) -> bool:
         """Whether the current step crosses a multiple of ``eval_freq`` since the last evaluation."""
-        step, last = self.model.num_timesteps, getattr(self, "_last_eval", None)
-        if last is None:
-            last = step - self.model.n_envs
-        return step // self.eval_freq > max(last, 0) // self.eval_freq
+        return crossed(self._previous_step(), self.model.num_timesteps, self.eval_freq)
 
     def _on_training_start(self) -> None:
         step = self.model.num_timesteps
         if step > 0:   # resumed
             evaluated = max((int(r["step"]) for r in read_evaluations(self.csv)), default=0)
-            if step // self.eval_freq > evaluated // self.eval_freq:
+            if crossed(evaluated, step, self.eval_freq):
                 # stopped at its evaluation step, before the evaluation (a stop ends the step early): evaluate
                 # now, before the owed update, where the uninterrupted run evaluates
                 self.evaluate_now()
@@ -153,13 +160,11 @@ class EvalCheckpointCallback(BaseCallback):
         return self.deadline is None or time.time() < self.deadline
 
     def _on_rollout_end(self) -> None:
-        step, last = self.model.num_timesteps, getattr(self, "_last_eval", None)
-        if last is None:
-            last = step - self.model.n_envs
+        step, last = self.model.num_timesteps, self._previous_step()
         if self.eval_due():
             self.evaluate_now()
             self.logger.dump(step)
-            if self.checkpoint_freq and step // self.checkpoint_freq > max(last, 0) // self.checkpoint_freq:
+            if self.checkpoint_freq and crossed(last, step, self.checkpoint_freq):
                 self.checkpoint(self.model)
         self._last_eval = step
 

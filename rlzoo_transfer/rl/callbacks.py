@@ -97,6 +97,7 @@ class EvalCheckpointCallback(BaseCallback):
         # a checkpoint is written at the end of its step's rollout, before that step's update: a run resumed from
         # it owes that one update, done first thing (``run.prepare_run`` sets this)
         self.pending_update = False
+        self._last_eval: int | None = None   # step of the last evaluation check; None before the first
 
     def evaluate_now(self) -> None:
         step = self.model.num_timesteps
@@ -130,8 +131,9 @@ class EvalCheckpointCallback(BaseCallback):
 
     def _previous_step(self) -> int:
         """The step of the last evaluation check (before the first: the step before this one)."""
-        last = getattr(self, "_last_eval", None)
-        return self.model.num_timesteps - self.model.n_envs if last is None else last
+        if self._last_eval is None:
+            return self.model.num_timesteps - self.model.n_envs
+        return self._last_eval
 
     def eval_due(self) -> bool:
         """Whether the current step crosses a multiple of ``eval_freq`` since the last evaluation."""

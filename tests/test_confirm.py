@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import yaml
 from scipy import stats
 
 from rlzoo_transfer import confirm, curves, scores
+from rlzoo_transfer.provenance import PROJECT_ROOT, file_in_commit
 from rlzoo_transfer.rundata import load_runs
 
 HYPER = {"learning_rate": 0.0001, "n_steps": 20, "compile": False}
@@ -205,9 +207,6 @@ def test_summary_line_and_readme(explore, tmp_path):
 
 
 def _git(*args):
-    import subprocess
-
-    from rlzoo_transfer.provenance import PROJECT_ROOT
     done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else ""
 
@@ -215,8 +214,6 @@ def _git(*args):
 def test_a_run_made_before_the_registration_was_committed_is_a_deviation(explore, tmp_path):
     """Against this repository's own history: the commit that added eval/confirm/Jamesbond-hub.yml has it, its
     parent does not."""
-    from rlzoo_transfer.provenance import PROJECT_ROOT, file_in_commit
-
     path = PROJECT_ROOT / "eval" / "confirm" / "Jamesbond-hub.yml"
     added = _git("log", "--diff-filter=A", "--format=%H", "--", "eval/confirm/Jamesbond-hub.yml").split("\n")[-1]
     parent = _git("rev-parse", f"{added}^") if added else ""

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from rlzoo_transfer import aggregate, curves, plots, report, rundata, scores
 
@@ -437,7 +438,6 @@ def test_welch_difference_by_hand():
     # nu = (5/3)^2 / ((1/3)^2 / 2 + (4/3)^2 / 2) = 50/17
     w = scores.welch_difference([1, 2, 3], [2, 4, 6])
     assert w["diff"] == -2.0 and w["dof"] == pytest.approx(50 / 17) and (w["n_x"], w["n_y"]) == (3, 3)
-    from scipy import stats
     half = stats.t.ppf(0.975, 50 / 17) * np.sqrt(5 / 3)
     assert (w["low"], w["high"]) == pytest.approx((-2 - half, -2 + half))
     assert w["p"] == pytest.approx(stats.ttest_ind([1, 2, 3], [2, 4, 6], equal_var=False).pvalue)

@@ -15,7 +15,9 @@ import yaml
 from PIL import Image
 
 from rlzoo_transfer import enjoy
+from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
+from rlzoo_transfer.zoo import DEFAULT_ZOO
 from tests.test_train import TINY, cli
 
 GAME = "Alien"   # an untrained agent's game ends in ~0.5 s
@@ -35,8 +37,6 @@ def _obs(n: int = 4) -> torch.Tensor:
 
 
 def test_rebuilt_policy_is_the_saved_one(zoo_run):
-    from rlzoo_transfer.rl.der import DER
-
     policy, game, _ = enjoy.policy_for_run(zoo_run)
     saved = DER.load(zoo_run / "model.zip", device="cpu").policy
     policy.set_training_mode(False)
@@ -71,8 +71,6 @@ def test_gif_episode_is_the_evaluation_episode(zoo_run, tmp_path):
 
 
 def test_source_plays_its_own_game(tmp_path):
-    from rlzoo_transfer.zoo import DEFAULT_ZOO
-
     policy, game, label = enjoy.policy_for_source("Seaquest")
     assert game == "Seaquest" and "Seaquest.pt" in label
     shipped = torch.load(DEFAULT_ZOO / "Seaquest.pt", weights_only=True)

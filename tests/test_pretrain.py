@@ -11,6 +11,9 @@ import pytest
 import torch
 import yaml
 
+from rlzoo_transfer import pretrain
+from rlzoo_transfer.pretrain import export_source
+from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.policies import DERNetwork
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +46,6 @@ def test_checkpoint_loads_into_a_der_network(pretrained):
     out = net(x)
     assert out.shape == (2, 18, 51) and torch.isfinite(out).all()
     # it is the run's trained online network, exported tensor for tensor
-    from rlzoo_transfer.rl.der import DER
-
     model = DER.load(log / "Riverraid" / "scratch" / "seed0" / "model.zip", device="cpu")
     assert model._n_updates > 0
     online = model.policy.q_net.state_dict()
@@ -82,8 +83,6 @@ def test_zoo_manifest_records_the_source(pretrained):
 
 def test_a_resumed_source_records_both_commands(pretrained, tmp_path):
     """A source finished by ``--resume`` keeps the command that started it and adds the one that finished it."""
-    from rlzoo_transfer.pretrain import export_source
-
     _, log, _ = pretrained
     run = log / "Riverraid" / "scratch" / "seed0"
     started = yaml.safe_load((run / "config.yml").read_text())["command"]
@@ -95,8 +94,6 @@ def test_a_resumed_source_records_both_commands(pretrained, tmp_path):
 
 
 def test_bad_game_is_a_one_line_error(tmp_path):
-    from rlzoo_transfer import pretrain
-
     proc = subprocess.run([sys.executable, "-m", "rlzoo_transfer.pretrain", "--game", "Rivereid", "--zoo-dir",
                            str(tmp_path), "--log-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
@@ -115,8 +112,6 @@ def test_bad_game_is_a_one_line_error(tmp_path):
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_numbers_are_one_line_errors_before_any_work(extra, message, tmp_path, capsys):
-    from rlzoo_transfer import pretrain
-
     assert pretrain.main(["--game", "Seaquest", "--zoo-dir", str(tmp_path), "--log-dir", str(tmp_path),
                           "--no-progress", *extra]) == 2
     err = capsys.readouterr().err

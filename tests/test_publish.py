@@ -1,5 +1,10 @@
 """publish: only the small files of runs reach eval/runs, and a stale final score is withdrawn."""
 import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from rlzoo_transfer.publish import main, publish
 
@@ -56,12 +61,6 @@ def test_no_runs_or_a_file_as_out_is_an_error(tmp_path, capsys):
 def test_published_files_are_not_git_ignored():
     """What publish writes under eval/runs must reach git (a `runs/` ignore pattern once swallowed it), while the
     scratch folder runs/ stays ignored."""
-    import shutil
-    import subprocess
-    from pathlib import Path
-
-    import pytest
-
     root = Path(__file__).resolve().parent.parent
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")

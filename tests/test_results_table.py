@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from rlzoo_transfer import curves, results_table, rundata
+from rlzoo_transfer import curves, report, results_table, rundata
 from rlzoo_transfer.results_table import END, START, MarkerError, splice
 from tests.test_curves import runs_root  # noqa: F401  (fixture)
+from tests.test_curves import make_run
 
 
 def _row(lines: list[str], name: str) -> list[str]:
@@ -81,9 +82,6 @@ def test_cli_readme_without_markers_is_a_clear_error(runs_root, tmp_path, capsys
 
 
 def test_an_interval_over_a_game_with_two_seeds_is_marked_narrow(tmp_path):
-    from rlzoo_transfer import report
-    from tests.test_curves import make_run
-
     for seed, final in enumerate((300.0, 500.0)):
         make_run(tmp_path, "Alien", "zoo", seed, [(10000, final)], final_mean=final)
     cell = _row(results_table.table_lines(rundata.load_runs([tmp_path]), reps=200), "`zoo`")[-1]

@@ -1,9 +1,11 @@
 """One run's summary files (curve.png, gate plot, report.md) from real run-folder files."""
 import json
+import sys
 
 import pytest
 
-from rlzoo_transfer import run_summary
+from rlzoo_transfer import aggregate, run_summary, rundata
+from rlzoo_transfer.run import summarize_after_run
 
 EVALS = "step,mean,std,n_episodes,returns\n0,200,10,2,190 210\n1000,400,20,2,380 420\n2000,300,0,2,300 300\n"
 
@@ -23,8 +25,6 @@ def make_run(root, final=True, gates=True):
 
 
 def test_area_over_training_hand_value(tmp_path):
-    from rlzoo_transfer import aggregate, rundata
-
     run = rundata.load_run(make_run(tmp_path))
     # trapezoids: (200 + 400) / 2 * 1000 + (400 + 300) / 2 * 1000 = 650,000 over 2000 steps
     assert aggregate.mean_return_over_training(run) == pytest.approx(325.0)
@@ -63,8 +63,6 @@ def test_not_a_run_folder_exit_2(tmp_path, capsys):
 
 
 def test_failure_after_a_run_is_a_warning(tmp_path, capsys):
-    from rlzoo_transfer.run import summarize_after_run
-
     assert summarize_after_run(tmp_path / "notarun") is None
     err = capsys.readouterr().err
     assert err.startswith("warning: the run is complete") and "run_summary" in err
@@ -73,10 +71,6 @@ def test_failure_after_a_run_is_a_warning(tmp_path, capsys):
 def test_summary_code_that_cannot_be_imported_is_a_warning_too(tmp_path, capsys, monkeypatch):
     """A run that outlived an update of the package imported a run_summary / curves that needed names its
     already-loaded modules lacked: an ImportError traceback (exit 1) after its final.json was written."""
-    import sys
-
-    from rlzoo_transfer.run import summarize_after_run
-
     monkeypatch.setitem(sys.modules, "rlzoo_transfer.run_summary", None)   # makes the import raise ImportError
     assert summarize_after_run(make_run(tmp_path)) is None
     err = capsys.readouterr().err

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rlzoo_transfer import sweep
+from rlzoo_transfer import curves, sweep
+from rlzoo_transfer.confirm import load_registration
+from rlzoo_transfer.provenance import PROJECT_ROOT
 
 # A stand-in for rlzoo_transfer.train (selected with the hidden --train-module): writes the run folder in the
 # documented format, records its arguments, and fails on request (extra argument --fail / --no-final).
@@ -279,8 +281,6 @@ def test_real_two_run_sweep(tmp_path, capsys):
     for seed in (0, 1):
         final = json.loads((log / "Alien" / "scratch" / f"seed{seed}" / "final.json").read_text())
         assert final["steps"] == 300 and final["n_episodes"] == 1
-    from rlzoo_transfer import curves
-
     assert curves.main([str(log), "--out", str(tmp_path / "eval"), "--reps", "100"]) == 0
     assert (tmp_path / "eval" / "curves_Alien.png").stat().st_size > 0
 
@@ -399,9 +399,6 @@ def test_real_lockstep_sweep(tmp_path, capsys):
 def test_confirm_runs_the_registered_runs_once_committed(tmp_path, capsys):
     """--confirm plans exactly the registration's game x (method, baseline) x seeds; refuses other selections,
     protocol-changing options and a registration the checked-out commit does not contain."""
-    from rlzoo_transfer.confirm import load_registration
-    from rlzoo_transfer.provenance import PROJECT_ROOT
-
     committed = PROJECT_ROOT / "eval" / "confirm" / "Jamesbond-hub.yml"
     reg = load_registration(committed)
     assert sweep.main(["--confirm", str(committed), "--log-dir", str(tmp_path), "--dry-run"]) == 0

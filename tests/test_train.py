@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import shutil
@@ -11,12 +12,18 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from rlzoo_transfer import train
+from rlzoo_transfer.config import (MAX_SEED, ConfigError, check_ranges, load_config, parse_overrides,
+                                   progress_bar_wanted, resolve_device, seed_arg)
+from rlzoo_transfer.rl.der import DER
+from rlzoo_transfer.rl.methods import FLOW_POINTS
 from tests.conftest import kill_after_checkpoint, signal_once_training
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +95,6 @@ def test_run_folder_has_every_file(finished):
 
 
 def test_saved_model_loads_and_acts(finished):
-    from rlzoo_transfer.rl.der import DER
-
     run, _, _ = finished
     model = DER.load(run / "model.zip", device="cpu")
     assert model.num_timesteps == 400 and model._n_updates == 300
@@ -160,8 +165,6 @@ def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
                                           ("x1", "expected an integer")])
 def test_a_bad_seed_is_a_usage_error_on_every_cli(module, args, seed, message, tmp_path, capsys):
     """Before: ``--seed -1`` reached numpy's legacy seeding and ended in a ValueError traceback."""
-    import importlib
-
     main = importlib.import_module(f"rlzoo_transfer.{module}").main
     with pytest.raises(SystemExit) as exit_:
         main([a.replace("{tmp}", str(tmp_path)) for a in args] + [seed])
@@ -173,10 +176,6 @@ def test_a_bad_seed_is_a_usage_error_on_every_cli(module, args, seed, message, t
 
 def test_device_auto_resolves_and_a_missing_gpu_is_refused(capsys):
     """SB3 runs ``--device cuda`` on the CPU when there is no GPU; the run's config.yml then said ``cuda``."""
-    import torch
-
-    from rlzoo_transfer.config import ConfigError, resolve_device
-
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
     if not torch.cuda.is_available():
@@ -187,10 +186,6 @@ def test_device_auto_resolves_and_a_missing_gpu_is_refused(capsys):
 
 
 def test_check_ranges_names_every_bad_option_and_passes_unset_ones():
-    from types import SimpleNamespace
-
-    from rlzoo_transfer.config import ConfigError, check_ranges
-
     args = SimpleNamespace(steps=0, eval_freq=10, max_minutes=None, lr=float("nan"), checkpoint_freq=-1, gap=0)
     with pytest.raises(ConfigError) as e:
         check_ranges(args, positive=("steps", "eval_freq", "max_minutes", "lr"),
@@ -203,8 +198,6 @@ def test_check_ranges_names_every_bad_option_and_passes_unset_ones():
 
 
 def test_seed_range_ends():
-    from rlzoo_transfer.config import MAX_SEED, seed_arg
-
     assert seed_arg("0") == 0 and seed_arg(str(MAX_SEED)) == MAX_SEED == 2**31 - 1
 
 
@@ -215,8 +208,6 @@ def test_unknown_game_from_the_command_line(tmp_path):
 
 
 def test_integral_float_is_accepted_for_an_int_hyperparameter():
-    from rlzoo_transfer.config import load_config
-
     config = load_config(None, {"buffer_size": 2.0e3, "learning_rate": 1})
     assert config["buffer_size"] == 2000 and isinstance(config["buffer_size"], int)
     assert config["learning_rate"] == 1.0 and isinstance(config["learning_rate"], float)
@@ -247,8 +238,6 @@ def test_kill_then_resume(tmp_path, capsys):
     final = json.loads((run / "final.json").read_text())
     assert final["steps"] == 400 and final["n_episodes"] == 1
     assert (run / "model.zip").exists()
-    from rlzoo_transfer.rl.der import DER
-
     model = DER.load(run / "model.zip", device="cpu")
     assert model.num_timesteps == 400
     # updates continued where they stopped: the checkpoint is taken at the end of its step's rollout, before that
@@ -280,8 +269,6 @@ def test_ctrl_c_checkpoints_at_the_step_reached_then_resume_finishes(tmp_path, c
     assert done.returncode == 0, done.stderr
     assert f"resuming {run} from step {step}" in done.stderr
     assert steps_in(run / "evaluations.csv") == [0, 500, 1000]
-    from rlzoo_transfer.rl.der import DER
-
     model = DER.load(run / "model.zip", device="cpu")
     assert model.num_timesteps == 1000 and model._n_updates == 1000 - 100
 
@@ -317,8 +304,6 @@ def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(finished, broken, tmp
 
 def test_exponent_without_a_dot_is_a_number():
     """YAML 1.1 reads 1e-4 as a string; -p learning_rate=1e-4 must still mean 0.0001 (and words stay words)."""
-    from rlzoo_transfer.config import load_config, parse_overrides
-
     got = parse_overrides(["learning_rate=1e-4", "buffer_size=1e5", "mode=lite", "n_steps=3"])
     assert got == {"learning_rate": 1e-4, "buffer_size": 1e5, "mode": "lite", "n_steps": 3}
     config = load_config(None, {k: got[k] for k in ("learning_rate", "buffer_size")})
@@ -351,8 +336,6 @@ def test_zoo_run_killed_and_resumed_logs_each_gate_once(tmp_path):
 def test_kflow_run_logs_its_flow_weights(tmp_path):
     """A real Knowledge Flow run writes flow.csv: the student's and each teacher's softmax weight per flow point at
     every evaluation step (summing to 1 per point), and its flow plot beside the run's report."""
-    from rlzoo_transfer.rl.methods import FLOW_POINTS
-
     log = tmp_path / "runs"
     proc = cli("--game", GAME, "--method", "kflow", "--steps", "200", "--eval-freq", "100", "--log-dir", str(log),
                *TINY)
@@ -373,8 +356,6 @@ def test_kflow_run_logs_its_flow_weights(tmp_path):
 
 def test_progress_bar_only_on_a_terminal(tmp_path):
     """``nohup`` / ``make run > log``: no bar (it would print nothing useful), the progress lines instead."""
-    from rlzoo_transfer.config import progress_bar_wanted
-
     leader, follower = os.openpty()                       # a real terminal device
     with open(follower, "w") as tty, open(tmp_path / "log", "w") as log:
         assert progress_bar_wanted(False, tty) and not progress_bar_wanted(True, tty)

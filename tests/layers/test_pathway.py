@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from rlzoo_transfer.layers import HubPathway, flat_stats, pathway_means
+from rlzoo_transfer.layers.pathway import take_rows
 
 DT = torch.float64
 D, S = 5, 3
@@ -182,8 +183,6 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous", "strided"])
 def test_take_rows_is_x_rows_in_x_memory_format(layout):
-    from rlzoo_transfer.layers.pathway import take_rows
-
     x = torch.randn(6, 4, 5, 7, dtype=DT)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ import torch
 from gymnasium import spaces
 from scipy import stats
 
+import rlzoo_transfer.rl.buffers as buffers
 from rlzoo_transfer.rl.buffers import PrioritizedNStepReplay, SumTree
 
 H = W = 2
@@ -474,8 +475,6 @@ def test_save_load_roundtrip(tmp_path):
 
 def test_load_streams_in_small_chunks(tmp_path, monkeypatch):
     """Arrays are read into the buffer in bounded chunks (a 1M buffer must not need a second copy in memory)."""
-    import rlzoo_transfer.rl.buffers as buffers
-
     buf = make_buffer(capacity=60, n_envs=2, n_steps=3, gamma=0.9, seed=7)
     random_script(Streams(buf), 80, np.random.default_rng(5))
     buf.save(str(tmp_path / "r.npz"))

@@ -1,7 +1,12 @@
 """Statistics CSVs (gates.csv / pathway.csv) stay one row per (step, key) across resumes."""
 import csv
 
-from rlzoo_transfer.rl.callbacks import append_stats
+import pytest
+import torch
+
+from rlzoo_transfer.rl.callbacks import append_stats, read_evaluations
+from rlzoo_transfer.rl.der import DER
+from rlzoo_transfer.run import RunIncomplete, RunSpec, finish_run, prepare_run, stop_incomplete
 
 HEADER = ["step", "layer", "source", "gate"]
 
@@ -48,13 +53,6 @@ class StopAtStep:
 def test_a_stop_at_an_evaluation_step_evaluates_it_on_resume(tmp_path):
     """A stop ends its step before the step's evaluation: the resumed run evaluates that step first, so the curve
     keeps every point, and the update count is the uninterrupted run's."""
-    import pytest
-    import torch
-
-    from rlzoo_transfer.rl.callbacks import read_evaluations
-    from rlzoo_transfer.rl.der import DER
-    from rlzoo_transfer.run import RunIncomplete, RunSpec, finish_run, prepare_run, stop_incomplete
-
     torch.set_num_threads(1)
     tiny = {"learning_starts": 100, "buffer_size": 2000, "batch_size": 16, "n_steps": 5,
             "target_update_interval": 50}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +17,11 @@ import yaml
 
 from rlzoo_transfer.layers import set_noise
 from rlzoo_transfer.lockstep import main as lockstep_main
+from rlzoo_transfer.lockstep import run_lockstep
+from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.lockstep import Lockstep, LockstepError, StackedNetworks
-from rlzoo_transfer.run import RunSpec, prepare_run
+from rlzoo_transfer.run import RunIncomplete, RunSpec, prepare_run
+from tests.conftest import kill_after_checkpoint
 
 TINY = {"learning_starts": 100, "buffer_size": 2000, "batch_size": 16, "n_steps": 5,
         "target_update_interval": 50}
@@ -232,13 +237,6 @@ def test_zoo_lite_lockstep_equals_single_run(tmp_path):
 def test_killed_group_resumes_exactly(tmp_path):
     """Kill a K = 2 group after its first checkpoint; --resume finishes both agents with the uninterrupted
     schedule (every evaluation once, steps - learning_starts updates each)."""
-    import os
-    import subprocess
-    import sys
-
-    from rlzoo_transfer.rl.der import DER
-    from tests.conftest import kill_after_checkpoint
-
     args = ["-m", "rlzoo_transfer.lockstep", "--games", "Gopher", "--seeds", "0", "1", "--steps", "300",
             "--eval-freq", "150", "--eval-episodes", "1", "--final-eval-episodes", "1", "--log-dir", str(tmp_path),
             "--no-progress", "--threads", "1", "-p", *(f"{k}={v}" for k, v in TINY.items())]
@@ -259,9 +257,6 @@ def test_killed_group_resumes_exactly(tmp_path):
 def test_time_limit_checkpoints_every_run_of_the_group(tmp_path):
     """Past a time limit, run_lockstep checkpoints each agent, finishes none and raises one RunIncomplete naming
     every run (exit status 3); --resume then finishes both."""
-    from rlzoo_transfer.lockstep import run_lockstep
-    from rlzoo_transfer.run import RunIncomplete
-
     torch.set_num_threads(1)
     specs = [_spec(tmp_path, s, steps=150, max_minutes=1e-6) for s in (0, 1)]
     with pytest.raises(RunIncomplete) as exc:

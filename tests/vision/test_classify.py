@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+import rlzoo_transfer.vision.classify as classify
 from rlzoo_transfer.vision.classify import ClassifyConfig, main, run_classification
-from rlzoo_transfer.vision.data import (BatchStream, ImageDataset, EvalTransform, TrainTransform, digits_images,
+from rlzoo_transfer.vision.data import (BatchStream, EvalTransform, ImageDataset, TrainTransform, digits_images,
                                         open_split, random_resized_crop_box, write_image_folder)
 from rlzoo_transfer.vision.resnet import resnet_small
 
@@ -72,8 +73,6 @@ def test_resume_after_a_crash_continues_exactly(digits, sources, tmp_path, monke
     common = dict(data=str(digits), zoo=sources, method="zoo-lite", iters=8, batch_size=16, milestones=[3, 6],
                   save_every=4, **SMALL)
     straight = run_classification(ClassifyConfig(out=str(tmp_path / "a"), **common))
-    import rlzoo_transfer.vision.classify as classify
-
     calls = {"n": 0}
     real = classify.objective
 

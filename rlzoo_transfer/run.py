@@ -1,10 +1,10 @@
 """One training run, start to finish: config -> env -> method's network -> DER -> callbacks -> files.
 
-The run folder (``<log_dir>/<Game>/<method>/seed<k>/``) gets:
-``config.yml`` (resolved hyperparameters, package versions, git commit, command), ``evaluations.csv``
-(step, mean, std, n_episodes, returns), ``final.json`` (the final evaluation; its presence marks a complete run),
-``model.zip`` (SB3 format), ``checkpoint/`` (for ``--resume``), ``tb/`` (tensorboard), and for transfer methods
-``gates.csv`` / ``pathway.csv`` / ``flow.csv``.  The CLIs then add the files to look at (``curve.png``, ``report.md``:
+The run folder (``<log_dir>/<Game>/<method>/seed<k>/``) gets: ``config.yml`` (resolved hyperparameters, the zoo
+sources' sha256s, package versions, git commit, command), ``evaluations.csv`` (step, mean, std, n_episodes,
+returns), ``final.json`` (the final evaluation; its presence marks a complete run), ``model.zip`` (SB3 format),
+``checkpoint/`` (for ``--resume``), ``tb/`` (tensorboard), and for transfer methods ``gates.csv`` / ``pathway.csv`` /
+``flow.csv``.  The CLIs then add the files to look at (``curve.png``, ``report.md``:
 :mod:`rlzoo_transfer.run_summary`).
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ from rlzoo_transfer.rl.methods import get_method
 from rlzoo_transfer.rl.policies import DERPolicy
 from rlzoo_transfer.stop import stop_on_signals
 from rlzoo_transfer.zoo import ZooError
+from rlzoo_transfer.zoo import provenance as zoo_provenance
 
 
 class RunError(RuntimeError):
@@ -164,11 +165,13 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
             env.close()
             raise
         run_dir.mkdir(parents=True, exist_ok=True)
+        sources = get_method(spec.method).sources(spec.source, config)
         write_atomic(run_dir / "config.yml", yaml.safe_dump({
             "game": game, "method": spec.method, "source": spec.source, "seed": spec.seed, "steps": spec.steps,
             "eval_freq": spec.eval_freq, "eval_episodes": spec.eval_episodes,
             "final_eval_episodes": spec.final_eval_episodes, "n_envs": spec.n_envs, "device": spec.device,
-            "hyperparams": config, "actions": action_meanings(game), "versions": versions(),
+            "hyperparams": config, "zoo": zoo_provenance(sources, config.get("zoo_dir")) if sources else None,
+            "actions": action_meanings(game), "versions": versions(),
             "commit": git_commit(), "command": spec.command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, sort_keys=False))
     deadline = time.time() + 60 * spec.max_minutes if spec.max_minutes else None

@@ -18,7 +18,8 @@ def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentPar
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--game", required=True, help="Atari game, e.g. Alien, Gopher, Jamesbond (any ALE game)")
     p.add_argument("--method", default="scratch", help=f"one of: {', '.join(METHODS)} (default scratch)")
-    p.add_argument("--source", default=None, help="source game of --method finetune (Seaquest or Riverraid)")
+    p.add_argument("--source", default=None, help="source game of --method finetune, a source of the zoo "
+                   "(shipped: Seaquest, Riverraid; another zoo: -p zoo_dir=DIR)")
     p.add_argument("--seed", type=seed_arg, default=0)
     add_run_options(p)
     return p

@@ -58,6 +58,21 @@ def read_manifest(zoo_dir: Path | str = DEFAULT_ZOO) -> dict[str, dict]:
     return sources
 
 
+def provenance(games: list[str], zoo_dir: Path | str | None = None) -> dict:
+    """What a transfer run's ``config.yml`` records of its sources (``zoo``): the zoo folder as given (``pretrain``
+    for the shipped one) and each source's file, sha256, agent steps and final score from the manifest - the sha256
+    is the one the loaded checkpoint was verified against - so a run made from a zoo outside this repository still
+    names the checkpoints it started from."""
+    manifest = read_manifest(zoo_dir or DEFAULT_ZOO)
+    sources = {}
+    for game in games:
+        entry = manifest.get(game) or {}
+        sources[game] = {"file": entry.get("file"), "sha256": entry.get("sha256"),
+                         "agent_steps": entry.get("agent_steps"),
+                         "final_eval_mean": (entry.get("final_eval") or {}).get("mean")}
+    return {"dir": str(zoo_dir) if zoo_dir else "pretrain", "sources": sources}
+
+
 def load_source(game: str, zoo_dir: Path | str = DEFAULT_ZOO) -> Source:
     """One verified source: manifest entry, sha256, tensors-only load."""
     sources = read_manifest(zoo_dir)
@@ -134,7 +149,7 @@ def load_zoo(games: list[str], template: torch.nn.Module, target_actions: list[s
     With ``fresh_output`` the output layer's entries are the template's own (random) parameters.
     """
     if not games:
-        raise ZooError("the zoo is empty: name at least one source")
+        raise ZooError("no sources named: set -p sources=A,B to sources listed in the zoo's zoo.yml")
     out = []
     for game in games:
         src = load_source(game, zoo_dir)

@@ -78,6 +78,7 @@ def test_run_folder_has_every_file(finished):
     assert config["commit"] and config["commit"] != "unknown"
     assert config["command"].startswith("python -m rlzoo_transfer.train --game") and "--steps 400" in config["command"]
     assert len(config["actions"]) == 18 and config["actions"][0] == "NOOP"
+    assert config["zoo"] is None   # scratch starts from no source
 
     with open(run / "evaluations.csv") as f:
         rows = list(csv.DictReader(f))

@@ -111,7 +111,7 @@ def test_source_not_in_the_manifest(zoo):
 
 
 def test_no_sources_named(zoo):
-    with pytest.raises(ZooError, match="the zoo is empty"):
+    with pytest.raises(ZooError, match="no sources named: set -p sources=A,B"):
         gopher_zoo(zoo, [])
 
 

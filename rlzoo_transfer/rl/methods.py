@@ -36,8 +36,11 @@ class UnknownMethodError(ValueError):
     pass
 
 
-def _sources(names: str | list[str]) -> list[str]:
-    return [s.strip() for s in names.split(",")] if isinstance(names, str) else list(names)
+def _sources(names: str | list[str] | None) -> list[str]:
+    """``"Seaquest, Riverraid"`` or a list -> the source names; ``-p sources=`` (None) -> none."""
+    if names is None:
+        return []
+    return [s.strip() for s in (names.split(",") if isinstance(names, str) else names) if str(s).strip()]
 
 
 def _zoo_state_dicts(n_actions: int, n_atoms: int, hidden: int, sigma0: float, game: str, sources: list[str],
@@ -336,6 +339,15 @@ class Method:
     def folder(self, source: str | None) -> str:
         """Run-folder name: ``finetune-Seaquest`` for a method with a source, else the method name."""
         return f"{self.name}-{source}" if self.needs_source and source else self.name
+
+    def sources(self, source: str | None, settings: dict[str, Any]) -> list[str]:
+        """The zoo sources the network starts from: finetune's ``--source``, the ``sources`` setting of the zoo /
+        hub / kflow families, none for scratch."""
+        if self.builder is build_der_network:
+            return []
+        if self.needs_source:
+            return [source] if source else []
+        return _sources(settings.get("sources"))
 
     def network(self, game: str, source: str | None, settings: dict[str, Any]):
         """(net_builder, net_kwargs) for the policy."""

@@ -19,6 +19,16 @@ def _one_torch_thread():
     yield
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_module(module: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    """``python -m rlzoo_transfer.<module> args`` from the repository root on one thread, output captured."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", f"rlzoo_transfer.{module}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
 def kill_after_checkpoint(args: list[str], run_dirs: list[Path], timeout: float = 600, cwd: Path | None = None) -> None:
     """Start ``python <args>`` (one torch thread) and SIGKILL it as soon as every run folder in ``run_dirs``
     holds a complete checkpoint (``checkpoint/model.zip`` appears by a rename, so its presence means complete).

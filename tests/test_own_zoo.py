@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import run_module
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--steps", "200", "--eval-episodes", "1", "--final-eval-episodes", "1", "--no-progress"]
 TINY_HP = ["learning_starts=100", "buffer_size=2000"]
-
-
-def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", f"rlzoo_transfer.{module}", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def own_zoo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("own_zoo")
     zoo = tmp / "myzoo"
     shutil.copytree(ROOT / "pretrain", zoo)
-    proc = run("pretrain", "--game", "Pong", "--steps", "600", "--n-envs", "4", "--eval-freq", "100000",
+    proc = run_module("pretrain", "--game", "Pong", "--steps", "600", "--n-envs", "4", "--eval-freq", "100000",
                "--final-eval-episodes", "1", "-p", "learning_starts=200", "batch_size=32", "buffer_size=4000",
                "--zoo-dir", str(zoo), "--log-dir", str(tmp / "runs"), "--device", "cpu", "--no-progress")
     assert proc.returncode == 0, proc.stderr
@@ -54,7 +47,7 @@ def test_pretrain_adds_a_source_and_keeps_the_copied_ones(own_zoo):
 def test_a_source_without_the_targets_actions_names_fresh_output(own_zoo):
     zoo, tmp = own_zoo
     log = tmp / "refused"
-    proc = run("train", "--game", "Gopher", "--method", "zoo", "--log-dir", str(log), *TINY,
+    proc = run_module("train", "--game", "Gopher", "--method", "zoo", "--log-dir", str(log), *TINY,
                "-p", f"zoo_dir={zoo}", "sources=Seaquest,Riverraid,Pong", *TINY_HP)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: source Pong has no action 'UP' (it has NOOP, FIRE, RIGHT, LEFT, "
@@ -65,7 +58,7 @@ def test_a_source_without_the_targets_actions_names_fresh_output(own_zoo):
 def test_zoo_over_three_sources_with_fresh_output_layers(own_zoo):
     zoo, tmp = own_zoo
     log = tmp / "runs3"
-    proc = run("train", "--game", "Gopher", "--method", "zoo", "--log-dir", str(log), *TINY,
+    proc = run_module("train", "--game", "Gopher", "--method", "zoo", "--log-dir", str(log), *TINY,
                "-p", f"zoo_dir={zoo}", "sources=Seaquest,Riverraid,Pong", "fresh_output=true", *TINY_HP)
     assert proc.returncode == 0, proc.stderr
     folder = log / "Gopher" / "zoo" / "seed0"
@@ -91,7 +84,7 @@ def test_zoo_over_three_sources_with_fresh_output_layers(own_zoo):
 def test_finetune_from_the_new_source(own_zoo):
     zoo, tmp = own_zoo
     log = tmp / "runs_ft"
-    proc = run("train", "--game", "Gopher", "--method", "finetune", "--source", "Pong", "--log-dir", str(log),
+    proc = run_module("train", "--game", "Gopher", "--method", "finetune", "--source", "Pong", "--log-dir", str(log),
                *TINY, "-p", f"zoo_dir={zoo}", "fresh_output=true", *TINY_HP)
     assert proc.returncode == 0, proc.stderr
     folder = log / "Gopher" / "finetune-Pong" / "seed0"
@@ -102,7 +95,7 @@ def test_finetune_from_the_new_source(own_zoo):
 @pytest.mark.parametrize("method", ["zoo", "hub", "kflow"])
 def test_no_sources_named_is_a_one_line_error(method, tmp_path):
     """``-p sources=`` reads as no value: it was "'NoneType' object is not iterable"."""
-    proc = run("train", "--game", "Gopher", "--method", method, "--log-dir", str(tmp_path), *TINY, "-p", "sources=")
+    proc = run_module("train", "--game", "Gopher", "--method", method, "--log-dir", str(tmp_path), *TINY, "-p", "sources=")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: no sources named: set -p sources=A,B to sources listed in the zoo's "
                                    "zoo.yml")

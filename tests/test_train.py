@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +23,7 @@ from rlzoo_transfer.config import (MAX_SEED, ConfigError, check_ranges, load_con
                                    progress_bar_wanted, resolve_device, seed_arg)
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.methods import FLOW_POINTS
-from tests.conftest import kill_after_checkpoint, signal_once_training
+from tests.conftest import kill_after_checkpoint, run_module, signal_once_training
 
 ROOT = Path(__file__).resolve().parent.parent
 # Alien: an untrained agent's evaluation game ends in ~0.5 s (Seaquest's idle agent may sit for 27k steps)
@@ -34,9 +33,7 @@ TINY = ["--eval-episodes", "1", "--final-eval-episodes", "1", "-p", "learning_st
 
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "rlzoo_transfer.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, **kw)
+    return run_module("train", *args, **kw)
 
 
 def steps_in(csv_path: Path) -> list[int]:

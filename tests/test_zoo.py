@@ -4,10 +4,8 @@ and from the train CLI (exit 2, one line, no traceback)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from rlzoo_transfer.rl.methods import METHODS
 from rlzoo_transfer.rl.policies import DERNetwork
 from rlzoo_transfer.zoo import (DEFAULT_ZOO, ZooError, check_architecture, load_source, load_zoo, map_actions,
                                 read_manifest)
+from tests.conftest import run_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("Seaquest", "Riverraid")
@@ -240,9 +239,7 @@ def test_every_method_builder_raises_the_zoo_error(zoo, method):
 
 # --- the train CLI ------------------------------------------------------------------------------------------------
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "rlzoo_transfer.train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_module("train", *args)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

@@ -89,6 +89,15 @@ def run_folder(spec: RunSpec) -> Path:
     return Path(spec.log_dir) / game / get_method(spec.method).folder(spec.source) / f"seed{spec.seed}"
 
 
+def finished_at(run_dir: Path) -> int | None:
+    """The agent step of ``run_dir``'s ``final.json`` (a finished run), or None without one.  An unreadable
+    ``final.json`` counts as none: resuming then redoes the final evaluation and rewrites it."""
+    try:
+        return int(json.loads((Path(run_dir) / "final.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def build_model(spec: RunSpec, config: dict[str, Any], env, tb_dir: str | None) -> DER:
     """DER with the method's network, from a resolved config."""
     algo_kwargs, net_kwargs, run_kwargs = split_config(config)
@@ -144,6 +153,8 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
     env = make_env(game, spec.n_envs, seed=spec.seed)
     tb_dir = str(run_dir / "tb")
     resumed = spec.resume and ckpt is not None
+    if spec.resume and not resumed:
+        print(f"nothing to resume in {run_dir} (no checkpoint): starting from step 0", file=sys.stderr)
     if resumed:
         try:
             model = load_checkpoint(DER, ckpt, env, spec.device)

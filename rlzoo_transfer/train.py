@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
-    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, run_folder, run_training
+    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, finished_at, run_folder, \
+        run_training
     from rlzoo_transfer.zoo import ZooError
 
     args = parser(prog).parse_args(argv)
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
                        resume=args.resume, progress_bar=progress_bar_wanted(args.no_progress),
                        command=command_line(prog, argv),
                        **spec_defaults)
+        finished = finished_at(run_folder(spec)) if args.resume else None
+        if finished is not None and finished >= spec.steps:  # the final evaluation would only be redone
+            print(f"done: {run_folder(spec)} (finished at step {finished}: nothing to resume)")
+            return 0
         run_dir = run_training(spec)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

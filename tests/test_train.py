@@ -112,6 +112,28 @@ def test_rerunning_a_finished_run_is_a_one_line_error(finished):
     assert (run / "final.json").read_text() == before
 
 
+def test_resume_of_a_finished_run_redoes_nothing(finished, capsys):
+    """``--resume`` on a finished run exits 0 at once: no second final evaluation, final.json and model.zip kept."""
+    run, args, _ = finished
+    def files():
+        return {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns)
+                for name in ("final.json", "model.zip")}
+
+    before = files()
+    assert train.main([*args, "--resume"]) == 0
+    assert f"done: {run} (finished at step 400: nothing to resume)" in capsys.readouterr().out
+    assert files() == before
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
+    log = tmp_path / "runs"
+    args = ["--game", GAME, "--steps", "150", "--eval-freq", "150", "--log-dir", str(log), *TINY, "--resume"]
+    rc, err = run_main(args, capsys)
+    run = log / GAME / "scratch" / "seed0"
+    assert rc == 0 and f"nothing to resume in {run} (no checkpoint): starting from step 0" in err
+    assert steps_in(run / "evaluations.csv") == [0, 150]
+
+
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
     rc = train.main(argv)
     err = capsys.readouterr().err

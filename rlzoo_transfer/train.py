@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
-    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, finished_at, run_folder, \
-        run_training
+    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, finished_at, run_folder,
+                                    run_training)
     from rlzoo_transfer.zoo import ZooError
 
     args = parser(prog).parse_args(argv)

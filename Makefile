@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 run: $(VENV)/.installed  ## the main job: make run GAME=Alien METHOD=zoo ARGS="--seed 1"
 	$(PY) -m rlzoo_transfer.train --game $(GAME) --method $(METHOD) $(ARGS)
 
-test: $(VENV)/.installed  ## the test suite (under 10 minutes on 2 cores)
+test: $(VENV)/.installed  ## the test suite (~13 minutes on 2 idle cores)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 test-all: $(VENV)/.installed

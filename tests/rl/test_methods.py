@@ -16,8 +16,7 @@ from stable_baselines3.common.logger import Logger
 
 from rlzoo_transfer.config import load_config
 from rlzoo_transfer.envs import PAPER_GAMES, action_meanings, make_env
-from rlzoo_transfer.layers import (AdaAggConv2d, AdaAggNoisyLinear, NoisyLinear,
-                                   adaagg_layers, export_module)
+from rlzoo_transfer.layers import AdaAggConv2d, AdaAggNoisyLinear, NoisyLinear, adaagg_layers, export_module
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.methods import (FLOW_POINTS, METHODS, BlockMean, HubNetwork, KnowledgeFlowNetwork,
                                        ZooNetwork, get_method, pathway_generator)

@@ -11,26 +11,10 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from rlzoo_transfer.selection import (
-    best_of_top_k,
-    domain_similarity,
-    earth_movers_distance,
-    h_score,
-    kernel_label_correlation,
-    label_similarity,
-    leep,
-    lfc,
-    lgc,
-    linear_kernel,
-    logme,
-    nce,
-    random_projection,
-    rank_models,
-    rdm,
-    rsa,
-    spearman,
-    trials_to_best,
-)
+from rlzoo_transfer.selection import (best_of_top_k, domain_similarity, earth_movers_distance, h_score,
+                                      kernel_label_correlation, label_similarity, leep, lfc, lgc, linear_kernel,
+                                      logme, nce, random_projection, rank_models, rdm, rsa, spearman,
+                                      trials_to_best)
 from rlzoo_transfer.selection.scores import _logme_evidence
 
 datasets = pytest.importorskip("sklearn.datasets")

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from rlzoo_transfer.vision.runtime import FitState, fit
 from rlzoo_transfer.vision.data import BatchStream
 from rlzoo_transfer.vision.faces import (EYES_SYNTHETIC, FLIP_PAIRS_300W, FLIP_PAIRS_SYNTHETIC, LandmarkDataset,
-                                         apply_transform, crop_transform, flip_permutation, nme, open_landmark_split,
-                                         parse_flip_pairs, read_pts, synthetic_faces, write_landmark_folder, write_pts)
+                                         apply_transform, crop_transform, flip_permutation, nme,
+                                         open_landmark_split, parse_flip_pairs, read_pts, synthetic_faces,
+                                         write_landmark_folder, write_pts)
 from rlzoo_transfer.vision.heatmaps import decode_heatmaps, gaussian_heatmaps, heatmap_to_image, image_to_heatmap
 from rlzoo_transfer.vision.landmarks import build_landmark_net, evaluate_landmarks, heatmap_mse, main
+from rlzoo_transfer.vision.runtime import FitState, fit
 from rlzoo_transfer.vision.zoo import objective
 
 torch.set_num_threads(1)

@@ -8,14 +8,12 @@ import csv
 import hashlib
 import shutil
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import run_module
+from tests.conftest import ROOT, run_module
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--steps", "200", "--eval-episodes", "1", "--final-eval-episodes", "1", "--no-progress"]
 TINY_HP = ["learning_starts=100", "buffer_size=2000"]
 

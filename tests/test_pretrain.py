@@ -5,7 +5,6 @@ import hashlib
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ from rlzoo_transfer import pretrain
 from rlzoo_transfer.pretrain import export_source
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.policies import DERNetwork
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")

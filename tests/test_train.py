@@ -23,9 +23,8 @@ from rlzoo_transfer.config import (MAX_SEED, ConfigError, check_ranges, load_con
                                    progress_bar_wanted, resolve_device, seed_arg)
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.methods import FLOW_POINTS
-from tests.conftest import kill_after_checkpoint, run_module, signal_once_training
+from tests.conftest import ROOT, kill_after_checkpoint, run_module, signal_once_training
 
-ROOT = Path(__file__).resolve().parent.parent
 # Alien: an untrained agent's evaluation game ends in ~0.5 s (Seaquest's idle agent may sit for 27k steps)
 GAME = "Alien"
 TINY = ["--eval-episodes", "1", "--final-eval-episodes", "1", "-p", "learning_starts=100", "buffer_size=2000",

@@ -21,7 +21,6 @@ from rlzoo_transfer.zoo import (DEFAULT_ZOO, ZooError, check_architecture, load_
                                 read_manifest)
 from tests.conftest import run_module
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("Seaquest", "Riverraid")
 K = 51
 GOPHER = ["NOOP", "FIRE", "UP", "RIGHT", "LEFT", "UPFIRE", "RIGHTFIRE", "LEFTFIRE"]

@@ -93,7 +93,8 @@ def test_finetune_from_the_new_source(own_zoo):
 @pytest.mark.parametrize("method", ["zoo", "hub", "kflow"])
 def test_no_sources_named_is_a_one_line_error(method, tmp_path):
     """``-p sources=`` reads as no value: it was "'NoneType' object is not iterable"."""
-    proc = run_module("train", "--game", "Gopher", "--method", method, "--log-dir", str(tmp_path), *TINY, "-p", "sources=")
+    proc = run_module("train", "--game", "Gopher", "--method", method, "--log-dir", str(tmp_path), *TINY,
+                      "-p", "sources=")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: no sources named: set -p sources=A,B to sources listed in the zoo's "
                                    "zoo.yml")

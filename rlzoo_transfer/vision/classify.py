@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,26 +34,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlzoo_transfer.layers import flat_stats
-from rlzoo_transfer.vision.data import (BatchStream, DataError, ImageDataset, EvalTransform, TrainTransform,
+from rlzoo_transfer.vision.data import (BatchStream, DataError, EvalTransform, ImageDataset, TrainTransform,
                                         open_split, predict_batches)
 from rlzoo_transfer.vision.resnet import ARCHS, build_resnet, count_params
-from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, add_method_args, add_run_args,
-                                           check_ranges, cli_main, load_zoo, pick_device, save_atomic, seed_everything,
-                                           train_run, write_json)
-from rlzoo_transfer.vision.zoo import (Ensemble, build_method, check_method, inference_model,
-                                       mean_softmax_log, objective)
+from rlzoo_transfer.vision.runtime import (USER_ERRORS, FineTuneConfig, OneLineParser, UsageError, add_method_args,
+                                           add_run_args, check_ranges, cli_main, load_zoo, pick_device, save_atomic,
+                                           seed_everything, train_run, write_json)
+from rlzoo_transfer.vision.zoo import (Ensemble, build_method, check_method, inference_model, mean_softmax_log,
+                                       objective)
 
 
 # ------------------------------------------------------------------------------------------------ classification
-@dataclass
-class ClassifyConfig:
+@dataclass(kw_only=True)
+class ClassifyConfig(FineTuneConfig):
     """Resolved configuration of a classification fine-tuning run (see the module docstring and ``--help``)."""
-    data: str
-    zoo: list = field(default_factory=list)
-    method: str = "zoo"
-    arch: str = "resnet50"
-    width: int = 16
-    sha256: list = field(default_factory=list)
     iters: int = 15000
     lr: float = 0.01
     momentum: float = 0.9
@@ -65,20 +59,7 @@ class ClassifyConfig:
     crop_scale: tuple = (0.08, 1.0)
     crop_pct: float = 0.875
     hflip: bool = False
-    no_align: bool = False
-    hub_k: int = 2
-    hub_lambda: float = 0.1
-    seed: int = 0
     out: str = "runs/classify"
-    resume: bool = False
-    save_every: int = 1000
-    log_every: int = 50
-    eval_every: int = 0
-    device: str = "auto"
-    workers: int = 0
-    threads: int = 0
-    tensorboard: bool = True
-    progress: bool = True
 
 
 def milestones_for(iters: int, milestones: Sequence[int] | None) -> list[int]:

@@ -38,16 +38,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, add_method_args, add_run_args,
-                                           check_ranges, cli_main, load_zoo, pick_device, save_atomic, seed_everything,
-                                           train_run, write_json)
 from rlzoo_transfer.vision.data import BatchStream, DataError
-from rlzoo_transfer.vision.resnet import ARCHS, ResNet, build_resnet, count_params
-from rlzoo_transfer.vision.zoo import Ensemble, build_method, check_method, inference_model, \
-    mean_outputs, objective
 from rlzoo_transfer.vision.faces import (EYES_300W, EYES_SYNTHETIC, LandmarkDataset, nme, open_landmark_split,
                                          parse_flip_pairs)
 from rlzoo_transfer.vision.heatmaps import decode_heatmaps, heatmap_to_image
+from rlzoo_transfer.vision.resnet import ARCHS, ResNet, build_resnet, count_params
+from rlzoo_transfer.vision.runtime import (USER_ERRORS, FineTuneConfig, OneLineParser, UsageError, add_method_args,
+                                           add_run_args, check_ranges, cli_main, load_zoo, pick_device, save_atomic,
+                                           seed_everything, train_run, write_json)
+from rlzoo_transfer.vision.zoo import Ensemble, build_method, check_method, inference_model, mean_outputs, objective
 
 
 class HeatmapResNet(ResNet):
@@ -115,15 +114,9 @@ def evaluate_landmarks(model: nn.Module, dataset: LandmarkDataset, eyes: tuple[i
     return {"nme": float(err.mean()), "failure_rate": float((err > 0.1).mean())}
 
 
-@dataclass
-class LandmarkConfig:
+@dataclass(kw_only=True)
+class LandmarkConfig(FineTuneConfig):
     """Resolved configuration of a landmark fine-tuning run (module docstring, ``--help``)."""
-    data: str
-    zoo: list = field(default_factory=list)
-    method: str = "zoo"
-    arch: str = "resnet50"
-    width: int = 16
-    sha256: list = field(default_factory=list)
     epochs: int = 60
     iters: int = 0                       # 0: epochs x (train images // batch size)
     lr: float = 1e-4
@@ -138,20 +131,7 @@ class LandmarkConfig:
     box_scale: float = 1.25
     flip_pairs: str = "300w"
     eyes: list | None = None             # None: 300W's (36, 45) for 68 points, synthetic (0, 1) for 5, else error
-    no_align: bool = False
-    hub_k: int = 2
-    hub_lambda: float = 0.1
-    seed: int = 0
     out: str = "runs/landmarks"
-    resume: bool = False
-    save_every: int = 1000
-    log_every: int = 50
-    eval_every: int = 0
-    device: str = "auto"
-    workers: int = 0
-    threads: int = 0
-    tensorboard: bool = True
-    progress: bool = True
 
 
 def _eyes_for(k: int, eyes: Sequence[int] | None) -> tuple[int, int]:

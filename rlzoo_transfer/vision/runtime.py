@@ -24,7 +24,8 @@ from torch import nn
 
 from rlzoo_transfer import provenance, rngstate
 from rlzoo_transfer.atomic import replacing, write_atomic
-from rlzoo_transfer.config import check_ranges as config_check_ranges, seed_arg
+from rlzoo_transfer.config import check_ranges as config_check_ranges
+from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.resnet import CheckpointError, check_backbone_keys, load_state_dict_file
@@ -219,8 +220,35 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def add_method_args(p: argparse.ArgumentParser, d: Any) -> None:
-    """The zoo and the transfer method of a vision fine-tuning CLI, with ``d``'s defaults (a config dataclass)."""
+@dataclass(kw_only=True)
+class FineTuneConfig:
+    """The fields every vision fine-tuning run has: its data, zoo and method (:func:`add_method_args`) and its life
+    (:func:`add_run_args`).  A CLI's config subclasses it with its task's fields and its own ``out`` default;
+    keyword-only, so the subclass's fields may come without defaults in any order."""
+    data: str
+    zoo: list = field(default_factory=list)
+    sha256: list = field(default_factory=list)
+    method: str = "zoo"
+    arch: str = "resnet50"
+    width: int = 16
+    no_align: bool = False
+    hub_k: int = 2
+    hub_lambda: float = 0.1
+    seed: int = 0
+    out: str = "runs/finetune"
+    resume: bool = False
+    save_every: int = 1000
+    log_every: int = 50
+    eval_every: int = 0
+    device: str = "auto"
+    workers: int = 0
+    threads: int = 0
+    tensorboard: bool = True
+    progress: bool = True
+
+
+def add_method_args(p: argparse.ArgumentParser, d: FineTuneConfig) -> None:
+    """The zoo and the transfer method of a vision fine-tuning CLI, with ``d``'s defaults."""
     p.add_argument("--zoo", nargs="*", default=[], help="torchvision-format state_dicts of --arch (the sources)")
     p.add_argument("--sha256", nargs="*", default=[], help="expected sha256 (or >= 8-digit prefix) per --zoo file")
     p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
@@ -230,9 +258,9 @@ def add_method_args(p: argparse.ArgumentParser, d: Any) -> None:
                    help=f"hub: explore-loss weight (default {d.hub_lambda})")
 
 
-def add_run_args(p: argparse.ArgumentParser, d: Any) -> None:
+def add_run_args(p: argparse.ArgumentParser, d: FineTuneConfig) -> None:
     """The options of a vision fine-tuning run's life (seed, run folder, checkpoints, logging, device), with ``d``'s
-    defaults (a config dataclass instance)."""
+    defaults."""
     p.add_argument("--seed", type=seed_arg, default=d.seed)
     p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")

@@ -223,8 +223,8 @@ class OneLineParser(argparse.ArgumentParser):
 @dataclass(kw_only=True)
 class FineTuneConfig:
     """The fields every vision fine-tuning run has: its data, zoo and method (:func:`add_method_args`) and its life
-    (:func:`add_run_args`).  A CLI's config subclasses it with its task's fields and its own ``out`` default;
-    keyword-only, so the subclass's fields may come without defaults in any order."""
+    (:func:`add_run_args`).  A CLI's config subclasses it with its task's fields and its ``out`` default (the run
+    folder has none here); keyword-only, so fields with and without defaults may come in any order."""
     data: str
     zoo: list = field(default_factory=list)
     sha256: list = field(default_factory=list)
@@ -235,7 +235,7 @@ class FineTuneConfig:
     hub_k: int = 2
     hub_lambda: float = 0.1
     seed: int = 0
-    out: str = "runs/finetune"
+    out: str
     resume: bool = False
     save_every: int = 1000
     log_every: int = 50

@@ -36,12 +36,11 @@ from torch.nn import functional as F
 from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.vision.data import (BatchStream, DataError, EvalTransform, ImageDataset, TrainTransform,
                                         open_split, predict_batches)
-from rlzoo_transfer.vision.resnet import ARCHS, build_resnet, count_params
+from rlzoo_transfer.vision.resnet import build_resnet, count_params
 from rlzoo_transfer.vision.runtime import (USER_ERRORS, FineTuneConfig, OneLineParser, UsageError, add_method_args,
-                                           add_run_args, check_ranges, cli_main, load_zoo, pick_device, save_atomic,
-                                           seed_everything, train_run, write_json)
-from rlzoo_transfer.vision.zoo import (Ensemble, build_method, check_method, inference_model, mean_softmax_log,
-                                       objective)
+                                           add_run_args, check_choices, check_ranges, cli_main, load_zoo,
+                                           pick_device, save_atomic, seed_everything, train_run, write_json)
+from rlzoo_transfer.vision.zoo import Ensemble, build_method, inference_model, mean_softmax_log, objective
 
 
 # ------------------------------------------------------------------------------------------------ classification
@@ -91,9 +90,7 @@ def evaluate_classifier(model: nn.Module, dataset, device: torch.device, batch_s
 
 def prepare(cfg: ClassifyConfig):
     """Data, template, zoo and network of a run (everything that can fail on bad input, before any training)."""
-    check_method(cfg.method)
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"unknown --arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
+    check_choices(cfg)
     train = open_split(cfg.data, "train")
     test = open_split(cfg.data, "test", train.classes)
     ncls = len(train.classes)
@@ -161,8 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="ImageFolder-style DIR (DIR/train/<class>/*, DIR/test/<class>/*) "
                    "or a CSV list path,label,split")
     add_method_args(p, d)
-    p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default {d.arch})")
-    p.add_argument("--width", type=int, default=d.width, help="base width of --arch small (default 16)")
     p.add_argument("--iters", type=int, default=d.iters, help="training iterations (default 15000)")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default 0.01)")
     p.add_argument("--momentum", type=float, default=d.momentum)

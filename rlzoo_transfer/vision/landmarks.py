@@ -42,11 +42,11 @@ from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.faces import (EYES_300W, EYES_SYNTHETIC, LandmarkDataset, nme, open_landmark_split,
                                          parse_flip_pairs)
 from rlzoo_transfer.vision.heatmaps import decode_heatmaps, heatmap_to_image
-from rlzoo_transfer.vision.resnet import ARCHS, ResNet, build_resnet, count_params
+from rlzoo_transfer.vision.resnet import ResNet, build_resnet, count_params
 from rlzoo_transfer.vision.runtime import (USER_ERRORS, FineTuneConfig, OneLineParser, UsageError, add_method_args,
-                                           add_run_args, check_ranges, cli_main, load_zoo, pick_device, save_atomic,
-                                           seed_everything, train_run, write_json)
-from rlzoo_transfer.vision.zoo import Ensemble, build_method, check_method, inference_model, mean_outputs, objective
+                                           add_run_args, check_choices, check_ranges, cli_main, load_zoo,
+                                           pick_device, save_atomic, seed_everything, train_run, write_json)
+from rlzoo_transfer.vision.zoo import Ensemble, build_method, inference_model, mean_outputs, objective
 
 
 class HeatmapResNet(ResNet):
@@ -155,9 +155,7 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     try:
-        check_method(cfg.method)
-        if cfg.arch not in ARCHS:
-            raise ValueError(f"unknown --arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
+        check_choices(cfg)
         train_split, test_split = open_landmark_split(cfg.data, "train"), open_landmark_split(cfg.data, "test")
         k = train_split.points.shape[1]
         if test_split.points.shape[1] != k:
@@ -212,8 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="DIR with <split>/<image> + <image>.pts, or a CSV "
                    "path,split,x0,y0,...")
     add_method_args(p, d)
-    p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default {d.arch})")
-    p.add_argument("--width", type=int, default=d.width, help="base width of --arch small")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default 60")
     p.add_argument("--iters", type=int, default=d.iters, help="iterations (overrides --epochs; milestones scale)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")

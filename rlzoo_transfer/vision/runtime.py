@@ -28,8 +28,8 @@ from rlzoo_transfer.config import check_ranges as config_check_ranges
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.vision.data import BatchStream, DataError
-from rlzoo_transfer.vision.resnet import CheckpointError, check_backbone_keys, load_state_dict_file
-from rlzoo_transfer.vision.zoo import METHODS, UnknownMethodError
+from rlzoo_transfer.vision.resnet import ARCHS, CheckpointError, check_backbone_keys, load_state_dict_file
+from rlzoo_transfer.vision.zoo import METHODS, UnknownMethodError, check_method
 
 USER_ERRORS = (DataError, CheckpointError, UnknownMethodError, ValueError, FileNotFoundError)
 
@@ -248,14 +248,23 @@ class FineTuneConfig:
 
 
 def add_method_args(p: argparse.ArgumentParser, d: FineTuneConfig) -> None:
-    """The zoo and the transfer method of a vision fine-tuning CLI, with ``d``'s defaults."""
+    """The zoo, its architecture and the transfer method of a vision fine-tuning CLI, with ``d``'s defaults."""
     p.add_argument("--zoo", nargs="*", default=[], help="torchvision-format state_dicts of --arch (the sources)")
+    p.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default {d.arch})")
+    p.add_argument("--width", type=int, default=d.width, help=f"base width of --arch small (default {d.width})")
     p.add_argument("--sha256", nargs="*", default=[], help="expected sha256 (or >= 8-digit prefix) per --zoo file")
     p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
     p.add_argument("--no-align", action="store_true", help="zoo methods without channel alignment (w/o T)")
     p.add_argument("--hub-k", type=int, default=d.hub_k, help=f"hub: models activated per sample (default {d.hub_k})")
     p.add_argument("--hub-lambda", type=float, default=d.hub_lambda,
                    help=f"hub: explore-loss weight (default {d.hub_lambda})")
+
+
+def check_choices(cfg: FineTuneConfig) -> None:
+    """The run's ``--method`` and ``--arch`` name ones that exist (UnknownMethodError / ValueError otherwise)."""
+    check_method(cfg.method)
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown --arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
 
 
 def add_run_args(p: argparse.ArgumentParser, d: FineTuneConfig) -> None:

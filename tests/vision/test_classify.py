@@ -133,6 +133,7 @@ def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
     cases = [
         ["--data", str(tmp_path / "missing")],
         ["--data", str(digits), "--method", "fancy"],
+        ["--data", str(digits), "--method", "scratch", "--arch", "resnet34"],
         ["--data", str(digits), "--arch", "resnet18", "--method", "single", "--zoo", sources[0]],
         ["--data", str(digits), "--arch", "small", "--method", "single", "--zoo", sources[0]],   # width 16 != 8
         ["--data", str(digits), "--arch", "small", "--width", "8", "--method", "single", "--zoo",

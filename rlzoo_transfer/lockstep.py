@@ -100,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.envs import UnknownGameError, resolve_game
     from rlzoo_transfer.rl.lockstep import LockstepError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
-    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, run_folder
+    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder
     from rlzoo_transfer.zoo import ZooError
 
     args = parser().parse_args(argv)
     command = command_line(PROG, argv)
+    specs = []
     try:
         import torch
 
@@ -115,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         check_ranges(args, positive=("steps", "eval_freq", "eval_episodes", "final_eval_episodes", "log_every",
                                      "sample_threads"))
         overrides = parse_overrides(args.hyperparams)
-        specs = []
         for game, text, seed in parse_runs(args):
             game = resolve_game(game)[0]
             name, _, source = text.partition(":")
@@ -145,9 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunIncomplete as e:  # a time limit (3) or SIGINT / SIGTERM (128 + its number): checkpointed
         print(str(e), file=sys.stderr)
         return e.exit_status
-    except KeyboardInterrupt:
-        print("\ninterrupted: continue with the same command and --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
+        return interrupted([run_folder(spec) for spec in specs])
     from rlzoo_transfer.run import summarize_after_run
 
     for d in dirs:

@@ -69,7 +69,8 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.config import ConfigError, load_config, resolve_device
     from rlzoo_transfer.envs import UnknownGameError, resolve_game
-    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, run_training
+    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,
+                                    run_training)
 
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--game", required=True)
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a progress line a minute instead of the bar (the default when stderr is not a terminal)")
     args = p.parse_args(argv)
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
+    spec = None
     try:
         game, _ = resolve_game(args.game)
         # --n-envs 0 crashed the interpreter (a segfault in the vector env); --checkpoint-freq 0 = no checkpoints
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunIncomplete as e:  # SIGINT / SIGTERM during training: checkpointed at the step reached
         print(str(e), file=sys.stderr)
         return e.exit_status
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
+        return interrupted([run_folder(spec)] if spec else [])
     print(f"{game}: {entry['agent_steps']} agent steps, final score {entry['final_eval']['mean']} "
           f"-> {Path(args.zoo_dir) / entry['file']}")
     from rlzoo_transfer.run import summarize_after_run

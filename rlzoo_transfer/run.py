@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -237,6 +237,16 @@ def run_training(spec: RunSpec) -> Path:
                             progress_bar=spec.progress_bar, tb_log_name="DER")
         stop_incomplete(run)  # inside: a sweep's SIGTERM after the user's Ctrl-C must not cut the checkpoint short
     return finish_run(run)
+
+
+def interrupted(run_dirs: Sequence[Path] = (), stream=None) -> int:
+    """After a KeyboardInterrupt - a second Ctrl-C during training (:mod:`rlzoo_transfer.stop`), or one before
+    training began - one line saying how to continue and where the last checkpoint is; returns the exit status 130.
+    ``run_dirs``: the runs' folders, as far as they are known yet."""
+    saved = [str(path) for path in map(find_checkpoint, run_dirs) if path is not None]
+    where = f" (last checkpoint in {', '.join(saved)})" if saved else ""
+    print(f"\ninterrupted: continue with the same command and --resume{where}", file=stream or sys.stderr)
+    return 130
 
 
 def summarize_after_run(run_dir: Path, stream=None) -> Path | None:

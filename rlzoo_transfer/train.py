@@ -46,11 +46,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.envs import UnknownGameError
     from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
-    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, finished_at, run_folder,
-                                    run_training)
+    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, finished_at, interrupted,
+                                    run_folder, run_training)
     from rlzoo_transfer.zoo import ZooError
 
     args = parser(prog).parse_args(argv)
+    folder = None
     try:
         import torch
 
@@ -72,9 +73,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
                        resume=args.resume, progress_bar=progress_bar_wanted(args.no_progress),
                        command=command_line(prog, argv),
                        **spec_defaults)
-        finished = finished_at(run_folder(spec)) if args.resume else None
+        folder = run_folder(spec)
+        finished = finished_at(folder) if args.resume else None
         if finished is not None and finished >= spec.steps:  # the final evaluation would only be redone
-            print(f"done: {run_folder(spec)} (finished at step {finished}: nothing to resume)")
+            print(f"done: {folder} (finished at step {finished}: nothing to resume)")
             return 0
         run_dir = run_training(spec)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, FileNotFoundError) as e:
@@ -83,10 +85,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     except RunIncomplete as e:  # SIGINT / SIGTERM during training: checkpointed at the step reached
         print(str(e), file=sys.stderr)
         return e.exit_status
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: continue with the same command and --resume (checkpoint in "
-              f"{run_folder(spec)})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
+        return interrupted([folder] if folder else [])
     print(f"done: {run_dir}")
     from rlzoo_transfer.run import summarize_after_run
 

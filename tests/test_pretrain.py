@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -115,3 +117,35 @@ def test_bad_numbers_are_one_line_errors_before_any_work(extra, message, tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C twice during pretraining (the second stops at once, stop.py) ended in a KeyboardInterrupt traceback;
+    now one line that says how to continue and where the last checkpoint is, and exit status 130."""
+    log, zoo = tmp_path / "runs", tmp_path / "zoo"
+    run = log / "Riverraid" / "scratch" / "seed0"
+    cmd = [sys.executable, "-m", "rlzoo_transfer.pretrain", "--game", "Riverraid", "--steps", "100000", "--n-envs",
+           "2", "--eval-freq", "200", "--eval-episodes", "1", "--checkpoint-freq", "200", "-p", "learning_starts=50",
+           "batch_size=8", "buffer_size=2000", "--zoo-dir", str(zoo), "--log-dir", str(log), "--device", "cpu",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (run / "checkpoint" / "model.zip").exists():   # training is under way
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    where = f"(last checkpoint in {run / 'checkpoint'}"   # or checkpoint.old, if stopped mid-swap
+    assert f"interrupted: continue with the same command and --resume {where}" in err
+    assert not (zoo / "Riverraid.pt").exists()

@@ -152,7 +152,8 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
                            (["--sigma", "0"], "--sigma 0.0 (must be > 0)"),
                            (["--heatmap-stride", "-1"], "--heatmap-stride -1 (must be > 0)"),
                            (["--device", "tpu"], "unknown device 'tpu'"),
-                           (["--arch", "resnet34"], "unknown --arch 'resnet34'; choose from resnet18, resnet50, small")):
+                           (["--arch", "resnet34"], "unknown --arch 'resnet34'; choose from resnet18, resnet50, "
+                                                    "small")):
         assert main(argv + ["--method", "scratch", "--out", str(tmp_path / "bad3"), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, err

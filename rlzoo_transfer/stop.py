@@ -2,7 +2,8 @@
 
 While ``stop_on_signals()`` is active, the first SIGINT or SIGTERM only records a stop request; the training loop
 (``rl.callbacks.EvalCheckpointCallback``) ends at its next agent step, and the run writes a checkpoint and exits,
-resumable with ``--resume``.  A second Ctrl-C stops at once (the last periodic checkpoint stays on disk).  A SIGTERM
+resumable with ``--resume``.  A second Ctrl-C stops at once, also in the middle of writing that checkpoint (the
+last complete one stays on disk: checkpoints are swapped in by renames, rl/checkpoint.py).  A SIGTERM
 that follows a request is ignored: ``sweep`` terminates its runs after the terminal's Ctrl-C has already reached
 them, and that must not cut their checkpoint short.
 

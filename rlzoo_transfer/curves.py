@@ -167,15 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         path = run_report(args)
-    except RunFolderError as err:
+    except (RunFolderError, BaselineError, ConfirmError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NoRunsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (BaselineError, ConfirmError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except MarkerError as err:
         print(f"error: {err} (the --out files were written)", file=sys.stderr)
         return 2

@@ -30,10 +30,6 @@ class NoRunsError(Exception):
     """No run folder below the given roots."""
 
 
-class BaselineError(Exception):
-    """``--baseline`` names no method of the runs."""
-
-
 @dataclass
 class Evaluation:
     """One row of ``evaluations.csv``: evaluation at agent step ``step`` over ``n_episodes`` episodes."""

@@ -148,13 +148,6 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.embed(x))
 
-    def new_head(self, num_classes: int) -> "ResNet":
-        """Replace ``fc`` by a freshly initialised ``Linear(feature_dim, num_classes)`` (in place); returns self."""
-        p = next(self.parameters())
-        self.fc = nn.Linear(self.feature_dim, num_classes, device=p.device, dtype=p.dtype)
-        self.num_classes = num_classes
-        return self
-
 
 def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """torchvision's ``resnet18`` layout (11.7M parameters with 1000 classes)."""
@@ -329,11 +322,6 @@ def zoo_resnet(template: nn.Module, sources: Sequence[Mapping[str, torch.Tensor]
     sds = [backbone_state(template, sd, head) for sd in sources]
     return zoo_convert(template, sds, mode=mode, align=align, gate_norm=gate_norm,
                        keep_plain=conv_and_linear_names(template, head))
-
-
-def torchvision_keys(model: nn.Module) -> list[str]:
-    """The state_dict keys of ``model`` (for ResNets built here: torchvision's keys, in its order)."""
-    return list(model.state_dict())
 
 
 def count_params(model: nn.Module, where: Callable[[str], bool] | None = None) -> int:

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import optimize, stats
+
+# scipy.stats / optimize (~2 s to import) load in the functions that use them: sweep and rundata need only the
+# game tables
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ def iqm(values, axis: int | None = None):
     :param values: scores; flattened when ``axis`` is None
     :param axis: axis to reduce along
     """
+    from scipy import stats
+
     x = np.asarray(values, dtype=float)
     if axis is None:
         x = x.ravel()
@@ -294,6 +298,8 @@ def t_test_power(effect: float, n: int, alpha: float = 0.05, alternative: str = 
     """Power of the two-sample t-test with ``n`` values a side against a true difference of ``effect`` standard
     deviations, ``T ~ noncentral t(2n - 2, effect sqrt(n / 2))``: two-sided ``P(|T| > t_{1-alpha/2, 2n-2})``, or
     for ``alternative="greater"`` (the test of "x > y") ``P(T > t_{1-alpha, 2n-2})``."""
+    from scipy import stats
+
     _check_alternative(alternative)
     df = 2 * n - 2
     nc = effect * math.sqrt(n / 2)
@@ -308,6 +314,8 @@ def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float =
     """Smallest difference of two means (in the units of ``sd``) that the t-test at ``alpha`` (two-sided, or
     one-sided for ``alternative="greater"``) detects with probability ``power`` at ``n >= 2`` seeds a side:
     ``sd * d`` where ``t_test_power(d, n, alpha, alternative) = power``."""
+    from scipy import optimize, stats
+
     _check_alternative(alternative)
     if n < 2:
         raise ValueError("a t-test needs n >= 2 seeds a side")
@@ -331,6 +339,8 @@ def welch_difference(x: Sequence[float], y: Sequence[float], confidence: float =
     :return: ``dict(diff, low, high, p, dof, n_x, n_y)``
     :raises ValueError: a side with fewer than 2 values (no variance to estimate)
     """
+    from scipy import stats
+
     _check_alternative(alternative)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 2 or len(y) < 2:

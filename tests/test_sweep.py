@@ -432,3 +432,15 @@ def test_confirm_runs_the_registered_runs_once_committed(tmp_path, capsys):
     finally:
         uncommitted.unlink(missing_ok=True)
         scratch_dir.rmdir()
+
+
+def test_sweep_help_does_not_load_scipy_or_torch():
+    """``sweep --help`` took ~3 s when scores.py imported scipy at the top for the game tables sweep reads; the
+    statistics now load scipy where they use it (and the method registry, with torch, loads only for a sweep)."""
+    code = ("import sys, contextlib, io\nfrom rlzoo_transfer import sweep\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    sweep.main(['--help'])\n"
+            "print(sorted(m for m in ('scipy', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rlzoo_transfer import curves, sweep
+from rlzoo_transfer import backends, curves, sweep
 from rlzoo_transfer.confirm import load_registration
 from rlzoo_transfer.provenance import PROJECT_ROOT
 
@@ -193,10 +193,10 @@ def test_local_sweep_failures_exit_1(tmp_path, fake_train, capsys):
 
 
 def test_threads_per_run():
-    assert sweep.threads_per_run(cores=2, parallel=1, others=0) == 2
-    assert sweep.threads_per_run(cores=2, parallel=1, others=1) == 1
-    assert sweep.threads_per_run(cores=16, parallel=2, others=2) == 4
-    assert sweep.threads_per_run(cores=2, parallel=2, others=3) == 1  # never below one thread
+    assert backends.threads_per_run(cores=2, parallel=1, others=0) == 2
+    assert backends.threads_per_run(cores=2, parallel=1, others=1) == 1
+    assert backends.threads_per_run(cores=16, parallel=2, others=2) == 4
+    assert backends.threads_per_run(cores=2, parallel=2, others=3) == 1  # never below one thread
 
 
 def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train, capsys, monkeypatch):
@@ -206,7 +206,7 @@ def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "rlzoo_transfer.train"])
     try:
         for _ in range(200):  # until the child has exec'd: right after fork its cmdline is still this process's
-            others = sweep.other_training_processes()
+            others = backends.other_training_processes()
             if other.pid in others:
                 break
             time.sleep(0.05)
@@ -216,7 +216,7 @@ def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train
                            "--jobs", "1", "--train-module", fake_train, "--no-live"])
         captured = capsys.readouterr()
         assert code == 0, captured.out
-        expected = sweep.threads_per_run(os.cpu_count() or 1, 1, len(sweep.other_training_processes()))
+        expected = backends.threads_per_run(os.cpu_count() or 1, 1, len(backends.other_training_processes()))
         assert f"OMP_NUM_THREADS {expected}\n" in (log / "Alien" / "scratch" / "seed0" / "train.log").read_text()
         assert "other training process(es) already running" in captured.err and str(other.pid) in captured.err
 
@@ -229,11 +229,11 @@ def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train
     finally:
         other.kill()
         other.wait()
-    assert other.pid not in sweep.other_training_processes()
+    assert other.pid not in backends.other_training_processes()
 
 
 def test_other_training_processes_without_proc(tmp_path):
-    assert sweep.other_training_processes(tmp_path / "no-proc") == []
+    assert backends.other_training_processes(tmp_path / "no-proc") == []
 
 
 def test_last_eval_step(tmp_path):

@@ -35,9 +35,10 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_signals(stream=None) -> Iterator[StopRequest]:
+def stop_on_signals(stream=None, at: str = "agent step") -> Iterator[StopRequest]:
     """Turn SIGINT / SIGTERM into a ``StopRequest`` for the duration of the block (main thread only: elsewhere
-    Python cannot install handlers, and the request simply never comes)."""
+    Python cannot install handlers, and the request simply never comes); ``at``: where the loop looks at the
+    request, for the message (a vision run's "iteration")."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -46,7 +47,7 @@ def stop_on_signals(stream=None) -> Iterator[StopRequest]:
     def handler(signum: int, frame) -> None:
         if request.signal is None:
             request.signal = signal.Signals(signum).name
-            print(f"\n{request.signal}: stopping at the next agent step to write a checkpoint "
+            print(f"\n{request.signal}: stopping at the next {at} to write a checkpoint "
                   f"(Ctrl-C again to stop at once)", file=stream or sys.stderr, flush=True)
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -57,3 +58,15 @@ def stop_on_signals(stream=None) -> Iterator[StopRequest]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def interrupts_surface() -> Iterator[None]:
+    """Let a Ctrl-C inside the block surface as KeyboardInterrupt, also where a writer turns it into an error of
+    its own on the way out (``torch.save``'s zip writer raises a RuntimeError, "unexpected pos ...")."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        raise

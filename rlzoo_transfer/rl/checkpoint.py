@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from rlzoo_transfer import rngstate
+from rlzoo_transfer.stop import interrupts_surface
 
 
 def save_checkpoint(model, run_dir: Path) -> Path:
@@ -19,14 +20,10 @@ def save_checkpoint(model, run_dir: Path) -> Path:
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    try:
+    with interrupts_surface():
         model.save(tmp / "model.zip")
         model.replay_buffer.save(str(tmp / "replay.npz"))
         torch.save(rngstate.capture(), tmp / "rng.pt")
-    except Exception as err:
-        if isinstance(err.__context__, KeyboardInterrupt):  # Ctrl-C inside torch's zip writer: its RuntimeError
-            raise KeyboardInterrupt from err
-        raise
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)

@@ -27,6 +27,7 @@ from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import check_ranges as config_check_ranges
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.layers import flat_stats
+from rlzoo_transfer.stop import interrupts_surface, stop_on_signals
 from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.resnet import ARCHS, CheckpointError, check_backbone_keys, load_state_dict_file
 from rlzoo_transfer.vision.zoo import METHODS, UnknownMethodError, check_method
@@ -36,6 +37,15 @@ USER_ERRORS = (DataError, CheckpointError, UnknownMethodError, ValueError, FileN
 
 class UsageError(Exception):
     """Bad input found before training starts (the CLIs print it as one line and exit with status 2)."""
+
+
+class RunStopped(Exception):
+    """SIGINT / SIGTERM stopped the run after a checkpoint at the iteration reached; ``exit_status`` 128 + the
+    signal's number (the CLIs print the message and exit with it)."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 # ------------------------------------------------------------------------------------------------ run plumbing
@@ -69,7 +79,7 @@ def _json_default(o):
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` atomically (temporary file + rename)."""
-    with replacing(path) as tmp:
+    with interrupts_surface(), replacing(path) as tmp:
         torch.save(obj, tmp)
 
 
@@ -113,9 +123,10 @@ def fit(model: nn.Module, stream: BatchStream, optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]], device: torch.device,
         state: FitState, *, checkpoint: Callable[[FitState], None] | None = None, save_every: int = 0,
         log_every: int = 50, writer=None, progress: bool = True, evaluate: Callable[[int], dict] | None = None,
-        eval_every: int = 0, desc: str = "fine-tune") -> FitState:
+        eval_every: int = 0, desc: str = "fine-tune", stop: Callable[[], bool] | None = None) -> FitState:
     """Train ``model`` from ``state.iteration`` to ``iters`` (one batch per iteration; scheduler stepped per
-    iteration), logging loss parts to ``writer`` and a tqdm bar (it/s, ETA), checkpointing via ``checkpoint``."""
+    iteration), logging loss parts to ``writer`` and a tqdm bar (it/s, ETA), checkpointing via ``checkpoint``;
+    ends early, after a whole iteration, once ``stop()`` is true."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -123,7 +134,7 @@ def fit(model: nn.Module, stream: BatchStream, optimizer: torch.optim.Optimizer,
                mininterval=1.0)
     running: dict[str, float] = {}
     count, t0 = 0, time.perf_counter()
-    while state.iteration < iters:
+    while state.iteration < iters and not (stop is not None and stop()):
         x, y = next(stream)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss, parts = loss_fn(model, x, y)
@@ -289,7 +300,9 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
     """The common life of a fine-tuning run in ``cfg.out``: write ``config.json``, resume from ``checkpoint.pt``
     (``cfg.resume``; the ``resume_keys`` of ``config`` must match), :func:`fit` to ``iters`` with checkpoints and
     test evaluations (``evaluate_model()`` -> metrics, logged as ``test/<name>``), a last checkpoint and the final
-    evaluation.  Returns the fit state and the final metrics."""
+    evaluation.  SIGINT / SIGTERM (:mod:`rlzoo_transfer.stop`) end the run after the iteration in progress with a
+    checkpoint there and raise :class:`RunStopped`; ``--resume`` continues it exactly.  Returns the fit state and
+    the final metrics."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"config": config, "environment": environment()})
@@ -311,10 +324,14 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
         return metrics
 
     try:
-        fit(model, stream, optimizer, scheduler, iters, loss_fn, device, state, checkpoint=checkpoint,
-            save_every=cfg.save_every, log_every=cfg.log_every, writer=writer, progress=cfg.progress,
-            evaluate=evaluate, eval_every=cfg.eval_every, desc=cfg.method)
-        checkpoint(state)
+        with stop_on_signals(at="iteration") as request:
+            fit(model, stream, optimizer, scheduler, iters, loss_fn, device, state, checkpoint=checkpoint,
+                save_every=cfg.save_every, log_every=cfg.log_every, writer=writer, progress=cfg.progress,
+                evaluate=evaluate, eval_every=cfg.eval_every, desc=cfg.method, stop=request.__bool__)
+            checkpoint(state)   # inside: a SIGTERM after the Ctrl-C must not cut it short
+        if request:
+            raise RunStopped(f"stopped by {request.signal} at iteration {state.iteration}/{iters}; continue with "
+                             f"the same command and --resume (checkpoint in {ck_path})", request.exit_status)
         metrics = evaluate(state.iteration)
     finally:
         if writer is not None:
@@ -325,12 +342,21 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
 def cli_main(parser: argparse.ArgumentParser, make_config: Callable[[dict], Any], run: Callable[[Any], dict],
              keys: Sequence[str], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run, print the results' ``keys`` as one JSON line; a UsageError is one line on stderr and
-    exit status 2."""
+    exit status 2, a stop by a signal (:class:`RunStopped`) one line and 128 + its number, a second Ctrl-C one line
+    and 130."""
     cfg = make_config(vars(parser.parse_args(argv)))
     try:
         results = run(cfg)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        ck_path = Path(cfg.out) / "checkpoint.pt"
+        where = f" (last checkpoint in {ck_path})" if ck_path.exists() else ""
+        print(f"\ninterrupted: continue with the same command and --resume{where}", file=sys.stderr)
+        return 130
     print(json.dumps({k: results[k] for k in keys}))
     return 0

@@ -1,6 +1,7 @@
 """Classification on real offline data (scikit-learn's digits): training works, every method runs, resume is
 exact, bad input is one line and exit status 2."""
 import json
+import signal
 import subprocess
 import sys
 
@@ -127,6 +128,41 @@ def test_transforms_and_stream(digits):
     s3.load_state(s2.state())
     assert [next(s3) for _ in range(2)] == first[3:]
     assert len(set(first[0]) | set(first[1])) == 8
+
+
+def test_ctrl_c_checkpoints_at_the_iteration_reached_then_resume_finishes(digits, sources, tmp_path, capsys,
+                                                                           monkeypatch):
+    """SIGINT during a fine-tuning run (it was a KeyboardInterrupt traceback that lost the iterations since the last
+    --save-every checkpoint): the iteration in progress completes, a checkpoint is written there, exit 130 with one
+    line; --resume then ends with exactly the uninterrupted run's weights."""
+    argv = ["--data", str(digits), "--zoo", *sources, "--method", "zoo-lite", "--arch", "small", "--width", "8",
+            "--image-size", "8", "--crop-scale", "0.7", "1.0", "--crop-pct", "1.0", "--iters", "8", "--batch-size",
+            "16", "--milestones", "3", "6", "--save-every", "4", "--log-every", "10", "--no-progress",
+            "--no-tensorboard"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0
+    calls = {"n": 0}
+    real = classify.objective
+
+    def ctrl_c_in_sixth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    capsys.readouterr()
+    monkeypatch.setattr(classify, "objective", ctrl_c_in_sixth)
+    assert main(argv + ["--out", str(tmp_path / "b")]) == 130
+    err = capsys.readouterr().err
+    assert "stopped by SIGINT at iteration 6/8; continue with the same command and --resume" in err, err
+    assert "Traceback" not in err and not (tmp_path / "b" / "model.pt").exists()
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 6   # not the periodic 4
+    monkeypatch.setattr(classify, "objective", real)
+    assert main(argv + ["--out", str(tmp_path / "b"), "--resume"]) == 0
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["top1"] == \
+        json.loads((tmp_path / "b" / "results.json").read_text())["top1"]
 
 
 def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):

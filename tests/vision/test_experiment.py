@@ -95,3 +95,25 @@ def test_module_and_script_commands_parse(tmp_path):
         done = subprocess.run([sys.executable, *cmd, "--seeds", "-1", "--out", str(tmp_path)], capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 2 and "invalid seed -1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    """SIGINT in one of the experiment's fine-tuning runs stops that run (classify's RunStopped) and the
+    experiment with one line, not a traceback."""
+    import signal
+
+    from rlzoo_transfer.vision import classify
+
+    real = classify.objective
+
+    def ctrl_c(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(classify, "objective", ctrl_c)
+    assert _run(tmp_path, "stopped", "--seeds", "0") == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "SIGINT: stopping at the next iteration to write a checkpoint (Ctrl-C again to stop at once)", "",
+        f"stopped: the finished seeds stay in {tmp_path / 'stopped' / 'out'}; continue with the same command and "
+        "--resume"], err

@@ -12,6 +12,7 @@ steps, ~8 minutes of a 100k run on these CPUs).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -44,7 +45,11 @@ def stop_on_signals(stream=None, at: str = "agent step") -> Iterator[StopRequest
         yield request
         return
 
+    owner = os.getpid()
+
     def handler(signum: int, frame) -> None:
+        if os.getpid() != owner:   # a forked child (a data-loading worker): the terminal's Ctrl-C reaches it too
+            return
         if request.signal is None:
             request.signal = signal.Signals(signum).name
             print(f"\n{request.signal}: stopping at the next {at} to write a checkpoint "

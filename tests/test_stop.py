@@ -50,3 +50,25 @@ def test_outside_the_main_thread_nothing_is_installed():
     t.start()
     t.join()
     assert seen == [(False, before)]
+
+
+def test_a_forked_child_ignores_the_terminals_signals():
+    """A child forked inside the block (a data-loading worker) inherits the handler; the terminal's Ctrl-C reaches
+    it too, and printed the stop message once per worker.  In the child the handler now does nothing at all."""
+    r, w = os.pipe()
+    with stop_on_signals() as stop:
+        pid = os.fork()
+        if pid == 0:   # the child: two Ctrl-Cs, no message, no KeyboardInterrupt, its own request untouched
+            os.close(r)
+            try:
+                os.dup2(w, 2)
+                _deliver(signal.SIGINT)
+                _deliver(signal.SIGINT)
+                os.write(w, b"alive" if not stop else b"request")
+            finally:
+                os._exit(0)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(r, "rb") as f:
+            said = f.read()
+    assert os.waitstatus_to_exitcode(status) == 0 and said == b"alive" and not stop

@@ -31,6 +31,7 @@ from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.rl.methods import get_method
 from rlzoo_transfer.rl.policies import DERPolicy
+from rlzoo_transfer.stop import interrupted as stop_interrupted
 from rlzoo_transfer.stop import stop_on_signals
 from rlzoo_transfer.zoo import ZooError
 from rlzoo_transfer.zoo import provenance as zoo_provenance
@@ -243,10 +244,7 @@ def interrupted(run_dirs: Sequence[Path] = (), stream=None) -> int:
     """After a KeyboardInterrupt - a second Ctrl-C during training (:mod:`rlzoo_transfer.stop`), or one before
     training began - one line saying how to continue and where the last checkpoint is; returns the exit status 130.
     ``run_dirs``: the runs' folders, as far as they are known yet."""
-    saved = [str(path) for path in map(find_checkpoint, run_dirs) if path is not None]
-    where = f" (last checkpoint in {', '.join(saved)})" if saved else ""
-    print(f"\ninterrupted: continue with the same command and --resume{where}", file=stream or sys.stderr)
-    return 130
+    return stop_interrupted([path for path in map(find_checkpoint, run_dirs) if path is not None], stream)
 
 
 def summarize_after_run(run_dir: Path, stream=None) -> Path | None:

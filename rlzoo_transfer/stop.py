@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Sequence
 
 
 class StopRequest:
@@ -75,3 +76,11 @@ def interrupts_surface() -> Iterator[None]:
         if isinstance(err.__context__, KeyboardInterrupt):
             raise KeyboardInterrupt from err
         raise
+
+
+def interrupted(checkpoints: Sequence[Path | str] = (), stream=None) -> int:
+    """After a KeyboardInterrupt (a second Ctrl-C, or one before the handler was installed): one line saying how to
+    continue and where the last complete checkpoints are; returns the exit status 130."""
+    where = f" (last checkpoint in {', '.join(map(str, checkpoints))})" if checkpoints else ""
+    print(f"\ninterrupted: continue with the same command and --resume{where}", file=stream or sys.stderr)
+    return 130

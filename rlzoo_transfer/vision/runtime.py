@@ -27,7 +27,7 @@ from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import check_ranges as config_check_ranges
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.layers import flat_stats
-from rlzoo_transfer.stop import interrupts_surface, stop_on_signals
+from rlzoo_transfer.stop import interrupted, interrupts_surface, stop_on_signals
 from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.resnet import ARCHS, CheckpointError, check_backbone_keys, load_state_dict_file
 from rlzoo_transfer.vision.zoo import METHODS, UnknownMethodError, check_method
@@ -355,8 +355,6 @@ def cli_main(parser: argparse.ArgumentParser, make_config: Callable[[dict], Any]
         return e.exit_status
     except KeyboardInterrupt:
         ck_path = Path(cfg.out) / "checkpoint.pt"
-        where = f" (last checkpoint in {ck_path})" if ck_path.exists() else ""
-        print(f"\ninterrupted: continue with the same command and --resume{where}", file=sys.stderr)
-        return 130
+        return interrupted([ck_path] if ck_path.exists() else [])
     print(json.dumps({k: results[k] for k in keys}))
     return 0

@@ -31,6 +31,7 @@ from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.rl.methods import get_method
 from rlzoo_transfer.rl.policies import DERPolicy
+from rlzoo_transfer.stop import RunIncomplete
 from rlzoo_transfer.stop import interrupted as stop_interrupted
 from rlzoo_transfer.stop import stop_on_signals
 from rlzoo_transfer.zoo import ZooError
@@ -39,17 +40,6 @@ from rlzoo_transfer.zoo import provenance as zoo_provenance
 
 class RunError(RuntimeError):
     """A run that cannot start (existing results, missing checkpoint); the message says what to do."""
-
-
-class RunIncomplete(RuntimeError):
-    """The run stopped before its last step (a time limit, or SIGINT / SIGTERM); it checkpointed and continues with
-    --resume.  ``exit_status``: 3 at a time limit, 128 + the signal's number after a signal (SIGINT 130);
-    ``reason``: the message without the run folder (lock-step names a group's folders once)."""
-
-    def __init__(self, message: str, exit_status: int = 3, reason: str | None = None):
-        super().__init__(message)
-        self.exit_status = exit_status
-        self.reason = reason or message
 
 
 @dataclass

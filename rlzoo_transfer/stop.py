@@ -21,6 +21,18 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 
+class RunIncomplete(RuntimeError):
+    """A run that stopped before its last step (a time limit, or SIGINT / SIGTERM) after writing a checkpoint; it
+    continues with --resume.  ``exit_status``: 3 at a time limit, 128 + the signal's number after a signal (SIGINT
+    130); ``reason``: the message without the run folder (lock-step names a group's folders once).  Shared by the
+    RL runs (:mod:`rlzoo_transfer.run`) and the vision runs (:mod:`rlzoo_transfer.vision.runtime`)."""
+
+    def __init__(self, message: str, exit_status: int = 3, reason: str | None = None):
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.reason = reason or message
+
+
 class StopRequest:
     """Set by the first signal: ``signal`` is its name (``"SIGINT"``, ``"SIGTERM"``), None until then."""
 

@@ -47,11 +47,12 @@ from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.select import run_selection
 from rlzoo_transfer.selection import rank_models, spearman, trials_to_best
+from rlzoo_transfer.stop import RunIncomplete
 from rlzoo_transfer.vision.classify import ClassifyConfig, run_classification
 from rlzoo_transfer.vision.data import digits_images, write_image_folder
 from rlzoo_transfer.vision.resnet import sha256_of as sha256
-from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, RunStopped, UsageError, check_ranges,
-                                           environment, write_json)
+from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, check_ranges, environment,
+                                           write_json)
 
 SOURCES = {                      # name -> classes of the source pool it is trained on ("random": permuted labels)
     "A_0-3": [0, 1, 2, 3],
@@ -298,10 +299,10 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    except (RunStopped, KeyboardInterrupt) as e:   # Ctrl-C / SIGTERM in a fine-tuning run, or a second Ctrl-C
+    except (RunIncomplete, KeyboardInterrupt) as e:   # Ctrl-C / SIGTERM in a fine-tuning run, or a second Ctrl-C
         print(f"\nstopped: the finished seeds stay in {args.out}; continue with the same command and --resume",
               file=sys.stderr)
-        return e.exit_status if isinstance(e, RunStopped) else 130
+        return e.exit_status if isinstance(e, RunIncomplete) else 130
 
 
 def run(args) -> int:

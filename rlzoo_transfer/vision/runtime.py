@@ -27,7 +27,7 @@ from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import check_ranges as config_check_ranges
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.layers import flat_stats
-from rlzoo_transfer.stop import interrupted, interrupts_surface, stop_on_signals
+from rlzoo_transfer.stop import RunIncomplete, interrupted, interrupts_surface, stop_on_signals
 from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.resnet import ARCHS, CheckpointError, check_backbone_keys, load_state_dict_file
 from rlzoo_transfer.vision.zoo import METHODS, UnknownMethodError, check_method
@@ -37,15 +37,6 @@ USER_ERRORS = (DataError, CheckpointError, UnknownMethodError, ValueError, FileN
 
 class UsageError(Exception):
     """Bad input found before training starts (the CLIs print it as one line and exit with status 2)."""
-
-
-class RunStopped(Exception):
-    """SIGINT / SIGTERM stopped the run after a checkpoint at the iteration reached; ``exit_status`` 128 + the
-    signal's number (the CLIs print the message and exit with it)."""
-
-    def __init__(self, message: str, exit_status: int):
-        super().__init__(message)
-        self.exit_status = exit_status
 
 
 # ------------------------------------------------------------------------------------------------ run plumbing
@@ -301,7 +292,7 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
     (``cfg.resume``; the ``resume_keys`` of ``config`` must match), :func:`fit` to ``iters`` with checkpoints and
     test evaluations (``evaluate_model()`` -> metrics, logged as ``test/<name>``), a last checkpoint and the final
     evaluation.  SIGINT / SIGTERM (:mod:`rlzoo_transfer.stop`) end the run after the iteration in progress with a
-    checkpoint there and raise :class:`RunStopped`; ``--resume`` continues it exactly.  Returns the fit state and
+    checkpoint there and raise :class:`RunIncomplete`; ``--resume`` continues it exactly.  Returns the fit state and
     the final metrics."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -330,8 +321,8 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
                 evaluate=evaluate, eval_every=cfg.eval_every, desc=cfg.method, stop=request.__bool__)
             checkpoint(state)   # inside: a SIGTERM after the Ctrl-C must not cut it short
         if request:
-            raise RunStopped(f"stopped by {request.signal} at iteration {state.iteration}/{iters}; continue with "
-                             f"the same command and --resume (checkpoint in {ck_path})", request.exit_status)
+            raise RunIncomplete(f"stopped by {request.signal} at iteration {state.iteration}/{iters}; continue with "
+                                f"the same command and --resume (checkpoint in {ck_path})", request.exit_status)
         metrics = evaluate(state.iteration)
     finally:
         if writer is not None:
@@ -342,15 +333,15 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
 def cli_main(parser: argparse.ArgumentParser, make_config: Callable[[dict], Any], run: Callable[[Any], dict],
              keys: Sequence[str], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run, print the results' ``keys`` as one JSON line; a UsageError is one line on stderr and
-    exit status 2, a stop by a signal (:class:`RunStopped`) one line and 128 + its number, a second Ctrl-C one line
-    and 130."""
+    exit status 2, a stop by a signal (:class:`~rlzoo_transfer.stop.RunIncomplete`) one line and 128 + its number, a
+    second Ctrl-C one line and 130."""
     cfg = make_config(vars(parser.parse_args(argv)))
     try:
         results = run(cfg)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RunStopped as e:
+    except RunIncomplete as e:
         print(str(e), file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:

@@ -98,7 +98,7 @@ def test_module_and_script_commands_parse(tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
-    """SIGINT in one of the experiment's fine-tuning runs stops that run (classify's RunStopped) and the
+    """SIGINT in one of the experiment's fine-tuning runs stops that run (classify's RunIncomplete) and the
     experiment with one line, not a traceback."""
     import signal
 

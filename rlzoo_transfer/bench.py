@@ -64,6 +64,7 @@ from torch import nn
 
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.bench_reference import ReferenceDER
+from rlzoo_transfer.stop import one_line_interrupt
 
 GAME = "Alien"
 BATCH = 32
@@ -798,6 +799,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_interrupt
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 30)

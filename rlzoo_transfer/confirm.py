@@ -54,6 +54,7 @@ from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.provenance import file_in_commit, git_commit
 from rlzoo_transfer.report import md_table
 from rlzoo_transfer.rundata import Run, RunFolderError, find_run_dirs, load_runs
+from rlzoo_transfer.stop import one_line_interrupt
 
 #: ``config.yml`` keys that fix how a run is trained and scored (beside ``hyperparams``).
 PROTOCOL_KEYS = ("steps", "eval_freq", "eval_episodes", "final_eval_episodes", "n_envs")
@@ -392,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)

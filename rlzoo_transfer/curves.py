@@ -55,6 +55,7 @@ from rlzoo_transfer.plots import plot_all_games, plot_diagnostics, plot_game, sa
 from rlzoo_transfer.report import write_report
 from rlzoo_transfer.results_table import MarkerError, update_markdown
 from rlzoo_transfer.rundata import NoRunsError, Run, RunFolderError, load_runs
+from rlzoo_transfer.stop import one_line_interrupt
 
 
 class BaselineError(Exception):
@@ -159,6 +160,7 @@ def run_report(args) -> Path:
     return path
 
 
+@one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 no runs, 2 bad input)."""
     args = build_parser().parse_args(argv)

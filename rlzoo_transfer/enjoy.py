@@ -36,6 +36,7 @@ import yaml
 
 from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.stop import one_line_interrupt
 
 
 class EnjoyError(ValueError):
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 ok, 2 bad input."""
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device

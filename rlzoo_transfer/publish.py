@@ -11,16 +11,22 @@ import shutil
 import sys
 from pathlib import Path
 
+from rlzoo_transfer.stop import one_line_interrupt
+
 FILES = ("config.yml", "evaluations.csv", "final.json", "gates.csv", "pathway.csv", "flow.csv")
 
 
-def publish(src_root: Path, dst_root: Path) -> list[Path]:
-    """Copy FILES of every ``*/*/seed*/`` under ``src_root`` to the same place under ``dst_root``."""
+def publish(src_root: Path, dst_root: Path, finished_only: bool = False) -> list[Path]:
+    """Copy FILES of every ``*/*/seed*/`` under ``src_root`` to the same place under ``dst_root``.
+    ``finished_only``: leave out runs without ``final.json`` that are not published yet (a published run that was
+    restarted is still updated, so that its stale final score is withdrawn)."""
     copied = []
     for run in sorted(src_root.glob("*/*/seed*")):
         if not (run / "evaluations.csv").exists():
             continue
         dst = dst_root / run.relative_to(src_root)
+        if finished_only and not (run / "final.json").exists() and not dst.exists():
+            continue
         dst.mkdir(parents=True, exist_ok=True)
         for name in FILES:
             if (run / name).exists():
@@ -33,10 +39,13 @@ def publish(src_root: Path, dst_root: Path) -> list[Path]:
     return copied
 
 
+@one_line_interrupt
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.publish", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="?", default="runs")
     p.add_argument("--out", default="eval/runs")
+    p.add_argument("--finished", action="store_true",
+                   help="leave out runs still in progress (no final.json) that are not published yet")
     args = p.parse_args(argv)
     src = Path(args.runs)
     if not src.is_dir():
@@ -46,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
         return 2
-    runs = publish(src, out)
+    runs = publish(src, out, finished_only=args.finished)
     if not runs:
-        print(f"error: no run folders (<Game>/<method>/seed<k>/ with evaluations.csv) under {src}", file=sys.stderr)
+        what = "finished run folders (<Game>/<method>/seed<k>/ with final.json)" if args.finished else \
+            "run folders (<Game>/<method>/seed<k>/ with evaluations.csv)"
+        print(f"error: no {what} under {src}", file=sys.stderr)
         return 1
     for run in runs:
         print(f"{run} ({'finished' if (run / 'final.json').exists() else 'incomplete'})")

@@ -30,6 +30,7 @@ from rlzoo_transfer.plots import plot_diagnostics, pyplot, save_png
 from rlzoo_transfer.report import md_table
 from rlzoo_transfer.rundata import Run, RunFolderError, load_run
 from rlzoo_transfer.atomic import write_atomic
+from rlzoo_transfer.stop import one_line_interrupt
 
 
 def plot_run(run: Run, path: Path) -> None:
@@ -140,6 +141,7 @@ def write_run_summary(run_dir: Path) -> Path:
     return path
 
 
+@one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: (re)write the summary of each run folder given; 0 ok, 2 a folder that is not a run."""
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.run_summary", description=__doc__.split("\n\n")[0])

@@ -12,13 +12,14 @@ steps, ~8 minutes of a 100k run on these CPUs).
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 class RunIncomplete(RuntimeError):
@@ -96,3 +97,20 @@ def interrupted(checkpoints: Sequence[Path | str] = (), stream=None) -> int:
     where = f" (last checkpoint in {', '.join(map(str, checkpoints))})" if checkpoints else ""
     print(f"\ninterrupted: continue with the same command and --resume{where}", file=stream or sys.stderr)
     return 130
+
+
+def one_line_interrupt(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate the ``main`` of a CLI with nothing to resume (enjoy, bench, select, curves, publish, confirm): a
+    Ctrl-C ends it with one line and exit status 130 instead of Python's traceback.  Their files are written
+    atomically, so a file is either the old one or the new one, never half-written."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("\ninterrupted (the files written so far are complete; run the command again to redo the rest)",
+                  file=sys.stderr)
+            return 130
+
+    return wrapped

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -131,3 +135,25 @@ def test_bad_input_is_one_line_and_exit_2(zoo_run, tmp_path, capsys):
     fails([str(run)], "config.yml")   # zoo hyperparameters under method scratch
     (run / "config.yml").write_text(yaml.safe_dump({**config, "method": "zooo"}))
     fails([str(run)], "unknown method")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C while a source plays (enjoy, like bench / select / curves / publish / confirm: nothing to resume)
+    ended in a KeyboardInterrupt traceback; now one line and exit status 130, and --out is not half-written."""
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "rlzoo_transfer.enjoy", "--source", "Seaquest", "--episodes", "200", "--out",
+           str(out), "--threads", "1"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Seaquest.pt" in proc.stdout.readline()   # the policy is loaded and the episodes are under way
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().startswith("interrupted"), err
+    assert not out.exists()

@@ -43,6 +43,22 @@ def test_stale_final_score_is_withdrawn(tmp_path):
     assert not (dst / "Alien/scratch/seed0/final.json").exists()
 
 
+def test_finished_leaves_out_runs_in_progress(tmp_path, capsys):
+    src, dst = tmp_path / "runs", tmp_path / "eval"
+    _run(src, "scratch", True)
+    _run(src, "zoo", False)
+    assert main([str(src), "--out", str(dst), "--finished"]) == 0
+    assert "Alien/scratch/seed0 (finished)" in capsys.readouterr().out
+    assert (dst / "Alien/scratch/seed0/final.json").exists() and not (dst / "Alien/zoo").exists()
+    (src / "Alien/scratch/seed0/final.json").unlink()   # a published run restarted: its score is withdrawn
+    publish(src, dst, finished_only=True)
+    assert (dst / "Alien/scratch/seed0/evaluations.csv").exists()
+    assert not (dst / "Alien/scratch/seed0/final.json").exists() and not (dst / "Alien/zoo").exists()
+    shutil.rmtree(dst)
+    assert main([str(src), "--out", str(dst), "--finished"]) == 1
+    assert "no finished run folders" in capsys.readouterr().err
+
+
 def test_missing_root_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "no run folder" in capsys.readouterr().err

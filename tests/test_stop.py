@@ -72,3 +72,18 @@ def test_a_forked_child_ignores_the_terminals_signals():
         with os.fdopen(r, "rb") as f:
             said = f.read()
     assert os.waitstatus_to_exitcode(status) == 0 and said == b"alive" and not stop
+
+
+@pytest.mark.parametrize("module", ["enjoy", "bench", "select", "curves", "publish", "confirm", "run_summary"])
+def test_clis_with_nothing_to_resume_end_a_ctrl_c_in_one_line(module, monkeypatch, capsys):
+    """Their ``main`` goes through ``one_line_interrupt`` (tests/test_enjoy.py sends a real SIGINT to one)."""
+    import importlib
+
+    mod = importlib.import_module(f"rlzoo_transfer.{module}")
+
+    def interrupted_parse(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("argparse.ArgumentParser.parse_args", interrupted_parse)
+    assert mod.main([]) == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted")

@@ -197,7 +197,7 @@ def build_method_model(name: str, env, device: str, source: str | None, seed: in
                        overrides: dict[str, Any] | None = None):
     """A DER for registered method ``name`` (as ``python -m rlzoo_transfer.train`` builds it)."""
     from rlzoo_transfer.config import load_config
-    from rlzoo_transfer.rl.methods import get_method
+    from rlzoo_transfer.rl.registry import get_method
     from rlzoo_transfer.run import RunSpec, build_model
 
     method = get_method(name)
@@ -428,7 +428,7 @@ def build_models(env, device: str, source: str, methods: list[str] | None, fill:
     """Scratch and every wanted method (plus ``hub(k=1)`` variants), all sharing one replay filled with real
     Alien transitions.  Returns ``(replay, obs1, models)``; a method that does not build is reported in
     ``result["failed"]``, not fatal."""
-    from rlzoo_transfer.rl.methods import METHODS
+    from rlzoo_transfer.rl.registry import METHODS
 
     log("building scratch and filling its replay ...")
     scratch = build_method_model("scratch", env, device, source)
@@ -807,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --repeats must be >= 1", file=sys.stderr)
         return 2
     if args.methods:
-        from rlzoo_transfer.rl.methods import METHODS
+        from rlzoo_transfer.rl.registry import METHODS
 
         valid = [*METHODS, "hub(k=1)"]
         unknown = [m for m in args.methods if m not in valid]

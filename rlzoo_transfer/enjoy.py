@@ -66,7 +66,7 @@ def _build_policy(game: str, method: str, source: str | None, hyperparams: dict,
     """A DERPolicy with the method's freshly built network for ``game`` (weights to be loaded by the caller)."""
     from rlzoo_transfer.config import load_config
     from rlzoo_transfer.envs import make_env
-    from rlzoo_transfer.rl.methods import get_method
+    from rlzoo_transfer.rl.registry import get_method
     from rlzoo_transfer.run import RunSpec, build_model
 
     config = load_config(get_method(method).config_file, hyperparams)
@@ -191,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 ok, 2 bad input."""
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
-    from rlzoo_transfer.envs import UnknownGameError
+    from rlzoo_transfer.games import UnknownGameError
     from rlzoo_transfer.rl.evaluation import evaluate
-    from rlzoo_transfer.rl.methods import UnknownMethodError
+    from rlzoo_transfer.rl.registry import UnknownMethodError
     from rlzoo_transfer.zoo import ZooError
 
     args = build_parser().parse_args(argv)

@@ -97,9 +97,9 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
 
 def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
-    from rlzoo_transfer.envs import UnknownGameError, resolve_game
+    from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.rl.lockstep import LockstepError
-    from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
+    from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
     from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder
     from rlzoo_transfer.zoo import ZooError
 

@@ -68,7 +68,7 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.config import ConfigError, load_config, resolve_device
-    from rlzoo_transfer.envs import UnknownGameError, resolve_game
+    from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,
                                     run_training)
 

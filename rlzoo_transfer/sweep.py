@@ -10,7 +10,7 @@ folder being ``<log dir>/<Game>/<method folder>/seed<k>/`` exactly as train writ
 
 * A method ``name:Source`` (e.g. ``finetune:Seaquest``) becomes ``--method name --source Source`` and the folder
   ``name-Source`` (``finetune-Seaquest``); that folder spelling is accepted as the method too.  Games are
-  canonicalised as train does (``JamesBond`` -> ``Jamesbond``, ``envs.resolve_game``); an unknown game is an
+  canonicalised as train does (``JamesBond`` -> ``Jamesbond``, ``games.resolve_game``); an unknown game is an
   error before anything runs.
 * A run whose folder holds ``final.json`` is skipped.  A run whose folder already exists without it (an
   interrupted run) gets ``--resume``.  A fresh run is started without ``--resume``; note that the sweep creates
@@ -129,12 +129,12 @@ class Job:
 
 
 def canonical_game_name(name: str) -> str:
-    """The game folder name train will use: ``envs.resolve_game`` (any ALE game), else :mod:`scores`' spelling.
+    """The game folder name train will use: ``games.resolve_game`` (any ALE game), else :mod:`scores`' spelling.
 
     :raises SweepError: the game is not an ALE game
     """
     try:
-        from rlzoo_transfer.envs import UnknownGameError, resolve_game
+        from rlzoo_transfer.games import UnknownGameError, resolve_game
     except ImportError:  # a driver machine without the RL stack: known games only
         return maybe_canonical_game(name)
     try:
@@ -164,7 +164,7 @@ def parse_method(text: str) -> tuple[str, str | None]:
 def _takes_source(name: str) -> bool:
     """Whether ``name`` is a registered method that takes ``--source`` (False without the RL stack)."""
     try:
-        from rlzoo_transfer.rl.methods import METHODS
+        from rlzoo_transfer.rl.registry import METHODS
     except ImportError:
         return False
     return name in METHODS and METHODS[name].needs_source
@@ -216,8 +216,8 @@ def lockstep_groups(jobs: list[Job], size: int, log_dir: Path, steps: int | None
     holds the group's output.  ``sample_threads`` goes to the groups' ``lockstep --sample-threads`` only (train
     has no such option, so the runs left single never see it).
     """
-    from rlzoo_transfer.envs import action_meanings
-    from rlzoo_transfer.rl.methods import get_method
+    from rlzoo_transfer.games import action_meanings
+    from rlzoo_transfer.rl.registry import get_method
 
     buckets: dict[tuple, list[Job]] = {}
     n_actions: dict[str, int] = {}
@@ -423,7 +423,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(f"--sample-threads must be a positive number of threads, got {args.sample_threads}")
         if args.lockstep < 2:
             parser.error("--sample-threads needs --lockstep K with K >= 2 (single runs have no sampling threads)")
-    from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
+    from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
 
     for text in args.methods:
         try:

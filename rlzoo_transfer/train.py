@@ -13,7 +13,7 @@ from rlzoo_transfer.config import parse_overrides, progress_bar_wanted, seed_arg
 
 
 def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentParser:
-    from rlzoo_transfer.rl.methods import METHODS
+    from rlzoo_transfer.rl.registry import METHODS
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--game", required=True, help="Atari game, e.g. Alien, Gopher, Jamesbond (any ALE game)")
@@ -43,14 +43,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.train", **spec_defaults) -> int:
+    args = parser(prog).parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
-    from rlzoo_transfer.envs import UnknownGameError
-    from rlzoo_transfer.rl.methods import UnknownMethodError, get_method
+    from rlzoo_transfer.games import UnknownGameError
+    from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, finished_at, interrupted,
                                     run_folder, run_training)
     from rlzoo_transfer.zoo import ZooError
 
-    args = parser(prog).parse_args(argv)
     folder = None
     try:
         import torch

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rlzoo_transfer import envs
-from rlzoo_transfer.envs import AtariVecEnv, UnknownGameError, action_meanings, make_env, resolve_game
+from rlzoo_transfer.envs import AtariVecEnv, make_env
+from rlzoo_transfer.games import UnknownGameError, action_meanings, resolve_game
 
 
 @pytest.mark.parametrize("name,canonical,rom", [

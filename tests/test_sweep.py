@@ -434,13 +434,30 @@ def test_confirm_runs_the_registered_runs_once_committed(tmp_path, capsys):
         scratch_dir.rmdir()
 
 
-def test_sweep_help_does_not_load_scipy_or_torch():
-    """``sweep --help`` took ~3 s when scores.py imported scipy at the top for the game tables sweep reads; the
-    statistics now load scipy where they use it (and the method registry, with torch, loads only for a sweep)."""
-    code = ("import sys, contextlib, io\nfrom rlzoo_transfer import sweep\n"
-            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-            "    sweep.main(['--help'])\n"
-            "print(sorted(m for m in ('scipy', 'torch') if m in sys.modules))")
+LOADED = "print(sorted(m for m in ('scipy', 'torch', 'stable_baselines3') if m in sys.modules))"
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("sweep", ["--help"]),
+    ("sweep", ["--games", "Alien", "JamesBond", "Gopher", "--methods", "scratch", "zoo", "hub", "finetune:Seaquest",
+               "--seeds", "0", "1", "--lockstep", "2", "--dry-run", "--log-dir", "{tmp}"]),
+    ("train", ["--help"]),
+])
+def test_planning_does_not_load_the_rl_stack(module, argv, tmp_path):
+    """``sweep --help`` took ~3 s when scores.py imported scipy at the top for the game tables sweep reads, and a
+    ``sweep --dry-run`` / ``train --help`` ~3 s more for the method registry and the game names, which came with
+    torch and SB3; the statistics now load scipy where they use it, and the names of the methods (rl/registry.py)
+    and of the games (games.py) need neither torch nor SB3.  The dry run still plans lock-step groups and
+    canonical game names."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = (f"import sys, contextlib, io\nfrom rlzoo_transfer import {module}\nout = io.StringIO()\n"
+            f"with contextlib.suppress(SystemExit), contextlib.redirect_stdout(out):\n"
+            f"    {module}.main({argv!r})\n"
+            f"{LOADED}\nprint(out.getvalue(), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    assert proc.stdout.strip() == "[]", proc.stderr
+    if "--dry-run" in argv:
+        assert "rlzoo_transfer.lockstep --runs Alien:scratch:0 Jamesbond:scratch:0" in proc.stderr   # 18 actions
+        assert "Gopher/finetune-Seaquest/seed1: lock-step with Gopher/finetune-Seaquest/seed0" in proc.stderr
+        assert "--game Jamesbond --method hub --seed 1" in proc.stderr

@@ -14,9 +14,9 @@ import yaml
 from gymnasium import spaces
 
 from rlzoo_transfer import train
-from rlzoo_transfer.envs import action_meanings
-from rlzoo_transfer.rl.methods import METHODS
+from rlzoo_transfer.games import action_meanings
 from rlzoo_transfer.rl.policies import DERNetwork
+from rlzoo_transfer.rl.registry import METHODS
 from rlzoo_transfer.zoo import (DEFAULT_ZOO, ZooError, check_architecture, load_source, load_zoo, map_actions,
                                 read_manifest)
 from tests.conftest import run_module
@@ -229,7 +229,7 @@ def test_manifest_actions_that_do_not_match_the_output_layer(zoo):
 @pytest.mark.parametrize("method", ["finetune", "zoo", "zoo-lite", "hub", "kflow"])
 def test_every_method_builder_raises_the_zoo_error(zoo, method):
     (zoo / "Seaquest.pt").write_bytes(b"")
-    builder = METHODS[method].builder
+    builder = METHODS[method].build
     extra = {"source": "Seaquest"} if METHODS[method].needs_source else {}
     obs = spaces.Box(0, 255, (4, 84, 84), dtype="uint8")
     with pytest.raises(ZooError, match="Seaquest.pt is corrupt or changed"):

@@ -1,6 +1,7 @@
-"""Transfer methods: name -> how to build the DER network, and which ``agents/<file>.yml`` holds its settings.
+"""Transfer methods' networks: one builder per method family, named by the registry (rl/registry.py: name ->
+builder, ``agents/<file>.yml``, what the method needs).
 
-A method is one small builder: ``network(game, source, settings) -> (net_builder, net_kwargs)``, where
+``Method.network(game, source, settings) -> (net_builder, net_kwargs)``, where
 ``net_builder(observation_space, n_actions, n_atoms=..., **net_kwargs)`` returns a network with DERNetwork's
 contract (rl/policies.py).  Builders are module-level functions, so SB3 can save and re-create the policy.
 Adding a method touches no algorithm code.
@@ -19,28 +20,15 @@ Adding a method touches no algorithm code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlzoo_transfer.envs import action_meanings
+from rlzoo_transfer.games import action_meanings
 from rlzoo_transfer.layers import AdaAggBase, HubPathway, export_module, gate_means, set_noise, zoo_convert
-from rlzoo_transfer.rl.policies import DERNetwork, build_der_network
+from rlzoo_transfer.rl.policies import DERNetwork
+from rlzoo_transfer.rl.registry import source_names as _sources
 from rlzoo_transfer.zoo import DEFAULT_ZOO, load_zoo
-
-
-class UnknownMethodError(ValueError):
-    pass
-
-
-def _sources(names: str | list[str] | None) -> list[str]:
-    """``"Seaquest, Riverraid"`` or a list -> the source names; ``-p sources=`` (None) -> none."""
-    if names is None:
-        return []
-    return [s.strip() for s in (names.split(",") if isinstance(names, str) else names) if str(s).strip()]
 
 
 def _zoo_state_dicts(n_actions: int, n_atoms: int, hidden: int, sigma0: float, game: str, sources: list[str],
@@ -318,82 +306,3 @@ def build_kflow(observation_space, n_actions: int, n_atoms: int = 51, hidden: in
     _, sds = _zoo_state_dicts(n_actions, n_atoms, hidden, sigma0, game, names, zoo_dir, fresh_output)
     teachers = _source_networks(n_actions, n_atoms, hidden, sigma0, sds)
     return KnowledgeFlowNetwork(DERNetwork(n_actions, n_atoms, hidden, sigma0), teachers, names, dependency_weight)
-
-
-# --- registry -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Method:
-    name: str
-    summary: str
-    paper: str
-    builder: Callable[..., nn.Module]
-    config_file: str | None = None
-    fixed: dict[str, Any] = field(default_factory=dict)  # settings the method pins (e.g. zoo-lite: mode=lite)
-    needs_source: bool = False
-
-    @property
-    def lockstep(self) -> bool:
-        """Whether agents of this method can train in a lock-step group (rl/lockstep.py): no auxiliary loss."""
-        return self.builder not in (build_hub, build_kflow)
-
-    def folder(self, source: str | None) -> str:
-        """Run-folder name: ``finetune-Seaquest`` for a method with a source, else the method name."""
-        return f"{self.name}-{source}" if self.needs_source and source else self.name
-
-    def sources(self, source: str | None, settings: dict[str, Any]) -> list[str]:
-        """The zoo sources the network starts from: finetune's ``--source``, the ``sources`` setting of the zoo /
-        hub / kflow families, none for scratch."""
-        if self.builder is build_der_network:
-            return []
-        if self.needs_source:
-            return [source] if source else []
-        return _sources(settings.get("sources"))
-
-    def network(self, game: str, source: str | None, settings: dict[str, Any]):
-        """(net_builder, net_kwargs) for the policy."""
-        if self.builder is build_der_network:
-            return build_der_network, {}
-        kwargs = {**settings, **self.fixed, "game": game}
-        if self.needs_source:
-            kwargs["source"] = source
-        return self.builder, kwargs
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
-
-
-ZT = "Shu et al., Zoo-Tuning, ICML 2021"
-HP = "Shu et al., Hub-Pathway, NeurIPS 2022"
-register(Method("scratch", "DER from random initialisation", "van Hasselt et al. 2019", build_der_network))
-register(Method("finetune", "DER initialised from one source (--source)", "Zoo-Tuning's baseline", build_finetune,
-                "finetune", needs_source=True))
-register(Method("zoo", "every conv / linear an AdaAgg layer over the sources", ZT, build_zoo, "zoo"))
-register(Method("zoo-lite", "lite Zoo-Tuning: temporal ensemble of batch-mean gates", ZT, build_zoo, "zoo",
-                {"mode": "lite"}))
-register(Method("zoo-avg", "average aggregation (ablation)", ZT, build_zoo, "zoo", {"mode": "average"}))
-register(Method("zoo-noalign", "Zoo-Tuning without channel alignment T (ablation)", ZT, build_zoo, "zoo",
-                {"align": False}))
-register(Method("hub", "Hub-Pathway over the source policies", HP, build_hub, "hub"))
-register(Method("hub-random", "Hub-Pathway with a random pathway (ablation)", HP, build_hub, "hub",
-                {"random_pathway": True}))
-register(Method("hub-noexplore", "Hub-Pathway without the explore loss (ablation)", HP, build_hub, "hub",
-                {"explore": False}))
-register(Method("hub-noexploit", "Hub-Pathway without the exploit loss (ablation)", HP, build_hub, "hub",
-                {"exploit": False}))
-register(Method("kflow", "Knowledge Flow: teachers flow into a fresh student", "Liu, Peng & Schwing, ICLR 2019",
-                build_kflow, "kflow"))
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        prefix, _, source = name.rpartition("-")
-        if prefix in METHODS and METHODS[prefix].needs_source and source:
-            raise UnknownMethodError(f"unknown method {name!r}: that is the run folder of --method {prefix} "
-                                     f"--source {source}")
-        raise UnknownMethodError(f"unknown method {name!r}. Valid methods: {', '.join(METHODS)}")
-    return METHODS[name]

@@ -15,12 +15,14 @@ import torch
 from stable_baselines3.common.logger import Logger
 
 from rlzoo_transfer.config import load_config
-from rlzoo_transfer.envs import PAPER_GAMES, action_meanings, make_env
+from rlzoo_transfer.envs import make_env
+from rlzoo_transfer.games import PAPER_GAMES, action_meanings
 from rlzoo_transfer.layers import AdaAggConv2d, AdaAggNoisyLinear, NoisyLinear, adaagg_layers, export_module
 from rlzoo_transfer.rl.der import DER
-from rlzoo_transfer.rl.methods import (FLOW_POINTS, METHODS, BlockMean, HubNetwork, KnowledgeFlowNetwork,
-                                       ZooNetwork, get_method, pathway_generator)
+from rlzoo_transfer.rl.methods import (FLOW_POINTS, BlockMean, HubNetwork, KnowledgeFlowNetwork, ZooNetwork,
+                                       pathway_generator)
 from rlzoo_transfer.rl.policies import DERNetwork
+from rlzoo_transfer.rl.registry import METHODS, get_method
 from rlzoo_transfer.run import RunSpec, build_model
 from rlzoo_transfer.zoo import load_source
 

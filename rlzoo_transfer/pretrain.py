@@ -27,9 +27,9 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     """Write ``<zoo_dir>/<Game>.pt`` from a finished run and record it in ``<zoo_dir>/zoo.yml`` (atomically)."""
     import torch
 
+    from rlzoo_transfer.provenance import git_commit
     from rlzoo_transfer.rl.callbacks import write_atomic
     from rlzoo_transfer.rl.der import DER
-    from rlzoo_transfer.provenance import git_commit
 
     commit_now = git_commit()   # before this export changes the tree
     config = yaml.safe_load((run_dir / "config.yml").read_text())

@@ -10,8 +10,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from rlzoo_transfer import scores
-from rlzoo_transfer.aggregate import aggregate_hns, final_scores, games_of, hns_groups, improvement_over, \
-    method_order, transfer_measures
+from rlzoo_transfer.aggregate import (aggregate_hns, final_scores, games_of, hns_groups, improvement_over,
+                                      method_order, transfer_measures)
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.plots import published_label
 from rlzoo_transfer.rundata import Run
@@ -329,7 +329,7 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
         for kind, game, method, name, n in diagnostics:
             runs_word = "run" if n == 1 else "runs"
             lines += [f"### {game} / {method}: {kind} ({n} {runs_word})", "", f"![{kind} {game} {method}]({name})", ""]
-    from rlzoo_transfer import confirm   # confirm uses md_table from here
+    from rlzoo_transfer import confirm  # confirm uses md_table from here
 
     lines += confirm.report_section(getattr(args, "confirm", None) or [], all_runs or runs)
     lines += report_incomplete_section(runs)

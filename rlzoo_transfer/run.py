@@ -25,13 +25,13 @@ from rlzoo_transfer.config import ConfigError, load_config, split_config
 from rlzoo_transfer.envs import make_env
 from rlzoo_transfer.games import action_meanings, resolve_game
 from rlzoo_transfer.provenance import git_commit, versions
-from rlzoo_transfer.rl.callbacks import (EvalCheckpointCallback, ProgressLogCallback, read_evaluations, write_atomic,
-                                         write_evaluations)
+from rlzoo_transfer.rl.callbacks import (EvalCheckpointCallback, ProgressLogCallback, read_evaluations,
+                                         write_atomic, write_evaluations)
 from rlzoo_transfer.rl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
-from rlzoo_transfer.rl.registry import get_method
 from rlzoo_transfer.rl.policies import DERPolicy
+from rlzoo_transfer.rl.registry import get_method
 from rlzoo_transfer.stop import RunIncomplete
 from rlzoo_transfer.stop import interrupted as stop_interrupted
 from rlzoo_transfer.stop import stop_on_signals

@@ -26,10 +26,10 @@ import numpy as np
 
 from rlzoo_transfer import scores
 from rlzoo_transfer.aggregate import mean_return_over_training
+from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.plots import plot_diagnostics, pyplot, save_png
 from rlzoo_transfer.report import md_table
 from rlzoo_transfer.rundata import Run, RunFolderError, load_run
-from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.stop import one_line_interrupt
 
 

@@ -38,14 +38,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.selection import (best_of_top_k, h_score, leep, lfc, lgc, logme, nce, rank_models, spearman,
                                       trials_to_best)
-from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.stop import one_line_interrupt
-from rlzoo_transfer.vision.runtime import OneLineParser, UsageError, check_ranges, environment, pick_device, write_json
 from rlzoo_transfer.vision.data import DataError, EvalTransform, ImageDataset, Split, open_split
 from rlzoo_transfer.vision.resnet import (ARCHS, CheckpointError, ResNet, build_resnet, check_backbone_keys,
                                           load_state_dict_file)
+from rlzoo_transfer.vision.runtime import (OneLineParser, UsageError, check_ranges, environment, pick_device,
+                                           write_json)
 
 SCORES = ("lfc", "lgc", "leep", "nce", "logme", "h_score")
 HEAD_SCORES = ("lgc", "leep", "nce")

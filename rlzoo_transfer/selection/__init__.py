@@ -6,22 +6,9 @@ Scores (higher = better model to fine-tune): ``lfc``, ``lgc`` (Deshpande et al. 
 Evaluation against measured accuracies: ``rank_models``, ``spearman``, ``trials_to_best``, ``best_of_top_k``.
 """
 from rlzoo_transfer.selection.ranking import best_of_top_k, rank_models, spearman, trials_to_best
-from rlzoo_transfer.selection.scores import (
-    domain_similarity,
-    earth_movers_distance,
-    h_score,
-    kernel_label_correlation,
-    label_similarity,
-    leep,
-    lfc,
-    lgc,
-    linear_kernel,
-    logme,
-    nce,
-    random_projection,
-    rdm,
-    rsa,
-)
+from rlzoo_transfer.selection.scores import (domain_similarity, earth_movers_distance, h_score,
+                                             kernel_label_correlation, label_similarity, leep, lfc, lgc,
+                                             linear_kernel, logme, nce, random_projection, rdm, rsa)
 
 __all__ = [
     "best_of_top_k",

@@ -96,6 +96,7 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.rl.lockstep import LockstepError
@@ -103,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder
     from rlzoo_transfer.zoo import ZooError
 
-    args = parser().parse_args(argv)
     command = command_line(PROG, argv)
     specs = []
     try:

@@ -18,7 +18,6 @@ from pathlib import Path
 import yaml
 
 from rlzoo_transfer.config import check_ranges, parse_overrides, progress_bar_wanted, read_yaml, seed_arg
-from rlzoo_transfer.zoo import sha256
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
 
@@ -30,6 +29,7 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     from rlzoo_transfer.provenance import git_commit
     from rlzoo_transfer.rl.callbacks import write_atomic
     from rlzoo_transfer.rl.der import DER
+    from rlzoo_transfer.zoo import sha256
 
     commit_now = git_commit()   # before this export changes the tree
     config = yaml.safe_load((run_dir / "config.yml").read_text())
@@ -67,11 +67,6 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlzoo_transfer.config import ConfigError, load_config, resolve_device
-    from rlzoo_transfer.games import UnknownGameError, resolve_game
-    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,
-                                    run_training)
-
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--game", required=True)
     p.add_argument("--steps", type=int, default=1_000_000, help="agent steps (default 1M)")
@@ -91,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true",
                    help="a progress line a minute instead of the bar (the default when stderr is not a terminal)")
-    args = p.parse_args(argv)
+    args = p.parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
+    from rlzoo_transfer.config import ConfigError, load_config, resolve_device
+    from rlzoo_transfer.games import UnknownGameError, resolve_game
+    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,
+                                    run_training)
+
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     spec = None
     try:

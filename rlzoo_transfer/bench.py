@@ -13,7 +13,7 @@ What it measures (all on one ``--device``, batch 32, 18 actions: Alien's full ac
    does NOT pay for replay sampling or priority updates.  ``scratch`` is our real update: one
    ``DER.train(gradient_steps=1, batch_size=32)`` on a DER whose ``PrioritizedNStepReplay`` holds a few thousand
    real Alien transitions (sampling, n-step returns, priorities and logging included).  Every other method of
-   ``rl.methods.METHODS`` is built with ``run.build_model`` and timed the same way (a method that fails to build
+   ``rl.registry.METHODS`` is built with ``run.build_model`` and timed the same way (a method that fails to build
    is reported, not fatal).  ``scratch-*`` variants measure candidate speed-ups of our update without changing
    ``der.py``: the other Adam implementations (``scratch-adam-single|foreach|fused``, whichever DER does not
    use), one online forward over ``cat(obs, next_obs)`` (``scratch-catfwd``), the update on one intra-op thread

@@ -28,15 +28,17 @@ import json
 import sys
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 import yaml
 
 from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.stop import one_line_interrupt
+
+if TYPE_CHECKING:
+    import torch
 
 
 class EnjoyError(ValueError):
@@ -45,6 +47,8 @@ class EnjoyError(ValueError):
 
 def read_policy_weights(zip_path: Path) -> dict[str, torch.Tensor]:
     """The policy's state_dict inside an SB3 ``model.zip`` (member ``policy.pth``), read tensors-only."""
+    import torch
+
     try:
         with zipfile.ZipFile(zip_path) as archive:
             data = archive.read("policy.pth")
@@ -190,13 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
 @one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 ok, 2 bad input."""
+    args = build_parser().parse_args(argv)   # before torch and the RL stack: --help and a usage error are instant
+    import torch
+
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.games import UnknownGameError
     from rlzoo_transfer.rl.evaluation import evaluate
     from rlzoo_transfer.rl.registry import UnknownMethodError
     from rlzoo_transfer.zoo import ZooError
 
-    args = build_parser().parse_args(argv)
     try:
         check_threads(args.threads, minimum=1)
         if args.threads is not None:

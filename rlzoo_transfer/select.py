@@ -25,269 +25,20 @@ With ``--accuracies`` (measured fine-tuning accuracies, keyed by the checkpoint 
 stem) each score's ranking is judged by its Spearman correlation with the accuracies, the number of models
 fine-tuned in score order before reaching the best one (trials to best, Fig. 6a), and the best accuracy among
 its top 3 (Fig. 4).  Bad input is one line on stderr and exit status 2.
+
+This module is the CLI (torch-free until its arguments parse: ``--help`` answers at once); the scores' inputs
+and the ranking are vision/model_selection.py's, the scores themselves selection/'s.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
-from torch import nn
-
 from rlzoo_transfer.config import seed_arg
-from rlzoo_transfer.selection import (best_of_top_k, h_score, leep, lfc, lgc, logme, nce, rank_models, spearman,
-                                      trials_to_best)
 from rlzoo_transfer.stop import one_line_interrupt
-from rlzoo_transfer.vision.data import DataError, EvalTransform, ImageDataset, Split, open_split
-from rlzoo_transfer.vision.resnet import (ARCHS, CheckpointError, ResNet, build_resnet, check_backbone_keys,
-                                          load_state_dict_file)
-from rlzoo_transfer.vision.runtime import (OneLineParser, UsageError, check_ranges, environment, pick_device,
-                                           write_json)
-
-SCORES = ("lfc", "lgc", "leep", "nce", "logme", "h_score")
-HEAD_SCORES = ("lgc", "leep", "nce")
-
-
-# ------------------------------------------------------------------------------------------------ sampling
-def sample_per_class(split: Split, per_class: int, seed: int = 0) -> Split:
-    """At most ``per_class`` items of each class, drawn without replacement (seeded), in class order."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(split.labels)
-    keep = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        keep.extend(sorted(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist()))
-    return Split([split.paths[i] for i in keep], [split.labels[i] for i in keep], split.classes)
-
-
-# ------------------------------------------------------------------------------------------------ model
-def load_source(path: str, arch: str, width: int = 16, sha256: str | None = None) -> tuple[ResNet, bool]:
-    """The pretrained network of a checkpoint, with its own classifier when the file has one; (net, has_head)."""
-    sd = load_state_dict_file(path, sha256)
-    has_head = "fc.weight" in sd and sd["fc.weight"].dim() == 2
-    net = build_resnet(arch, int(sd["fc.weight"].shape[0]) if has_head else 1, width)
-    check_backbone_keys(net, sd, name=str(path))
-    own = net.state_dict()
-    own.update({k: v for k, v in sd.items() if k in own and (has_head or not k.startswith("fc."))})
-    missing = [k for k in net.state_dict() if k.startswith("fc.") and has_head and k not in sd]
-    if missing:
-        raise CheckpointError(f"{path}: classifier entry {missing[0]!r} is missing")
-    net.load_state_dict(own)
-    return net.eval(), has_head
-
-
-def last_conv_name(net: nn.Module) -> str:
-    """The last conv of the main path (shortcut convs excluded), in module order."""
-    names = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and "downsample" not in n
-             and not n.startswith(("fc", "head"))]
-    if not names:
-        raise ValueError("the network has no conv layer")
-    return names[-1]
-
-
-class ImageBatches:
-    """The preprocessed images of a data set, handed out in batches on ``device`` (never all in memory at once)."""
-
-    def __init__(self, dataset, device: torch.device | str = "cpu"):
-        self.dataset, self.device = dataset, torch.device(device)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def chunks(self, size: int):
-        for s in range(0, len(self.dataset), size):
-            yield torch.stack([self.dataset[i][0] for i in range(s, min(s + size, len(self.dataset)))]).to(self.device)
-
-
-def _chunks(x, size: int):
-    if isinstance(x, torch.Tensor):
-        for s in range(0, x.shape[0], size):
-            yield x[s:s + size]
-    else:
-        yield from x.chunks(size)
-
-
-@torch.no_grad()
-def extract(net: ResNet, x, has_head: bool, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray | None]:
-    """Penultimate features (N, D) and source probabilities (N, Cs) (None without a head).
-
-    :param x: (N, C, H, W) tensor or :class:`ImageBatches`
-    """
-    feats, probs = [], []
-    for xb in _chunks(x, batch_size):
-        f = net.embed(xb)
-        feats.append(f.double().cpu())
-        if has_head:
-            probs.append(net.fc(f).softmax(-1).double().cpu())
-    return torch.cat(feats).numpy(), torch.cat(probs).numpy() if has_head else None
-
-
-class CountSketch:
-    """Seeded count-sketch of R blocks of P coordinates into k buckets (module docstring)."""
-
-    def __init__(self, p: int, k: int, seed: int = 0):
-        self.p, self.k, self.seed = p, k, seed
-        self._hash: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def block(self, g: torch.Tensor, r: int) -> torch.Tensor:
-        """(b, P) gradients of block r -> (b, k)."""
-        if r not in self._hash:
-            gen = torch.Generator().manual_seed(self.seed * 1000003 + r)
-            h = torch.randint(0, self.k, (self.p,), generator=gen)
-            s = torch.randint(0, 2, (self.p,), generator=gen).to(torch.float32) * 2 - 1
-            self._hash[r] = (h, s)
-        h, s = self._hash[r]
-        g = g.float().cpu()
-        return torch.zeros(g.shape[0], self.k).index_add_(1, h, g * s)
-
-
-def lgc_gradients(net: ResNet, x, probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
-                  chunk: int = 16) -> np.ndarray:
-    """Per-sample gradient vectors of the source output w.r.t. the last conv's weight (module docstring).
-
-    :param x: (N, C, H, W) preprocessed images (a tensor or :class:`ImageBatches`)
-    :return: (N, D) with D = Cs * P or R * P, or ``proj_dim`` when that is smaller
-    """
-    from torch.func import functional_call, grad, vmap
-
-    name = last_conv_name(net) + ".weight"
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    buffers = {k: v.detach() for k, v in net.named_buffers()}
-    w0 = params.pop(name)
-    cs = net.fc.out_features
-    if cs <= probes:
-        vecs = torch.eye(cs, dtype=w0.dtype, device=w0.device)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        vecs = (torch.randn(probes, cs, generator=gen) / math.sqrt(probes)).to(w0.device, w0.dtype)
-    p = w0.numel()
-    total = p * len(vecs)
-    sketch = CountSketch(p, proj_dim, seed) if proj_dim is not None and total > proj_dim else None
-
-    def scalar(w, xi, v):
-        out = functional_call(net, {**params, **buffers, name: w}, (xi.unsqueeze(0),))
-        return (out[0] * v).sum()
-
-    per_sample = vmap(grad(scalar), in_dims=(None, 0, None))
-    rows = []
-    for xb in _chunks(x, chunk):
-        parts = []
-        for r, v in enumerate(vecs):
-            g = per_sample(w0, xb, v).reshape(xb.shape[0], -1)
-            parts.append(sketch.block(g, r) if sketch is not None else g.float().cpu())
-        rows.append(torch.stack(parts).sum(0) if sketch is not None else torch.cat(parts, 1))
-    return torch.cat(rows).double().numpy()
-
-
-# ------------------------------------------------------------------------------------------------ scoring
-def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[str],
-                probes: int = 10, proj_dim: int | None = 10000, seed: int = 0) -> dict[str, float | None]:
-    """The requested scores of one pretrained network on the sampled target images ``x`` with labels ``y``."""
-    feats, probs = extract(net, x, has_head)
-    out: dict[str, float | None] = {}
-    for s in scores:
-        if s in HEAD_SCORES and not has_head:
-            out[s] = None
-        elif s == "lfc":
-            out[s] = lfc(feats, y)
-        elif s == "logme":
-            out[s] = logme(feats, y)
-        elif s == "h_score":
-            out[s] = h_score(feats, y)
-        elif s == "leep":
-            out[s] = leep(probs, y)
-        elif s == "nce":
-            out[s] = nce(probs.argmax(1), y)
-        elif s == "lgc":
-            out[s] = lgc(lgc_gradients(net, x, probes, proj_dim, seed), y, proj_dim=None)
-        else:
-            raise ValueError(f"unknown score {s!r}; choose from {', '.join(SCORES)}")
-    return out
-
-
-def parse_accuracies(items: Sequence[str], names: Sequence[str]) -> dict[str, float]:
-    """``NAME=ACC`` items -> {checkpoint as given: accuracy}; NAME is the checkpoint as given or any trailing part
-    of its path, with or without the file suffix (``src1/model.pt``, ``model``), as long as it names one only."""
-    owners: dict[str, set[str]] = {}
-    for n in names:
-        parts = Path(n).parts
-        for d in range(1, len(parts) + 1):
-            tail = "/".join(parts[-d:])
-            for alias in (tail, str(Path(tail).with_suffix("")) if Path(tail).suffix else tail):
-                owners.setdefault(alias, set()).add(n)
-        owners.setdefault(n, set()).add(n)
-    lookup = {alias: next(iter(o)) for alias, o in owners.items() if len(o) == 1}
-    out: dict[str, float] = {}
-    for item in items:
-        key, sep, val = item.rpartition("=")
-        if not sep or not key:
-            raise ValueError(f"--accuracies item {item!r} is not NAME=ACCURACY")
-        if key not in lookup:
-            why = "names several --zoo checkpoints" if key in owners else "is not one of the --zoo checkpoints"
-            raise ValueError(f"--accuracies names {key!r}, which {why}")
-        try:
-            out[lookup[key]] = float(val)
-        except ValueError:
-            raise ValueError(f"--accuracies item {item!r}: {val!r} is not a number") from None
-    missing = [n for n in names if n not in out]
-    if out and missing:
-        raise ValueError(f"--accuracies has no value for {missing[0]!r}")
-    return out
-
-
-def judge(table: dict[str, dict[str, float | None]], accuracies: dict[str, float], scores: Sequence[str],
-          top_k: int = 3) -> dict[str, dict[str, Any]]:
-    """Per score: Spearman with the accuracies, trials to the best model, best accuracy in the top-k."""
-    out = {}
-    for s in scores:
-        vals = {n: row[s] for n, row in table.items() if row.get(s) is not None}
-        if len(vals) < 2 or len(vals) != len(accuracies):
-            out[s] = {"spearman": None, "trials_to_best": None, f"best_of_top_{top_k}": None}
-            continue
-        acc = {n: accuracies[n] for n in vals}
-        rho = spearman(vals, acc)
-        out[s] = {"spearman": None if math.isnan(rho) else rho, "trials_to_best": trials_to_best(vals, acc),
-                  f"best_of_top_{top_k}": best_of_top_k(vals, acc, top_k)}
-    return out
-
-
-def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, per_class: int = 25,
-                  image_size: int = 224, crop_pct: float = 0.875, scores: Sequence[str] = SCORES,
-                  probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
-                  accuracies: Sequence[str] = (), sha256: Sequence[str] = (), device: str = "cpu") -> dict[str, Any]:
-    """Scores, rankings and (with accuracies) their judgement; raises DataError / CheckpointError / ValueError."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
-    unknown = [s for s in scores if s not in SCORES]
-    if unknown:
-        raise ValueError(f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)}")
-    if not zoo:
-        raise ValueError("--zoo needs at least one checkpoint")
-    if sha256 and len(sha256) != len(zoo):
-        raise ValueError(f"--sha256 needs one digest per --zoo checkpoint ({len(zoo)}), got {len(sha256)}")
-    acc = parse_accuracies(accuracies, zoo)
-    split = sample_per_class(open_split(data, "train"), per_class, seed)
-    if len(set(split.labels)) < 2:
-        raise DataError(f"{data}: the train split has fewer than 2 classes")
-    ds = ImageDataset(split, EvalTransform(image_size, crop_pct))
-    dev = pick_device(device)
-    x, y = ImageBatches(ds, dev), np.asarray(split.labels)
-    nets = [load_source(p, arch, width, sha256[i] if sha256 else None) for i, p in enumerate(zoo)]
-    table = {}
-    for p, (net, has_head) in zip(zoo, nets):
-        table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed)
-    rankings = {s: rank_models({n: row[s] for n, row in table.items() if row[s] is not None}) for s in scores
-                if any(row[s] is not None for row in table.values())}
-    result = {"scores": table, "rankings": rankings, "n_samples": len(y), "n_classes": len(set(y.tolist())),
-              "per_class": per_class, "last_conv": last_conv_name(nets[0][0])}
-    if acc:
-        result["accuracies"] = acc
-        result["judgement"] = judge(table, acc, scores)
-    return result
+from rlzoo_transfer.vision.options import ARCHS, SCORES, OneLineParser, UsageError, check_ranges
 
 
 def display_names(paths: Sequence[str]) -> dict[str, str]:
@@ -342,9 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 @one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from rlzoo_transfer.config import resolve_device
+    from rlzoo_transfer.config import resolve_device
+    from rlzoo_transfer.vision.data import DataError
+    from rlzoo_transfer.vision.model_selection import run_selection
+    from rlzoo_transfer.vision.resnet import CheckpointError
+    from rlzoo_transfer.vision.runtime import environment, write_json
 
+    try:
         args.device = resolve_device(args.device)
         check_ranges(args, positive=("per_class", "image_size", "width", "crop_pct", "lgc_probes"),
                      non_negative=("proj_dim",))

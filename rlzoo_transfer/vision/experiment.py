@@ -45,14 +45,15 @@ import torch
 
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.config import seed_arg
-from rlzoo_transfer.select import run_selection
 from rlzoo_transfer.selection import rank_models, spearman, trials_to_best
 from rlzoo_transfer.stop import RunIncomplete
-from rlzoo_transfer.vision.classify import ClassifyConfig, run_classification
+from rlzoo_transfer.vision.classification import run_classification
+from rlzoo_transfer.vision.classify import ClassifyConfig
 from rlzoo_transfer.vision.data import digits_images, write_image_folder
+from rlzoo_transfer.vision.model_selection import run_selection
+from rlzoo_transfer.vision.options import OneLineParser, UsageError, check_ranges
 from rlzoo_transfer.vision.resnet import sha256_of as sha256
-from rlzoo_transfer.vision.runtime import (USER_ERRORS, OneLineParser, UsageError, check_ranges, environment,
-                                           write_json)
+from rlzoo_transfer.vision.runtime import USER_ERRORS, environment, write_json
 
 SOURCES = {                      # name -> classes of the source pool it is trained on ("random": permuted labels)
     "A_0-3": [0, 1, 2, 3],

@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from rlzoo_transfer.layers import zoo_convert
-
-ARCHS = ("resnet18", "resnet50", "small")
+from rlzoo_transfer.vision.options import ARCHS
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

@@ -35,14 +35,10 @@ import torch
 from torch import nn
 
 from rlzoo_transfer.layers import HubPathway, export_module
+from rlzoo_transfer.vision.options import check_method
 from rlzoo_transfer.vision.resnet import BasicBlock, ResNet, load_backbone, zoo_resnet
 
-METHODS = ("scratch", "single", "zoo", "zoo-lite", "zoo-avg", "ensemble", "hub")
 ZOO_MODES = {"zoo": "adaptive", "zoo-lite": "lite", "zoo-avg": "average"}
-
-
-class UnknownMethodError(ValueError):
-    pass
 
 
 class Ensemble(nn.Module):
@@ -74,12 +70,6 @@ def pathway_generator(backbone: ResNet, m: int, width: int = 16) -> ResNet:
     stages = len(backbone.blocks)
     return ResNet(BasicBlock, (1,) * stages, tuple(width * 2 ** i for i in range(stages)), 2 * m, backbone.stem,
                   backbone.in_channels)
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    return method
 
 
 def build_method(method: str, template: Callable[[], nn.Module], sources: Sequence[Mapping[str, torch.Tensor]],

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import rlzoo_transfer.vision.classify as classify
-from rlzoo_transfer.vision.classify import ClassifyConfig, main, run_classification
+import rlzoo_transfer.vision.classification as classification
+from rlzoo_transfer.vision.classification import run_classification
+from rlzoo_transfer.vision.classify import ClassifyConfig, main
 from rlzoo_transfer.vision.data import (BatchStream, EvalTransform, ImageDataset, TrainTransform, digits_images,
                                         open_split, random_resized_crop_box, write_image_folder)
 from rlzoo_transfer.vision.resnet import resnet_small
@@ -75,7 +76,7 @@ def test_resume_after_a_crash_continues_exactly(digits, sources, tmp_path, monke
                   save_every=4, **SMALL)
     straight = run_classification(ClassifyConfig(out=str(tmp_path / "a"), **common))
     calls = {"n": 0}
-    real = classify.objective
+    real = classification.objective
 
     def crash_on_sixth(*args, **kwargs):                  # the process dies during iteration 6
         calls["n"] += 1
@@ -83,17 +84,17 @@ def test_resume_after_a_crash_continues_exactly(digits, sources, tmp_path, monke
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(classify, "objective", crash_on_sixth)
+    monkeypatch.setattr(classification, "objective", crash_on_sixth)
     with pytest.raises(KeyboardInterrupt):
         run_classification(ClassifyConfig(out=str(tmp_path / "b"), **common))
-    monkeypatch.setattr(classify, "objective", real)
+    monkeypatch.setattr(classification, "objective", real)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 4    # data only
     resumed = run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True, **common))
     a = torch.load(tmp_path / "a" / "model.pt")
     b = torch.load(tmp_path / "b" / "model.pt")
     assert resumed["iterations"] == 8 and all(torch.equal(a[k], b[k]) for k in a)
     assert straight["top1"] == resumed["top1"]
-    with pytest.raises(classify.UsageError, match="made with method='zoo-lite'"):
+    with pytest.raises(classification.UsageError, match="made with method='zoo-lite'"):
         run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True, **(common | {"method": "zoo"})))
 
 
@@ -141,7 +142,7 @@ def test_ctrl_c_checkpoints_at_the_iteration_reached_then_resume_finishes(digits
             "--no-tensorboard"]
     assert main(argv + ["--out", str(tmp_path / "a")]) == 0
     calls = {"n": 0}
-    real = classify.objective
+    real = classification.objective
 
     def ctrl_c_in_sixth(*args, **kwargs):
         calls["n"] += 1
@@ -150,13 +151,13 @@ def test_ctrl_c_checkpoints_at_the_iteration_reached_then_resume_finishes(digits
         return real(*args, **kwargs)
 
     capsys.readouterr()
-    monkeypatch.setattr(classify, "objective", ctrl_c_in_sixth)
+    monkeypatch.setattr(classification, "objective", ctrl_c_in_sixth)
     assert main(argv + ["--out", str(tmp_path / "b")]) == 130
     err = capsys.readouterr().err
     assert "stopped by SIGINT at iteration 6/8; continue with the same command and --resume" in err, err
     assert "Traceback" not in err and not (tmp_path / "b" / "model.pt").exists()
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["iteration"] == 6   # not the periodic 4
-    monkeypatch.setattr(classify, "objective", real)
+    monkeypatch.setattr(classification, "objective", real)
     assert main(argv + ["--out", str(tmp_path / "b"), "--resume"]) == 0
     a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)

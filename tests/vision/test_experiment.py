@@ -102,15 +102,15 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     experiment with one line, not a traceback."""
     import signal
 
-    from rlzoo_transfer.vision import classify
+    from rlzoo_transfer.vision import classification
 
-    real = classify.objective
+    real = classification.objective
 
     def ctrl_c(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(classify, "objective", ctrl_c)
+    monkeypatch.setattr(classification, "objective", ctrl_c)
     assert _run(tmp_path, "stopped", "--seeds", "0") == 130
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [

@@ -11,7 +11,8 @@ from rlzoo_transfer.vision.faces import (EYES_SYNTHETIC, FLIP_PAIRS_300W, FLIP_P
                                          open_landmark_split, parse_flip_pairs, read_pts, synthetic_faces,
                                          write_landmark_folder, write_pts)
 from rlzoo_transfer.vision.heatmaps import decode_heatmaps, gaussian_heatmaps, heatmap_to_image, image_to_heatmap
-from rlzoo_transfer.vision.landmarks import build_landmark_net, evaluate_landmarks, heatmap_mse, main
+from rlzoo_transfer.vision.landmark_detection import build_landmark_net, evaluate_landmarks, heatmap_mse
+from rlzoo_transfer.vision.landmarks import main
 from rlzoo_transfer.vision.runtime import FitState, fit
 from rlzoo_transfer.vision.zoo import objective
 

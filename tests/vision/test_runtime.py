@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rlzoo_transfer.vision.data import BatchStream
-from rlzoo_transfer.vision.runtime import (FitState, UsageError, add_run_args, cli_main, make_checkpointer,
-                                           resume_from)
+from rlzoo_transfer.vision.options import UsageError, add_run_args, cli_main
+from rlzoo_transfer.vision.runtime import FitState, make_checkpointer, resume_from
 
 
 class _TouchOnLoad:

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlzoo_transfer.select import (CountSketch, last_conv_name, lgc_gradients, main, parse_accuracies,
-                                   sample_per_class)
+from rlzoo_transfer.select import main
 from rlzoo_transfer.vision.data import Split, digits_images, write_image_folder
+from rlzoo_transfer.vision.model_selection import (CountSketch, last_conv_name, lgc_gradients, parse_accuracies,
+                                                   sample_per_class)
 from rlzoo_transfer.vision.resnet import resnet18, resnet50, resnet_small
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlzoo_transfer import bench, bench_reference
+from rlzoo_transfer import bench, bench_reference, bench_timing
 from rlzoo_transfer.envs import make_env
 from rlzoo_transfer.rl.buffers import ReplaySample
 from rlzoo_transfer.rl.policies import DERNetwork
@@ -47,8 +47,8 @@ def make_pair(env, seed: int = 0):
     """(our DER model, reference online net, reference target net) with identical weights and noise samples; the
     target differs from the online net so the double-Q choice matters."""
     torch.manual_seed(seed)
-    model = bench.build_method_model("scratch", env, "cpu", None, seed=seed)
-    model.set_logger(bench._silent_logger())
+    model = bench_timing.build_method_model("scratch", env, "cpu", None, seed=seed)
+    model.set_logger(bench_timing._silent_logger())
     pol = model.policy
     other = DERNetwork(bench.N_ACTIONS)
     pol.q_net_target.load_state_dict(other.state_dict())
@@ -131,16 +131,16 @@ def test_full_update_step_matches_reference(env):
 
 def test_interleaved_and_paired_ratio():
     calls = []
-    s = bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 4,
+    s = bench_timing.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 4,
                           torch.device("cpu"), warmup=1)
     assert len(s["a"]) == len(s["b"]) == 4 and calls[:2] == ["a", "b"] and calls[4:6] == ["b", "a"]
-    assert bench.paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0]) == 2.0
+    assert bench_timing.paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0]) == 2.0
 
 
 def test_interleaved_balances_what_runs_before_each_fn():
     """A cache-thrashing fn ("big") must not precede one of the others much more often than the other."""
     calls = []
-    bench.interleaved({k: (lambda k=k: calls.append(k)) for k in ("small", "big", "exported")}, 12,
+    bench_timing.interleaved({k: (lambda k=k: calls.append(k)) for k in ("small", "big", "exported")}, 12,
                       torch.device("cpu"), warmup=1)
     pairs = list(zip(calls[2:], calls[3:]))           # from the warm-up's last call on
     after_big = {k: sum(1 for a, b in pairs if a == "big" and b == k) for k in ("small", "exported")}
@@ -197,3 +197,19 @@ def test_unknown_method_is_refused_before_timing(capsys):
     assert bench.main(["--methods", "zoo", "zooo", "--sections", "update"]) == 2
     err = capsys.readouterr().err
     assert "unknown method(s) 'zooo'" in err and "hub(k=1)" in err
+
+
+def test_help_and_a_typo_answer_without_torch():
+    """``bench --help`` took ~3 s (torch at the module top); the CLI now parses, and checks ``--methods``, before
+    bench_timing (and torch) is imported."""
+    code = ("import sys, contextlib, io\nfrom rlzoo_transfer import bench\nout, err = io.StringIO(), io.StringIO()\n"
+            "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+            "    try:\n        bench.main(['--help'])\n"
+            "    except SystemExit as e:\n        print(e.code, file=sys.stderr)\n"
+            "    code = bench.main(['--methods', 'zooo'])\n"
+            "print(sorted(m for m in ('torch', 'stable_baselines3', 'scipy') if m in sys.modules), code)\n"
+            "print(out.getvalue() + err.getvalue(), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[] 2", proc.stdout + proc.stderr
+    assert "--sections" in proc.stderr and "unknown method(s) 'zooo'" in proc.stderr

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from rlzoo_transfer.vision.experiment import SOURCES, ZOO_METHODS, main
+from rlzoo_transfer.vision.digits_experiment import SOURCES, ZOO_METHODS
+from rlzoo_transfer.vision.experiment import main
 
 TINY = ["--iters", "4", "--source-iters", "4", "--width", "4", "--shots", "3"]
 

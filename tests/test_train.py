@@ -249,7 +249,7 @@ def test_kill_then_resume(tmp_path, capsys):
     done = cli(*args, "--resume")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    resumed = [l for l in done.stderr.splitlines() if l.startswith("resuming")]
+    resumed = [line for line in done.stderr.splitlines() if line.startswith("resuming")]
     assert len(resumed) == 1
     step = int(resumed[0].rsplit(" ", 1)[1])
     assert step == 200

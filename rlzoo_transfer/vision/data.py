@@ -196,8 +196,8 @@ class TrainTransform:
         self.size, self.scale, self.ratio, self.hflip = size, tuple(scale), tuple(ratio), hflip
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        t, l, h, w = random_resized_crop_box(img.shape[-2], img.shape[-1], self.scale, self.ratio)
-        x = resize(img[:, t:t + h, l:l + w], (self.size, self.size))
+        top, left, h, w = random_resized_crop_box(img.shape[-2], img.shape[-1], self.scale, self.ratio)
+        x = resize(img[:, top:top + h, left:left + w], (self.size, self.size))
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return normalize(x)
@@ -218,8 +218,8 @@ class EvalTransform:
         short = int(math.floor(self.size / self.crop_pct))
         nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
         x = resize(img, (nh, nw))
-        t, l = (nh - self.size) // 2, (nw - self.size) // 2
-        return normalize(x[:, t:t + self.size, l:l + self.size])
+        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        return normalize(x[:, top:top + self.size, left:left + self.size])
 
 
 # ------------------------------------------------------------------------------------------- dataset, stream

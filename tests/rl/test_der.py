@@ -87,7 +87,7 @@ def test_priorities_are_the_sampled_cross_entropies(gopher):
     leaves, losses = rec.priorities[-1]
     assert len(leaves) == 16 and (losses > 0).all()
     np.testing.assert_allclose(buf.tree.get(leaves), (losses + 1e-6) ** buf.alpha, rtol=1e-6)
-    assert buf.max_priority == pytest.approx(max(l.max() for _, l in rec.priorities) + 1e-6)
+    assert buf.max_priority == pytest.approx(max(p.max() for _, p in rec.priorities) + 1e-6)
     values = buf.tree.get(np.arange(buf.capacity))
     assert len(np.unique(values[values > 0])) > 20  # updated, no longer all equal to the initial priority
 

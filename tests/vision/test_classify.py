@@ -114,8 +114,8 @@ def test_csv_list_format(digits, tmp_path):
 
 def test_transforms_and_stream(digits):
     for _ in range(50):
-        t, l, h, w = random_resized_crop_box(10, 14)
-        assert 0 <= t and 0 <= l and t + h <= 10 and l + w <= 14 and h > 0 and w > 0
+        top, left, h, w = random_resized_crop_box(10, 14)
+        assert 0 <= top and 0 <= left and top + h <= 10 and left + w <= 14 and h > 0 and w > 0
     split = open_split(digits, "train")
     x, y = ImageDataset(split, TrainTransform(12, (0.5, 1.0), hflip=True))[0]
     assert x.shape == (3, 12, 12) and isinstance(y, int)

@@ -548,7 +548,7 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
               compile: bool = False, source: str = "Seaquest", fill: int | None = None,
               sections: tuple[str, ...] = SECTIONS,
               lockstep_k: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Run the benchmark's ``sections`` and return the result dict (see the module docstring)."""
+    """Run the benchmark's ``sections`` and return the result dict (bench.py's docstring)."""
     from rlzoo_transfer.envs import make_env
 
     dev = torch.device(device)

@@ -98,7 +98,7 @@ def extract(net: ResNet, x, has_head: bool, batch_size: int = 128) -> tuple[np.n
 
 
 class CountSketch:
-    """Seeded count-sketch of R blocks of P coordinates into k buckets (module docstring)."""
+    """Seeded count-sketch of R blocks of P coordinates into k buckets (select.py's docstring: LGC)."""
 
     def __init__(self, p: int, k: int, seed: int = 0):
         self.p, self.k, self.seed = p, k, seed
@@ -118,7 +118,7 @@ class CountSketch:
 
 def lgc_gradients(net: ResNet, x, probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
                   chunk: int = 16) -> np.ndarray:
-    """Per-sample gradient vectors of the source output w.r.t. the last conv's weight (module docstring).
+    """Per-sample gradient vectors of the source output w.r.t. the last conv's weight (select.py's docstring).
 
     :param x: (N, C, H, W) preprocessed images (a tensor or :class:`ImageBatches`)
     :return: (N, D) with D = Cs * P or R * P, or ``proj_dim`` when that is smaller

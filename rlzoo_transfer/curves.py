@@ -74,9 +74,10 @@ def write_runs_csv(runs: list[Run], path: Path) -> None:
     """One row per run: identity, completeness, last step, final mean / std / episodes, the final episodes' median
     and how many distinct returns they have (a greedy policy under the protocol's little randomness - 0-30 no-ops,
     epsilon 0.001 - can replay a few games, and a mean over them is lumpier than its std suggests), the commit its
-    ``config.yml`` records (``-dirty``: made with uncommitted changes), folder."""
+    ``config.yml`` records (``-dirty``: made with uncommitted changes), its resumes (``step@commit``, space-separated),
+    folder."""
     fields = ["game", "method", "seed", "complete", "last_step", "planned_steps",
-              "final_mean", "final_std", "n_episodes", "final_median", "final_distinct", "commit", "path"]
+              "final_mean", "final_std", "n_episodes", "final_median", "final_distinct", "commit", "resumes", "path"]
     with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -89,7 +90,13 @@ def write_runs_csv(runs: list[Run], path: Path) -> None:
                                  final_std=final.get("std", ""), n_episodes=final.get("n_episodes", ""),
                                  final_median=statistics.median(returns) if returns else "",
                                  final_distinct=len(set(returns)) if returns else "",
-                                 commit=r.config.get("commit") or "", path=str(r.path)))
+                                 commit=r.config.get("commit") or "", resumes=resumes_cell(r), path=str(r.path)))
+
+
+def resumes_cell(run: Run) -> str:
+    """``step@commit`` of each resume in ``config.yml`` (space-separated), empty for a run never resumed."""
+    return " ".join(f"{r.get('step')}@{r.get('commit')}" for r in run.config.get("resumes") or []
+                    if isinstance(r, dict))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """One training run, start to finish: config -> env -> method's network -> DER -> callbacks -> files.
 
 The run folder (``<log_dir>/<Game>/<method>/seed<k>/``) gets: ``config.yml`` (resolved hyperparameters, the zoo
-sources' sha256s, package versions, git commit, command), ``evaluations.csv`` (step, mean, std, n_episodes,
+sources' sha256s, package versions, git commit, command; each ``--resume`` adds its step, commit, versions and
+command under ``resumes``), ``evaluations.csv`` (step, mean, std, n_episodes,
 returns), ``final.json`` (the final evaluation; its presence marks a complete run), ``model.zip`` (SB3 format),
 ``checkpoint/`` (for ``--resume``), ``tb/`` (tensorboard), and for transfer methods ``gates.csv`` / ``pathway.csv`` /
 ``flow.csv``.  The CLIs then add the files to look at (``curve.png``, ``report.md``:
@@ -128,6 +129,20 @@ class PreparedRun:
         return self.spec.steps - self.model.num_timesteps
 
 
+def record_resume(run_dir: Path, step: int, command: str) -> None:
+    """Append ``{step, commit, versions, command, time}`` to ``config.yml``'s ``resumes`` (rewritten atomically): the
+    run's steps after ``step`` were trained by this code, which need not be the commit it started at."""
+    path = run_dir / "config.yml"
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return   # no readable record to extend: the checkpoint and evaluations are what --resume needs
+    config["resumes"] = list(config.get("resumes") or []) + [{
+        "step": int(step), "commit": git_commit(), "versions": versions(), "command": command,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S")}]
+    write_atomic(path, yaml.safe_dump(config, sort_keys=False))
+
+
 def prepare_run(spec: RunSpec) -> PreparedRun:
     """Check the run folder, build (or resume) the model and its env, write ``config.yml``, make the callbacks."""
     game, _ = resolve_game(spec.game)
@@ -160,6 +175,7 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
         step = model.num_timesteps
         rows = [r for r in read_evaluations(run_dir / "evaluations.csv") if int(r["step"]) <= step]
         write_evaluations(run_dir / "evaluations.csv", rows)  # rows written after the checkpoint are redone
+        record_resume(run_dir, step, spec.command)
         print(f"resuming {run_dir} from step {step}", file=sys.stderr)
     else:
         try:  # before the run folder exists: a bad zoo leaves nothing behind

@@ -85,6 +85,14 @@ class Run:
         return int(steps) if steps is not None else None
 
     @property
+    def commits(self) -> list[str]:
+        """Every commit the run was trained at: ``config.yml``'s ``commit`` (its start), then each ``resumes``
+        entry's that differs (a run stopped and resumed after a ``git pull`` spans both); empty when unrecorded."""
+        found = [self.config.get("commit")] + [r.get("commit") for r in self.config.get("resumes") or []
+                                                if isinstance(r, dict)]
+        return list(dict.fromkeys(str(c) for c in found if c))
+
+    @property
     def final_mean(self) -> float:
         """Mean return of the final evaluation (``final.json``); NaN for incomplete runs."""
         return float(self.final["mean"]) if self.final is not None else float("nan")

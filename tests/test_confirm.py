@@ -232,6 +232,12 @@ def test_a_run_made_before_the_registration_was_committed_is_a_deviation(explore
         (d / "config.yml").write_text(yaml.safe_dump(cfg))
         cell = next(c for c in confirm.evaluate(reg, load_runs([live]), path)["cells"] if c.run is not None)
         assert any("does not contain" in dev for dev in cell.deviations) == expect
+    # started at a commit with the registration, resumed at one without it: a deviation all the same
+    cfg["resumes"] = [{"step": 60000, "commit": parent, "command": "resumed"}]
+    (d / "config.yml").write_text(yaml.safe_dump(cfg))
+    cell = next(c for c in confirm.evaluate(reg, load_runs([live]), path)["cells"] if c.run is not None)
+    assert [dev for dev in cell.deviations if "does not contain" in dev] == [
+        f"made at commit {parent[:12]}, which does not contain {path}"]
 
 
 def test_register_warns_when_the_exploratory_runs_point_the_other_way(explore, tmp_path, capsys):

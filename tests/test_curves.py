@@ -465,6 +465,23 @@ def test_report_difference_section(runs_root):
     assert report.report_difference_section({("Alien", "zoo"): [1.0, 2.0]}, ["Alien"], ["zoo"], "scratch") == []
 
 
+def test_a_resumed_run_counts_every_commit_it_was_trained_at(runs_root, tmp_path):
+    """A run stopped and resumed after a ``git pull`` was trained by two commits: runs.csv names the resume
+    (``step@commit``) and the report's commit count includes it; a resume at the same commit adds none."""
+    run = runs_root / "Alien" / "scratch" / "seed0"
+    (run / "config.yml").write_text((run / "config.yml").read_text() + "resumes:\n"
+                                    "- {step: 60623, commit: def456-dirty, command: test --resume}\n"
+                                    "- {step: 80000, commit: abc123, command: test --resume}\n")
+    assert rundata.load_run(run).commits == ["abc123", "def456-dirty"]
+    out = tmp_path / "eval"
+    assert curves.main([str(runs_root), "--out", str(out), "--reps", "50"]) == 0
+    with open(out / "runs.csv") as fh:
+        rows = {(r["game"], r["method"], r["seed"]): r for r in csv.DictReader(fh)}
+    assert rows[("Alien", "scratch", "0")]["resumes"] == "60623@def456-dirty 80000@abc123"
+    assert rows[("Alien", "scratch", "1")]["resumes"] == ""
+    assert "2 commits (1 with uncommitted changes, `-dirty`)" in (out / "report.md").read_text()
+
+
 def test_commits_summary():
     assert report.commits_summary([]) == "Commit: unknown"
     assert report.commits_summary(["a1"]) == "Commit: a1"

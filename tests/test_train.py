@@ -21,6 +21,7 @@ import yaml
 from rlzoo_transfer import train
 from rlzoo_transfer.config import (MAX_SEED, ConfigError, check_ranges, load_config, parse_overrides,
                                    progress_bar_wanted, resolve_device, seed_arg)
+from rlzoo_transfer.provenance import git_commit
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.methods import FLOW_POINTS
 from tests.conftest import ROOT, kill_after_checkpoint, run_module, signal_once_training
@@ -257,6 +258,11 @@ def test_kill_then_resume(tmp_path, capsys):
     final = json.loads((run / "final.json").read_text())
     assert final["steps"] == 400 and final["n_episodes"] == 1
     assert (run / "model.zip").exists()
+    # the resume is on record: the steps after 200 were trained by this checkout, whatever the run started at
+    config = yaml.safe_load((run / "config.yml").read_text())
+    [resume] = config["resumes"]
+    assert resume["step"] == 200 and resume["commit"] == git_commit() and "--resume" in resume["command"]
+    assert resume["versions"]["torch"] == torch.__version__ and config["steps"] == 400
     model = DER.load(run / "model.zip", device="cpu")
     assert model.num_timesteps == 400
     # updates continued where they stopped: the checkpoint is taken at the end of its step's rollout, before that

@@ -276,9 +276,8 @@ def evaluate(reg: Registration, runs: Iterable[Run], path: Path | None = None) -
                 started = str(run.config.get("started") or "")
                 if started and started < reg.registered:
                     deviations.insert(0, f"started {started}, before the registration ({reg.registered})")
-                for commit in reversed(run.commits):   # its start, then any resume
-                    if path is not None and file_in_commit(commit, path) is False:
-                        deviations.insert(0, f"made at commit {commit[:12]}, which does not contain {path}")
+                deviations[:0] = [f"made at commit {c[:12]}, which does not contain {path}" for c in run.commits
+                                  if path is not None and file_in_commit(c, path) is False]   # start, then resumes
             cells.append(Cell(arm, seed, run, deviations))
     complete = all(c.run is not None and c.run.complete for c in cells)
     result = None

@@ -90,13 +90,9 @@ def write_runs_csv(runs: list[Run], path: Path) -> None:
                                  final_std=final.get("std", ""), n_episodes=final.get("n_episodes", ""),
                                  final_median=statistics.median(returns) if returns else "",
                                  final_distinct=len(set(returns)) if returns else "",
-                                 commit=r.config.get("commit") or "", resumes=resumes_cell(r), path=str(r.path)))
-
-
-def resumes_cell(run: Run) -> str:
-    """``step@commit`` of each resume in ``config.yml`` (space-separated), empty for a run never resumed."""
-    return " ".join(f"{r.get('step')}@{r.get('commit')}" for r in run.config.get("resumes") or []
-                    if isinstance(r, dict))
+                                 commit=r.config.get("commit") or "",
+                                 resumes=" ".join(f"{x.get('step')}@{x.get('commit')}" for x in r.resumes),
+                                 path=str(r.path)))
 
 
 def build_parser() -> argparse.ArgumentParser:

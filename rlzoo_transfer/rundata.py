@@ -85,11 +85,15 @@ class Run:
         return int(steps) if steps is not None else None
 
     @property
+    def resumes(self) -> list[dict]:
+        """``config.yml``'s ``resumes`` (step, commit, ... of each ``--resume``); empty for a run never resumed."""
+        return [r for r in self.config.get("resumes") or [] if isinstance(r, dict)]
+
+    @property
     def commits(self) -> list[str]:
         """Every commit the run was trained at: ``config.yml``'s ``commit`` (its start), then each ``resumes``
         entry's that differs (a run stopped and resumed after a ``git pull`` spans both); empty when unrecorded."""
-        found = [self.config.get("commit")] + [r.get("commit") for r in self.config.get("resumes") or []
-                                                if isinstance(r, dict)]
+        found = [self.config.get("commit")] + [r.get("commit") for r in self.resumes]
         return list(dict.fromkeys(str(c) for c in found if c))
 
     @property

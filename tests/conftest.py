@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -20,33 +22,56 @@ def _one_torch_thread():
 
 
 ROOT = Path(__file__).resolve().parent.parent
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run_module(module: str, *args: str, **kw) -> subprocess.CompletedProcess:
     """``python -m rlzoo_transfer.<module> args`` from the repository root on one thread, output captured."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", f"rlzoo_transfer.{module}", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", f"rlzoo_transfer.{module}", *args], cwd=ROOT,
+                          env={**os.environ, **ONE_THREAD},
                           capture_output=True, text=True, timeout=300, **kw)
+
+
+@contextmanager
+def child(cmd: list[str], cwd: Path | None = None, env: dict | None = None,
+          stdout=subprocess.PIPE) -> Iterator[subprocess.Popen]:
+    """Start ``cmd`` (environment ``os.environ`` + ``env``, text pipes) and kill it on leaving the block if it is
+    still running, so that a failed assertion never leaves a training process behind."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+
+
+def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    """Poll ``ready()`` every 50 ms; fail with the process's stderr if it exits first, or after ``timeout``
+    seconds (generous: a loaded 2-core machine is slow) with "no <what> within <timeout> s"."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def step0_evaluated(run_dir: Path) -> bool:
+    """Whether ``run_dir``'s evaluations.csv has its step-0 row (training starts right after it)."""
+    csv_path = run_dir / "evaluations.csv"
+    return csv_path.exists() and "\n0," in csv_path.read_text()
 
 
 def kill_after_checkpoint(args: list[str], run_dirs: list[Path], timeout: float = 600, cwd: Path | None = None) -> None:
     """Start ``python <args>`` (one torch thread) and SIGKILL it as soon as every run folder in ``run_dirs``
-    holds a complete checkpoint (``checkpoint/model.zip`` appears by a rename, so its presence means complete).
-    Fails with the process's stderr if it exits first, or after ``timeout`` seconds (generous: a loaded 2-core
-    machine is slow)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + timeout
-        while not all((r / "checkpoint" / "model.zip").exists() for r in run_dirs):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, f"no checkpoint within {timeout:.0f} s"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
+    holds a complete checkpoint (``checkpoint/model.zip`` appears by a rename, so its presence means complete)."""
+    with child([sys.executable, *args], cwd=cwd, env=ONE_THREAD, stdout=subprocess.DEVNULL) as proc:
+        wait_until(proc, lambda: all((r / "checkpoint" / "model.zip").exists() for r in run_dirs), "checkpoint",
+                   timeout)
 
 
 def signal_once_training(args: list[str], run_dir: Path, signals: tuple[int, ...] = (signal.SIGINT,),
@@ -55,24 +80,12 @@ def signal_once_training(args: list[str], run_dir: Path, signals: tuple[int, ...
     """Start ``python <args>`` (one torch thread), wait for the step-0 evaluation row in ``run_dir`` (training starts
     right after it), ``delay`` seconds more, then send ``signals`` ``gap`` seconds apart (a sweep's SIGTERM follows
     the terminal's Ctrl-C within milliseconds); returns the finished process (stdout / stderr as text)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + timeout
-        csv_path = run_dir / "evaluations.csv"
-        while not (csv_path.exists() and "\n0," in csv_path.read_text()):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, f"no step-0 evaluation within {timeout:.0f} s"
-            time.sleep(0.05)
+    with child([sys.executable, *args], cwd=cwd, env=ONE_THREAD) as proc:
+        wait_until(proc, lambda: step0_evaluated(run_dir), "step-0 evaluation", timeout)
         time.sleep(delay)
         for i, sig in enumerate(signals):
             if i:
                 time.sleep(gap)
             proc.send_signal(sig)
         out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -22,6 +20,7 @@ from rlzoo_transfer import enjoy
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.zoo import DEFAULT_ZOO
+from tests.conftest import child
 from tests.test_train import TINY, cli
 
 GAME = "Alien"   # an untrained agent's game ends in ~0.5 s
@@ -143,16 +142,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "rlzoo_transfer.enjoy", "--source", "Seaquest", "--episodes", "200", "--out",
            str(out), "--threads", "1"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with child(cmd, env={"PYTHONUNBUFFERED": "1"}) as proc:
         assert "Seaquest.pt" in proc.stdout.readline()   # the policy is loaded and the episodes are under way
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().startswith("interrupted"), err

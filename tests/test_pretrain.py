@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from rlzoo_transfer import pretrain
 from rlzoo_transfer.pretrain import export_source
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.policies import DERNetwork
-from tests.conftest import ROOT
+from tests.conftest import ROOT, child, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -132,14 +131,8 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path):
            "2", "--eval-freq", "200", "--eval-episodes", "1", "--checkpoint-freq", "200", "-p", "learning_starts=50",
            "batch_size=8", "buffer_size=50000", "--zoo-dir", str(zoo), "--log-dir", str(log), "--device", "cpu",
            "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while not (run / "checkpoint" / "model.zip").exists():   # training is under way
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.05)
+    with child(cmd, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}) as proc:
+        wait_until(proc, (run / "checkpoint" / "model.zip").exists, "checkpoint")   # training is under way
         proc.send_signal(signal.SIGINT)
         seen = []
         while not seen or "SIGINT: stopping at the next agent step" not in seen[-1]:
@@ -148,10 +141,6 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
         err = "".join(seen) + err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     where = f"(last checkpoint in {run / 'checkpoint'}"   # or checkpoint.old, if stopped mid-swap

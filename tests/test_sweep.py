@@ -16,6 +16,7 @@ import pytest
 from rlzoo_transfer import backends, curves, sweep
 from rlzoo_transfer.confirm import load_registration
 from rlzoo_transfer.provenance import PROJECT_ROOT
+from tests.conftest import child, step0_evaluated, wait_until
 
 # A stand-in for rlzoo_transfer.train (selected with the hidden --train-module): writes the run folder in the
 # documented format, records its arguments, and fails on request (extra argument --fail / --no-final).
@@ -203,8 +204,8 @@ def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train
     """A real process whose command line names rlzoo_transfer.train counts as another training: the sweep's runs
     get fewer torch threads and the sweep says so; OMP_NUM_THREADS in the environment still wins."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "rlzoo_transfer.train"])
-    try:
+    with child([sys.executable, "-c", "import time; time.sleep(120)", "rlzoo_transfer.train"],
+               stdout=subprocess.DEVNULL) as other:
         for _ in range(200):  # until the child has exec'd: right after fork its cmdline is still this process's
             others = backends.other_training_processes()
             if other.pid in others:
@@ -226,9 +227,6 @@ def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train
         captured = capsys.readouterr()
         assert code == 0 and "other training process" not in captured.err
         assert "OMP_NUM_THREADS 3\n" in (log / "Alien" / "scratch" / "seed1" / "train.log").read_text()
-    finally:
-        other.kill()
-        other.wait()
     assert other.pid not in backends.other_training_processes()
 
 
@@ -301,21 +299,11 @@ def test_sigterm_to_a_sweep_checkpoints_its_runs_then_a_rerun_resumes(tmp_path, 
             "buffer_size=2000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs = [log / "Alien" / "scratch" / f"seed{s}" for s in (0, 1)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        csvs = [r / "evaluations.csv" for r in runs]
-        while not all(c.exists() and "\n0," in c.read_text() for c in csvs):
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no step-0 evaluations within 300 s"
-            time.sleep(0.05)
+    with child(argv, env={"OMP_NUM_THREADS": "1"}) as proc:
+        wait_until(proc, lambda: all(step0_evaluated(r) for r in runs), "step-0 evaluations")
         time.sleep(1.0)
         proc.terminate()
         out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, out + err
     assert "each writes a checkpoint first" in err and "Traceback" not in err
     stopped_at = []

@@ -267,8 +267,6 @@ def test_ray_sweep(tmp_path, fake_train, capsys):
 @pytest.mark.slow
 def test_real_two_run_sweep(tmp_path, capsys):
     """Two tiny runs of the real rlzoo_transfer.train on the local backend, then curves over them."""
-    if importlib.util.find_spec("rlzoo_transfer.train") is None:
-        pytest.skip("rlzoo_transfer.train does not exist yet")
     log = tmp_path / "runs"
     code = sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "1", "--log-dir", str(log),
                        "--steps", "300", "--jobs", "2", "--no-live", "--", "--device", "cpu", "--eval-freq", "150",

@@ -55,6 +55,7 @@ import sys
 from typing import Any
 
 from rlzoo_transfer.atomic import write_atomic
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.stop import one_line_interrupt
 
 GAME = "Alien"
@@ -170,7 +171,9 @@ def parser() -> argparse.ArgumentParser:
 
 @one_line_interrupt
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    check_outputs(p, args, files=("out", "md"))
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 30)
     if repeats < 1:
         print("error: --repeats must be >= 1", file=sys.stderr)

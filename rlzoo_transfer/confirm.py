@@ -51,6 +51,7 @@ import yaml
 from rlzoo_transfer import scores
 from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.provenance import file_in_commit, git_commit
 from rlzoo_transfer.report import md_table
 from rlzoo_transfer.rundata import Run, RunFolderError, find_run_dirs, load_runs
@@ -395,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
 @one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 bad input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "register":
+        check_outputs(parser, args, files=("out",))
     try:
         if args.command == "register":
             if not 0 < args.alpha < 1:

@@ -51,6 +51,7 @@ from rlzoo_transfer.aggregate import aggregate_curves, games_of, method_order
 from rlzoo_transfer.atomic import replacing
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.confirm import ConfirmError, load_registration
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.plots import plot_all_games, plot_diagnostics, plot_game, safe_name
 from rlzoo_transfer.report import write_report
 from rlzoo_transfer.results_table import MarkerError, update_markdown
@@ -166,7 +167,9 @@ def run_report(args) -> Path:
 @one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 no runs, 2 bad input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, args, folders=("out",), files=("readme",))
     if args.reps < 1:
         print("error: --reps must be >= 1", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ import yaml
 
 from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.stop import one_line_interrupt
 
 if TYPE_CHECKING:
@@ -194,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 @one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 ok, 2 bad input."""
-    args = build_parser().parse_args(argv)   # before torch and the RL stack: --help and a usage error are instant
+    parser = build_parser()
+    args = parser.parse_args(argv)   # before torch and the RL stack: --help and a usage error are instant
+    check_outputs(parser, args, files=("out",))
     import torch
 
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device

@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from rlzoo_transfer.config import parse_overrides, progress_bar_wanted, seed_arg
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.train import add_run_options
 
 PROG = "python -m rlzoo_transfer.lockstep"
@@ -96,7 +97,9 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
+    p = parser()
+    args = p.parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
+    check_outputs(p, args, folders=("log_dir",))
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.rl.lockstep import LockstepError

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from rlzoo_transfer.config import check_ranges, parse_overrides, progress_bar_wanted, read_yaml, seed_arg
+from rlzoo_transfer.outputs import check_outputs
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true",
                    help="a progress line a minute instead of the bar (the default when stderr is not a terminal)")
     args = p.parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
+    check_outputs(p, args, folders=("log_dir", "zoo_dir"))
     from rlzoo_transfer.config import ConfigError, load_config, resolve_device
     from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,

@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.stop import one_line_interrupt
 
 FILES = ("config.yml", "evaluations.csv", "final.json", "gates.csv", "pathway.csv", "flow.csv")
@@ -47,14 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finished", action="store_true",
                    help="leave out runs still in progress (no final.json) that are not published yet")
     args = p.parse_args(argv)
+    check_outputs(p, args, folders=("out",))
     src = Path(args.runs)
     if not src.is_dir():
         print(f"error: no run folder {src}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
-        return 2
     runs = publish(src, out, finished_only=args.finished)
     if not runs:
         what = "finished run folders (<Game>/<method>/seed<k>/ with final.json)" if args.finished else \

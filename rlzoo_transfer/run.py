@@ -183,7 +183,11 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
         except Exception:
             env.close()
             raise
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:   # what check_outputs could not foresee, e.g. a file system that refuses mkdir
+            env.close()
+            raise RunError(f"cannot create the run folder {run_dir}: {e.strerror}; choose another --log-dir") from None
         sources = get_method(spec.method).sources(spec.source, config)
         write_atomic(run_dir / "config.yml", yaml.safe_dump({
             "game": game, "method": spec.method, "source": spec.source, "seed": spec.seed, "steps": spec.steps,

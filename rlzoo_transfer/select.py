@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.stop import one_line_interrupt
 from rlzoo_transfer.vision.options import ARCHS, SCORES, OneLineParser, UsageError, check_ranges
 
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 @one_line_interrupt
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, args, files=("out",))
     from rlzoo_transfer.config import resolve_device
     from rlzoo_transfer.vision.data import DataError
     from rlzoo_transfer.vision.model_selection import run_selection

@@ -48,6 +48,7 @@ from typing import Sequence
 from rlzoo_transfer.backends import (BackendError, LocalBackend, RayBackend, other_training_processes,
                                      threads_per_run)
 from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.scores import maybe_canonical_game
 
 PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
@@ -406,6 +407,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     own, extra = split_extra(argv)
     args = parser.parse_args(own)
     args.extra = extra
+    if not args.dry_run:
+        check_outputs(parser, args, folders=("log_dir",))
     if args.confirm is not None:
         take_registration(args, parser)
     elif not (args.games and args.methods and args.seeds):

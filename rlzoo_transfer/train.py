@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from rlzoo_transfer.config import parse_overrides, progress_bar_wanted, seed_arg
+from rlzoo_transfer.outputs import check_outputs
 
 
 def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentParser:
@@ -43,7 +44,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.train", **spec_defaults) -> int:
-    args = parser(prog).parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
+    p = parser(prog)
+    args = p.parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
+    check_outputs(p, args, folders=("log_dir",))
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device
     from rlzoo_transfer.games import UnknownGameError
     from rlzoo_transfer.rl.registry import UnknownMethodError, get_method

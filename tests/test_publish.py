@@ -70,8 +70,9 @@ def test_no_runs_or_a_file_as_out_is_an_error(tmp_path, capsys):
     assert "no run folders" in capsys.readouterr().err and not (tmp_path / "eval").exists()
     _run(tmp_path / "runs", "scratch", True)
     (tmp_path / "afile").write_text("x")
-    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "afile")]) == 2   # was a NotADirectoryError
-    assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:   # was a NotADirectoryError; a usage error since outputs.py
+        main([str(tmp_path / "runs"), "--out", str(tmp_path / "afile")])
+    assert stop.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_published_files_are_not_git_ignored():

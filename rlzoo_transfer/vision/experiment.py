@@ -40,6 +40,7 @@ from __future__ import annotations
 import sys
 
 from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.stop import RunIncomplete
 from rlzoo_transfer.vision.options import OneLineParser, UsageError
 
@@ -63,6 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="keep the seeds and sources OUT/results.json already holds (see the module docstring)")
     args = p.parse_args(argv)
+    check_outputs(p, args, folders=("out",) if args.summarise else ("out", "work"))
     args.seeds = list(dict.fromkeys(args.seeds))                     # a seed given twice runs once
     return args
 

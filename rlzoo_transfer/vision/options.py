@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from rlzoo_transfer.config import check_ranges as config_check_ranges
 from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.stop import RunIncomplete, interrupted
 
 ARCHS = ("resnet18", "resnet50", "small")
@@ -115,7 +116,9 @@ def cli_main(parser: argparse.ArgumentParser, make_config: Callable[[dict], Any]
     """Parse ``argv``, run, print the results' ``keys`` as one JSON line; a UsageError is one line on stderr and
     exit status 2, a stop by a signal (:class:`~rlzoo_transfer.stop.RunIncomplete`) one line and 128 + its number, a
     second Ctrl-C one line and 130.  ``run`` imports the training stack itself, after the parse."""
-    cfg = make_config(vars(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    check_outputs(parser, args, folders=("out",))
+    cfg = make_config(vars(args))
     try:
         results = run(cfg)
     except UsageError as e:

@@ -143,6 +143,31 @@ def record_resume(run_dir: Path, step: int, command: str) -> None:
     write_atomic(path, yaml.safe_dump(config, sort_keys=False))
 
 
+#: Settings a resumed run must share with its start (``config.yml``): the checkpoint carries the model's own
+#: hyperparameters, so a different ``-p`` would be ignored by the network while the evaluation used it.
+#: ``--steps`` may differ (it extends or shortens the run; each resume's command is on record), as may the device.
+RESUME_SETTINGS = ("eval_freq", "eval_episodes", "final_eval_episodes", "n_envs")
+
+
+def check_resume_settings(run_dir: Path, spec: RunSpec, config: dict[str, Any]) -> None:
+    """RunError naming the first setting (a hyperparameter after ``-p`` overrides, or one of
+    :data:`RESUME_SETTINGS`) that differs from what ``run_dir/config.yml`` recorded at the start.  Keys only one side
+    has (a hyperparameter added or removed since the run started) are not compared: neither value is wrong."""
+    try:
+        started = yaml.safe_load((run_dir / "config.yml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return   # no readable record to compare with: the checkpoint is what --resume needs
+    was = {**{k: started.get(k) for k in RESUME_SETTINGS if k in started},
+           **{f"-p {k}": v for k, v in (started.get("hyperparams") or {}).items()}}
+    now = {**{k: getattr(spec, k) for k in RESUME_SETTINGS}, **{f"-p {k}": v for k, v in config.items()}}
+    for key in sorted(was.keys() & now.keys(), key=list(now).index):   # a key one side lacks: code of another time
+        if was[key] != now[key]:
+            option = key if key.startswith("-p ") else "--" + key.replace("_", "-")
+            raise RunError(f"cannot resume {run_dir} with other settings than it started with: {option} is "
+                           f"{now[key]}, was {was[key]} ({run_dir / 'config.yml'}); resume with the run's own "
+                           f"settings, or start a new run (another --seed or --log-dir)")
+
+
 def prepare_run(spec: RunSpec) -> PreparedRun:
     """Check the run folder, build (or resume) the model and its env, write ``config.yml``, make the callbacks."""
     game, _ = resolve_game(spec.game)
@@ -154,6 +179,8 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
         raise RunError(f"{run_dir} already holds a finished run (final.json); choose another --seed or --log-dir")
     if run_dir.exists() and (ckpt or (run_dir / "evaluations.csv").exists()) and not spec.resume:
         raise RunError(f"{run_dir} holds an unfinished run; continue it with --resume, or use another --log-dir")
+    if spec.resume and ckpt is not None:
+        check_resume_settings(run_dir, spec, config)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
 

@@ -125,6 +125,31 @@ def test_resume_of_a_finished_run_redoes_nothing(finished, capsys):
     assert files() == before
 
 
+def test_resume_with_other_settings_is_refused(finished, tmp_path, capsys):
+    """A resumed model keeps its checkpoint's hyperparameters, so ``--resume -p learning_rate=...`` changed nothing
+    in training while the run's evaluation took the new values, silently; now every hyperparameter and evaluation
+    setting must match config.yml (exit 2, one line naming it, the run folder untouched).  --steps may differ."""
+    run, args, _ = finished
+    log = tmp_path / "runs"
+    copy = log / GAME / "scratch" / "seed0"
+    shutil.copytree(run, copy)
+    (copy / "final.json").unlink()     # unfinished: its checkpoint is at step 400
+    args = [a if a != str(run.parent.parent.parent) else str(log) for a in args]
+    before = (copy / "config.yml").read_text()
+    for other, named in ((["-p", "learning_rate=2e-4"], "-p learning_rate is 0.0002, was 0.0001"),
+                         (["-p", "buffer_size=3000"], "-p buffer_size is 3000, was 2000"),
+                         (["--eval-freq", "100"], "--eval-freq is 100, was 200"),
+                         (["--final-eval-episodes", "2"], "--final-eval-episodes is 2, was 1")):
+        rc, err = run_main([*args, *other, "--resume"], capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and "with other settings than it started with" in lines[0], err
+        assert named in lines[0], lines[0]
+        assert (copy / "config.yml").read_text() == before and not (copy / "final.json").exists()
+    rc, err = run_main([*args, "--steps", "400", "--resume"], capsys)   # the run's own settings: resumes
+    assert rc == 0 and f"resuming {copy} from step 400" in err, err
+    assert (copy / "final.json").exists()
+
+
 def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
     log = tmp_path / "runs"
     args = ["--game", GAME, "--steps", "150", "--eval-freq", "150", "--log-dir", str(log), *TINY, "--resume"]

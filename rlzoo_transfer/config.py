@@ -9,7 +9,7 @@ import difflib
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -160,7 +160,42 @@ def load_config(method_file: str | None = None, overrides: dict[str, Any] | None
                 raise ConfigError(f"hyperparameter {key}={value!r}: expected an int like {default!r}")
             value = int(value)
         config[key] = type(default)(value) if isinstance(default, float) else value
+    check_values(config)
     return config
+
+
+#: The range of each numeric hyperparameter (name -> (test, what it must be)); a value outside it failed late, as a
+#: traceback from the network (n_atoms=0) or from the replay once training began (batch_size=-3).  Hub's ``k``
+#: depends on the number of sources: HubPathway checks it (1 <= k <= m) when the network is built.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    **{k: (lambda v: v > 0, "> 0") for k in ("learning_rate", "adam_eps", "max_grad_norm", "reward_clip")},
+    **{k: (lambda v: v >= 1, ">= 1") for k in ("batch_size", "n_steps", "target_update_interval", "train_freq",
+                                               "gradient_steps", "buffer_size", "hidden")},
+    **{k: (lambda v: v >= 0, ">= 0") for k in ("learning_starts", "priority_exponent", "sigma0", "explore_weight",
+                                               "dependency_weight")},
+    **{k: (lambda v: 0 <= v <= 1, "in [0, 1]") for k in ("priority_weight", "eval_epsilon")},
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "n_atoms": (lambda v: v >= 2, ">= 2"),
+}
+
+
+def check_values(config: dict[str, Any]) -> None:
+    """ConfigError naming the first hyperparameter outside :data:`RANGES`, a ``v_min`` not below ``v_max``, or a
+    source named twice in ``sources``."""
+    for key, (ok, must) in RANGES.items():
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            raise ConfigError(f"hyperparameter {key}={value!r}: must be {must}")
+    if "v_min" in config and "v_max" in config and not config["v_min"] < config["v_max"]:
+        raise ConfigError(f"hyperparameters v_min={config['v_min']!r}, v_max={config['v_max']!r}: v_min must be "
+                          f"below v_max (the C51 support)")
+    if config.get("sources"):
+        from rlzoo_transfer.rl.registry import source_names
+
+        names = source_names(config["sources"])
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"hyperparameter sources={config['sources']!r}: {twice[0]} named twice")
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

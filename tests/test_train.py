@@ -188,6 +188,15 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     # several -p flags add up (the second does not replace the first): k=0 must still be seen
     (["--game", GAME, "--method", "hub", "-p", "k=0", "-p", "explore_weight=0.2", "--steps", "50"],
      "k must be in [1, m=2], got 0"),
+    (["--game", GAME, "--method", "hub", "-p", "k=3"], "k must be in [1, m=2], got 3"),   # was capped at m, silently
+    (["--game", GAME, "--method", "hub", "-p", "sources=Seaquest"], "k must be in [1, m=1], got 2"),
+    (["--game", GAME, "--method", "kflow", "-p", "sources=Seaquest,Seaquest"], "Seaquest named twice"),
+    # ranges: each failed late, as a traceback (n_atoms from the network, batch_size once training began)
+    (["--game", GAME, "-p", "n_atoms=0"], "hyperparameter n_atoms=0: must be >= 2"),
+    (["--game", GAME, "-p", "batch_size=-3"], "hyperparameter batch_size=-3: must be >= 1"),
+    (["--game", GAME, "-p", "gamma=1.5"], "hyperparameter gamma=1.5: must be in (0, 1]"),
+    (["--game", GAME, "-p", "learning_rate=0"], "hyperparameter learning_rate=0.0: must be > 0"),
+    (["--game", GAME, "-p", "v_min=10"], "v_min must be below v_max"),
 ])
 def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
     rc, err = run_main([*extra, "--log-dir", str(tmp_path), "--no-progress"], capsys)

@@ -177,7 +177,7 @@ class HubNetwork(nn.Module):
         super().__init__()
         m = len(models)
         generator = pathway_generator(generator, m)
-        self.hub = HubPathway([ProbabilityOutput(net) for net in models], generator=generator, k=min(k, m),
+        self.hub = HubPathway([ProbabilityOutput(net) for net in models], generator=generator, k=k,
                               renormalize=True, random_pathway=random_pathway, explore=explore, exploit=exploit)
         self.source_names, self.explore_weight = list(source_names), explore_weight
 

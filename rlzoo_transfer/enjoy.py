@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 ok, 2 bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)   # before torch and the RL stack: --help and a usage error are instant
-    check_outputs(parser, args, files=("out",))
+    check_outputs(parser, args, files=("out", "gif"))
     import torch
 
     from rlzoo_transfer.config import ConfigError, check_ranges, check_threads, resolve_device

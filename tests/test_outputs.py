@@ -47,6 +47,7 @@ LOADED = "print(sorted(m for m in ('torch', 'stable_baselines3', 'scipy') if m i
     ("curves", ["eval/runs", "--out", "{tmp}/eval", "--readme", "{tmp}"], "--readme"),
     ("publish", ["runs", "--out", "{file}"], "--out"),
     ("enjoy", ["--source", "Seaquest", "--out", "{file}/returns.json"], "--out"),
+    ("enjoy", ["--source", "Seaquest", "--gif", "{file}/play.gif"], "--gif"),
     ("bench", ["--sections", "update", "--md", "{file}/bench.md"], "--md"),
     ("confirm", ["register", "--game", "Jamesbond", "--method", "hub", "--seeds", "200", "201", "--out",
                  "{file}/x.yml"], "--out"),

@@ -10,6 +10,7 @@ returns), ``final.json`` (the final evaluation; its presence marks a complete ru
 """
 from __future__ import annotations
 
+import csv
 import json
 import shlex
 import sys
@@ -168,6 +169,20 @@ def check_resume_settings(run_dir: Path, spec: RunSpec, config: dict[str, Any]) 
                            f"settings, or start a new run (another --seed or --log-dir)")
 
 
+def resumable_evaluations(run_dir: Path) -> list[dict]:
+    """The rows of ``run_dir/evaluations.csv`` (none if it is absent), or a RunError if the file cannot be read as
+    the run's curve - it is written atomically, so only a hand edit or a failing disk breaks it."""
+    path = run_dir / "evaluations.csv"
+    try:
+        rows = read_evaluations(path)
+        for row in rows:
+            int(row["step"]), float(row["mean"])
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as e:
+        raise RunError(f"cannot resume {run_dir}: {path} is unreadable ({type(e).__name__}: {e}); restore it, or "
+                       f"delete it to resume with the curve so far lost") from None
+    return rows
+
+
 def prepare_run(spec: RunSpec) -> PreparedRun:
     """Check the run folder, build (or resume) the model and its env, write ``config.yml``, make the callbacks."""
     game, _ = resolve_game(spec.game)
@@ -181,6 +196,7 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
         raise RunError(f"{run_dir} holds an unfinished run; continue it with --resume, or use another --log-dir")
     if spec.resume and ckpt is not None:
         check_resume_settings(run_dir, spec, config)
+        evaluations = resumable_evaluations(run_dir)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
 
@@ -200,7 +216,7 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
                            f"afresh") from None
         model.tensorboard_log = tb_dir
         step = model.num_timesteps
-        rows = [r for r in read_evaluations(run_dir / "evaluations.csv") if int(r["step"]) <= step]
+        rows = [r for r in evaluations if int(r["step"]) <= step]
         write_evaluations(run_dir / "evaluations.csv", rows)  # rows written after the checkpoint are redone
         record_resume(run_dir, step, spec.command)
         print(f"resuming {run_dir} from step {step}", file=sys.stderr)

@@ -150,6 +150,24 @@ def test_resume_with_other_settings_is_refused(finished, tmp_path, capsys):
     assert (copy / "final.json").exists()
 
 
+@pytest.mark.parametrize("content", [b"garbage\n1,2\n", b"\xff\xfe\x00", b"step,mean\n200,fast\n"])
+def test_resume_with_an_unreadable_curve_is_a_clear_error(finished, tmp_path, capsys, content):
+    """A hand-edited or damaged evaluations.csv made --resume end in a KeyError traceback after loading the
+    checkpoint; now one line before anything loads, the file left as it is."""
+    run, args, _ = finished
+    log = tmp_path / "runs"
+    copy = log / GAME / "scratch" / "seed0"
+    shutil.copytree(run, copy)
+    (copy / "final.json").unlink()
+    (copy / "evaluations.csv").write_bytes(content)
+    args = [a if a != str(run.parent.parent.parent) else str(log) for a in args]
+    rc, err = run_main([*args, "--resume"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert f"cannot resume {copy}: {copy / 'evaluations.csv'} is unreadable" in lines[0]
+    assert (copy / "evaluations.csv").read_bytes() == content and not (copy / "final.json").exists()
+
+
 def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
     log = tmp_path / "runs"
     args = ["--game", GAME, "--steps", "150", "--eval-freq", "150", "--log-dir", str(log), *TINY, "--resume"]

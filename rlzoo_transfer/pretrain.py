@@ -23,6 +23,28 @@ from rlzoo_transfer.outputs import check_outputs
 ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
 
 
+def read_manifest_for_update(path: Path) -> dict:
+    """``zoo.yml`` as a mapping to add a source to (``{}`` if absent), or a ConfigError saying how to mend it -
+    checked before training too, so that a damaged manifest does not end hours of pretraining in an error."""
+    from rlzoo_transfer.config import ConfigError
+
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        mark = getattr(e, "problem_mark", None)
+        why = f"line {mark.line + 1}: {e.problem}" if mark else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path} cannot be read ({why}); pretrain adds its source to it: restore it "
+                          f"(`git checkout {path}`), or move it away to start a new manifest") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("sources", {}), dict):
+        raise ConfigError(f"{path} is not a zoo manifest (a mapping with `sources: {{Game: entry}}`); restore it "
+                          f"(`git checkout {path}`), or move it away to start a new manifest")
+    return data
+
+
 def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     """Write ``<zoo_dir>/<Game>.pt`` from a finished run and record it in ``<zoo_dir>/zoo.yml`` (atomically)."""
     import torch
@@ -56,7 +78,7 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     if command != entry["command"]:   # finished by a later --resume: both commands, both commits
         entry["resumed_with"] = {"command": command, "commit": commit_now}
     manifest = zoo_dir / "zoo.yml"
-    zoo = read_yaml(manifest) if manifest.exists() else {}
+    zoo = read_manifest_for_update(manifest)
     zoo.setdefault("sources", {})[game] = entry
     write_atomic(manifest, yaml.safe_dump(zoo, sort_keys=False))
     # the run's small files travel with the checkpoint, so its score can be traced
@@ -106,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if "gradient_steps" not in hyper:   # Rainbow's 1 update per 4 agent steps (agents/pretrain.yml)
             hyper["gradient_steps"] = max(1, args.n_envs // 4)
         load_config(None, hyper)  # validates the keys before any work
+        read_manifest_for_update(Path(args.zoo_dir) / "zoo.yml")   # and the manifest the export will update
         spec = RunSpec(game=game, method="scratch", seed=args.seed, steps=args.steps, eval_freq=args.eval_freq,
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                        log_dir=args.log_dir, hyperparams=hyper, device=resolve_device(args.device), resume=args.resume,

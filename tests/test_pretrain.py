@@ -92,6 +92,23 @@ def test_a_resumed_source_records_both_commands(pretrained, tmp_path):
     assert "resumed_with" not in again
 
 
+@pytest.mark.parametrize("manifest,message", [
+    (": : :\n", "cannot be read (line 1: expected <block end>, but found ':')"),
+    ("- Seaquest\n", "is not a zoo manifest"),
+    ("sources: [Seaquest]\n", "is not a zoo manifest"),
+])
+def test_a_damaged_zoo_manifest_is_refused_before_training(tmp_path, capsys, manifest, message):
+    """The export at the end of pretraining adds to zoo.yml: a damaged one ended hours of training in a YAML
+    error; now it is one line before anything starts, and the manifest is left as it is."""
+    zoo, log = tmp_path / "zoo", tmp_path / "runs"
+    zoo.mkdir()
+    (zoo / "zoo.yml").write_text(manifest)
+    assert pretrain.main(["--game", "Pong", "--steps", "100", "--zoo-dir", str(zoo), "--log-dir", str(log)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {zoo / 'zoo.yml'} ") and message in err[0], err
+    assert "git checkout" in err[0] and (zoo / "zoo.yml").read_text() == manifest and not log.exists()
+
+
 def test_bad_game_is_a_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlzoo_transfer.pretrain", "--game", "Rivereid", "--zoo-dir",
                            str(tmp_path), "--log-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,

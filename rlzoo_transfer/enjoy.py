@@ -86,13 +86,19 @@ def _build_policy(game: str, method: str, source: str | None, hyperparams: dict,
 
 def policy_for_run(run_dir: Path, checkpoint: bool = False, device: str = "cpu"):
     """(policy, game, label) of a run folder, from its config.yml and (checkpoint/)model.zip."""
-    from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.config import ConfigError, yaml_problem
 
     config_path = run_dir / "config.yml"
     if not config_path.is_file():
         raise EnjoyError(f"{run_dir} is not a run folder: it has no config.yml (a run folder is "
                          "<log-dir>/<Game>/<method>/seed<k>/, as written by python -m rlzoo_transfer.train)")
-    config = yaml.safe_load(config_path.read_text()) or {}
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise EnjoyError(f"{config_path} is not valid YAML ({yaml_problem(e)}): the policy cannot be rebuilt "
+                         f"without it") from None
+    if not isinstance(config, dict):
+        raise EnjoyError(f"{config_path} is not a run's config (a mapping with game, method, hyperparams)")
     missing = [k for k in ("game", "method", "hyperparams") if k not in config]
     if missing:
         raise EnjoyError(f"{config_path} lacks {', '.join(missing)}")

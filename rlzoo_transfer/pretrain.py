@@ -26,16 +26,14 @@ ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
 def read_manifest_for_update(path: Path) -> dict:
     """``zoo.yml`` as a mapping to add a source to (``{}`` if absent), or a ConfigError saying how to mend it -
     checked before training too, so that a damaged manifest does not end hours of pretraining in an error."""
-    from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.config import ConfigError, yaml_problem
 
     if not path.exists():
         return {}
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        mark = getattr(e, "problem_mark", None)
-        why = f"line {mark.line + 1}: {e.problem}" if mark else (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"{path} cannot be read ({why}); pretrain adds its source to it: restore it "
+        raise ConfigError(f"{path} cannot be read ({yaml_problem(e)}); pretrain adds its source to it: restore it "
                           f"(`git checkout {path}`), or move it away to start a new manifest") from None
     if data is None:
         return {}

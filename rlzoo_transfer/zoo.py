@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from rlzoo_transfer.config import yaml_problem
+
 DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "pretrain"
 OUTPUT_LAYER = "advantage_out"
 
@@ -50,8 +52,9 @@ def read_manifest(zoo_dir: Path | str = DEFAULT_ZOO) -> dict[str, dict]:
                        f"--game Seaquest` (and Riverraid), or point to a zoo folder with -p zoo_dir=DIR")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ZooError(f"{path} is not valid YAML ({e}); restore it from git (`git checkout {path}`)") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ZooError(f"{path} is not valid YAML ({yaml_problem(e)}); restore it from git (`git checkout {path}`)"
+                       ) from None
     sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, dict) or not sources:
         raise ZooError(f"{path} lists no sources; pretrain some with `python -m rlzoo_transfer.pretrain`")

@@ -156,8 +156,9 @@ def test_load_registration_errors(explore, tmp_path):
     bad.write_text(unquoted)
     assert unquoted != out.read_text() and confirm.load_registration(bad).registered == reg.registered
     bad.write_text("game: [unclosed")
-    with pytest.raises(confirm.ConfirmError, match="not valid YAML"):
+    with pytest.raises(confirm.ConfirmError, match=r"not valid YAML \(line 1: expected ',' or ']'") as e:
         confirm.load_registration(bad)
+    assert "\n" not in str(e.value)   # one line, not PyYAML's quote of the text
 
 
 def test_cli_register_check_and_curves(explore, tmp_path, capsys):

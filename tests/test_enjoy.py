@@ -134,6 +134,10 @@ def test_bad_input_is_one_line_and_exit_2(zoo_run, tmp_path, capsys):
     fails([str(run)], "config.yml")   # zoo hyperparameters under method scratch
     (run / "config.yml").write_text(yaml.safe_dump({**config, "method": "zooo"}))
     fails([str(run)], "unknown method")
+    (run / "config.yml").write_text(": : damaged\n")   # was a multi-line YAML traceback
+    fails([str(run)], "config.yml is not valid YAML (line 1: expected <block end>, but found ':')")
+    (run / "config.yml").write_text("- a list\n")
+    fails([str(run)], "config.yml is not a run's config")
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):

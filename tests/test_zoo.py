@@ -99,8 +99,9 @@ def test_missing_manifest(tmp_path):
                                           ("sources: {}\n", "lists no sources"), ("- a list\n", "lists no sources")])
 def test_unreadable_or_empty_manifest(zoo, text, message):
     (zoo / "zoo.yml").write_text(text)
-    with pytest.raises(ZooError, match=message):
+    with pytest.raises(ZooError, match=message) as e:
         gopher_zoo(zoo)
+    assert "\n" not in str(e.value)
 
 
 def test_source_not_in_the_manifest(zoo):

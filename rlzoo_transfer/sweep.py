@@ -438,7 +438,31 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(f"method {name} needs a source: write it as {name}:SOURCE (e.g. {name}:Seaquest)")
         if source and not method.needs_source:
             parser.error(f"method {name} takes no source ({text!r}); only finetune does")
+    if args.train_module == "rlzoo_transfer.train":
+        check_train_arguments(parser, args.extra, [parse_method(text)[0] for text in args.methods])
     return args
+
+
+def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str], methods: Sequence[str]) -> None:
+    """``parser.error`` (exit 2) for train arguments after ``--`` that every run would reject - an unknown option,
+    a bad ``-p`` key or value for one of ``methods`` - before the first run starts: a sweep of 90 runs otherwise
+    starts 90 processes that each fail into their own train.log."""
+    from rlzoo_transfer.config import ConfigError, load_config, parse_overrides
+    from rlzoo_transfer.rl.registry import get_method
+    from rlzoo_transfer.train import add_run_options
+
+    own = argparse.ArgumentParser(prog=f"{parser.prog} (train arguments after --)", add_help=False)
+    add_run_options(own)
+    given = own.parse_args(extra)
+    try:
+        overrides = parse_overrides(given.hyperparams)
+        for name in dict.fromkeys(methods):
+            try:
+                load_config(get_method(name).config_file, overrides)
+            except ConfigError as err:
+                raise ConfigError(f"{err} (method {name})") from None
+    except ConfigError as err:
+        parser.error(f"after --: {err}")
 
 
 #: train options that would change a pre-registered protocol (``confirm``): refused with ``--confirm``.

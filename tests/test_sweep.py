@@ -119,6 +119,22 @@ def test_unknown_game_exit_2(tmp_path, capsys):
     assert code == 2 and "NotAGame" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra,message", [
+    (["-p", "learnig_rate=1e-4"], "after --: unknown hyperparameter 'learnig_rate'. Did you mean 'learning_rate'"),
+    (["-p", "n_atoms=0"], "after --: hyperparameter n_atoms=0: must be >= 2 (method scratch)"),
+    (["-p", "k=1"], "after --: unknown hyperparameter 'k'"),   # a hub setting: the scratch runs would reject it
+    (["--eval-frq", "5000"], "unrecognized arguments: --eval-frq 5000"),
+])
+def test_bad_train_arguments_stop_the_sweep_before_any_run(extra, message, tmp_path, capsys):
+    """Train's arguments after ``--`` went unchecked: every run started, failed with exit 2 into its own train.log,
+    and the sweep reported N failures; now the sweep refuses them up front, as train would."""
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--games", "Alien", "--methods", "scratch", "hub", "--seeds", "0", "1", "--log-dir",
+                    str(tmp_path), "--no-live", "--", *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_bad_arguments_exit_2(capsys):
     for argv in (["--games", "Alien", "--methods", "finetune:", "--seeds", "0"],
                  ["--games", "Alien", "--methods", "zoo", "--seeds", "0", "--jobs", "0"],

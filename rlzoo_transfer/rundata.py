@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import yaml
 
 from rlzoo_transfer import scores
+from rlzoo_transfer.config import yaml_problem
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
@@ -172,8 +173,8 @@ def _read_yaml(path: Path) -> dict:
         return {}
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise RunFolderError(f"{path}: not valid YAML ({err})") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RunFolderError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
     if data is not None and not isinstance(data, dict):
         raise RunFolderError(f"{path}: expected a YAML mapping")
     return data or {}

@@ -342,6 +342,11 @@ def test_cli_errors(tmp_path, capsys):
     (bad / "final.json").write_text("{not json")
     assert curves.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o")]) == 2
     assert "final.json" in capsys.readouterr().err
+    (bad / "final.json").unlink()
+    (bad / "config.yml").write_text("game: [unclosed\n")
+    assert curves.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.yml: not valid YAML (line 2: expected ',' or ']'" in err, err
 
 
 def test_a_baseline_that_is_not_among_the_runs_is_refused_before_any_file(runs_root, tmp_path, capsys):

@@ -40,10 +40,7 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace, fol
     ``log_dir``) whose path cannot be written; options left unset (None) are skipped."""
     for dests, folder in ((folders, True), (files, False)):
         for dest in dests:
-            value = getattr(args, dest)
-            for path in value if isinstance(value, (list, tuple)) else [value]:
-                if path is None:
-                    continue
-                why = unwritable(path, folder)
-                if why:
-                    parser.error(f"argument --{dest.replace('_', '-')}: cannot write {path}: {why}")
+            path = getattr(args, dest)
+            why = unwritable(path, folder) if path is not None else None
+            if why:
+                parser.error(f"argument --{dest.replace('_', '-')}: cannot write {path}: {why}")

@@ -161,8 +161,8 @@ def check_resume_settings(run_dir: Path, spec: RunSpec, config: dict[str, Any]) 
     was = {**{k: started.get(k) for k in RESUME_SETTINGS if k in started},
            **{f"-p {k}": v for k, v in (started.get("hyperparams") or {}).items()}}
     now = {**{k: getattr(spec, k) for k in RESUME_SETTINGS}, **{f"-p {k}": v for k, v in config.items()}}
-    for key in sorted(was.keys() & now.keys(), key=list(now).index):   # a key one side lacks: code of another time
-        if was[key] != now[key]:
+    for key in now:
+        if key in was and was[key] != now[key]:   # a key one side lacks: code of another time, not compared
             option = key if key.startswith("-p ") else "--" + key.replace("_", "-")
             raise RunError(f"cannot resume {run_dir} with other settings than it started with: {option} is "
                            f"{now[key]}, was {was[key]} ({run_dir / 'config.yml'}); resume with the run's own "

@@ -456,13 +456,13 @@ def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str],
     given = own.parse_args(extra)
     try:
         overrides = parse_overrides(given.hyperparams)
-        for name in dict.fromkeys(methods):
-            try:
-                load_config(get_method(name).config_file, overrides)
-            except ConfigError as err:
-                raise ConfigError(f"{err} (method {name})") from None
     except ConfigError as err:
         parser.error(f"after --: {err}")
+    for name in dict.fromkeys(methods):
+        try:
+            load_config(get_method(name).config_file, overrides)
+        except ConfigError as err:
+            parser.error(f"after --: {err} (method {name})")
 
 
 #: train options that would change a pre-registered protocol (``confirm``): refused with ``--confirm``.

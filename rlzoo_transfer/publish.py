@@ -10,6 +10,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.stop import one_line_interrupt
@@ -17,16 +18,29 @@ from rlzoo_transfer.stop import one_line_interrupt
 FILES = ("config.yml", "evaluations.csv", "final.json", "gates.csv", "pathway.csv", "flow.csv")
 
 
-def publish(src_root: Path, dst_root: Path, finished_only: bool = False) -> list[Path]:
+class Published(NamedTuple):
+    copied: list[Path]   # run folders under dst_root brought up to date
+    kept: list[Path]     # finished published runs left alone: their source under src_root has no final.json
+
+
+def publish(src_root: Path, dst_root: Path, finished_only: bool = False, withdraw: bool = False) -> Published:
     """Copy FILES of every ``*/*/seed*/`` under ``src_root`` to the same place under ``dst_root``.
-    ``finished_only``: leave out runs without ``final.json`` that are not published yet (a published run that was
-    restarted is still updated, so that its stale final score is withdrawn)."""
-    copied = []
+
+    ``finished_only``: leave out runs without ``final.json`` that are not published yet.
+    A published *finished* run whose source has no ``final.json`` (restarted, still running, or a run that failed at
+    its start in the same folder) is kept as published unless ``withdraw``: then the unfinished files replace it and
+    the stale ``final.json`` is removed.  Keeping is the default because a failed start can look exactly like a
+    restart, and a withdrawn final score is work lost until the run is repeated."""
+    copied, kept = [], []
     for run in sorted(src_root.glob("*/*/seed*")):
         if not (run / "evaluations.csv").exists():
             continue
         dst = dst_root / run.relative_to(src_root)
-        if finished_only and not (run / "final.json").exists() and not dst.exists():
+        unfinished = not (run / "final.json").exists()
+        if finished_only and unfinished and not dst.exists():
+            continue
+        if unfinished and (dst / "final.json").exists() and not withdraw:
+            kept.append(dst)
             continue
         dst.mkdir(parents=True, exist_ok=True)
         for name in FILES:
@@ -35,9 +49,9 @@ def publish(src_root: Path, dst_root: Path, finished_only: bool = False) -> list
                 shutil.copyfile(run / name, tmp)
                 tmp.replace(dst / name)
             elif (dst / name).exists() and name == "final.json":
-                (dst / name).unlink()  # the source run is not finished (any more): don't publish a stale score
+                (dst / name).unlink()  # withdraw: the source run is not finished any more
         copied.append(dst)
-    return copied
+    return Published(copied, kept)
 
 
 @one_line_interrupt
@@ -47,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="eval/runs")
     p.add_argument("--finished", action="store_true",
                    help="leave out runs still in progress (no final.json) that are not published yet")
+    p.add_argument("--withdraw", action="store_true",
+                   help="replace a published finished run by its unfinished source (restarted) and remove its "
+                        "final.json; without it such a run is kept as published, with a warning")
     args = p.parse_args(argv)
     check_outputs(p, args, folders=("out",))
     src = Path(args.runs)
@@ -54,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no run folder {src}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    runs = publish(src, out, finished_only=args.finished)
-    if not runs:
+    runs, kept = publish(src, out, finished_only=args.finished, withdraw=args.withdraw)
+    for dst in kept:
+        print(f"warning: kept {dst} as published (finished): {src / dst.relative_to(out)} has no final.json "
+              "(restarted, still running, or failed at its start); pass --withdraw to publish it in its place",
+              file=sys.stderr)
+    if not runs and not kept:
         what = "finished run folders (<Game>/<method>/seed<k>/ with final.json)" if args.finished else \
             "run folders (<Game>/<method>/seed<k>/ with evaluations.csv)"
         print(f"error: no {what} under {src}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""publish: only the small files of runs reach eval/runs, and a stale final score is withdrawn."""
+"""publish: only the small files of runs reach eval/runs; a published final score is withdrawn only on request."""
 import json
 import shutil
 import subprocess
@@ -27,20 +27,31 @@ def test_copies_small_files_only(tmp_path):
     src, dst = tmp_path / "runs", tmp_path / "eval"
     _run(src, "scratch", True)
     _run(src, "zoo", False)
-    out = publish(src, dst)
+    out = publish(src, dst).copied
     assert [p.relative_to(dst).as_posix() for p in out] == ["Alien/scratch/seed0", "Alien/zoo/seed0"]
     assert sorted(f.name for f in (dst / "Alien/scratch/seed0").iterdir()) == \
         ["config.yml", "evaluations.csv", "final.json", "flow.csv", "gates.csv"]
     assert not (dst / "Alien/zoo/seed0/final.json").exists()
 
 
-def test_stale_final_score_is_withdrawn(tmp_path):
+def test_stale_final_score_is_kept_unless_withdrawn(tmp_path, capsys):
+    """A published finished run whose runs/ copy lost its final.json (restarted - or a run that failed at its start
+    in the same folder, which looks the same) stays published with a warning; --withdraw replaces it."""
     src, dst = tmp_path / "runs", tmp_path / "eval"
     run = _run(src, "scratch", True)
-    publish(src, dst)
-    (run / "final.json").unlink()  # the run was restarted
-    publish(src, dst)
+    assert publish(src, dst).copied == [dst / "Alien/scratch/seed0"]
+    (run / "final.json").unlink()
+    (run / "evaluations.csv").write_text("step,mean,std,n_episodes,returns\n0,2.0,0.0,1,2\n")
+    for finished in ([], ["--finished"]):
+        assert main([str(src), "--out", str(dst), *finished]) == 0
+        err = capsys.readouterr().err
+        assert f"warning: kept {dst / 'Alien/scratch/seed0'} as published (finished)" in err and "--withdraw" in err
+        assert (dst / "Alien/scratch/seed0/final.json").exists()
+        assert (dst / "Alien/scratch/seed0/evaluations.csv").read_text().endswith("0,1.0,0.0,1,1\n")
+    assert main([str(src), "--out", str(dst), "--withdraw"]) == 0
+    assert "Alien/scratch/seed0 (incomplete)" in capsys.readouterr().out
     assert not (dst / "Alien/scratch/seed0/final.json").exists()
+    assert (dst / "Alien/scratch/seed0/evaluations.csv").read_text().endswith("0,2.0,0.0,1,2\n")
 
 
 def test_finished_leaves_out_runs_in_progress(tmp_path, capsys):
@@ -50,11 +61,12 @@ def test_finished_leaves_out_runs_in_progress(tmp_path, capsys):
     assert main([str(src), "--out", str(dst), "--finished"]) == 0
     assert "Alien/scratch/seed0 (finished)" in capsys.readouterr().out
     assert (dst / "Alien/scratch/seed0/final.json").exists() and not (dst / "Alien/zoo").exists()
-    (src / "Alien/scratch/seed0/final.json").unlink()   # a published run restarted: its score is withdrawn
-    publish(src, dst, finished_only=True)
-    assert (dst / "Alien/scratch/seed0/evaluations.csv").exists()
-    assert not (dst / "Alien/scratch/seed0/final.json").exists() and not (dst / "Alien/zoo").exists()
+    (dst / "Alien/zoo/seed0").mkdir(parents=True)   # published while in progress: --finished keeps it in step
+    (dst / "Alien/zoo/seed0/evaluations.csv").write_text("step,mean,std,n_episodes,returns\n")
+    assert main([str(src), "--out", str(dst), "--finished"]) == 0
+    assert (dst / "Alien/zoo/seed0/gates.csv").exists() and not (dst / "Alien/zoo/seed0/final.json").exists()
     shutil.rmtree(dst)
+    (src / "Alien/scratch/seed0/final.json").unlink()
     assert main([str(src), "--out", str(dst), "--finished"]) == 1
     assert "no finished run folders" in capsys.readouterr().err
 

@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from rlzoo_transfer import yamlfile
+
 AGENTS_DIR = Path(__file__).resolve().parent.parent / "agents"
 
 #: Keys that configure the network (passed to the policy), not the DER algorithm.
@@ -25,20 +27,8 @@ class ConfigError(ValueError):
     """A bad hyperparameter name or value."""
 
 
-def yaml_problem(err: Exception) -> str:
-    """One line for a YAML (or decoding) error: ``line L: problem`` - PyYAML's own message spans several lines,
-    quoting the offending text."""
-    mark = getattr(err, "problem_mark", None)
-    if mark is not None and getattr(err, "problem", None):
-        return f"line {mark.line + 1}: {err.problem}"
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(e)})") from None
+    data = yamlfile.load(path, ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of hyperparameters")
     return data

@@ -48,9 +48,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import yaml
 
-from rlzoo_transfer import scores
+from rlzoo_transfer import scores, yamlfile
 from rlzoo_transfer.atomic import write_atomic
-from rlzoo_transfer.config import seed_arg, yaml_problem
+from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.provenance import file_in_commit, git_commit
 from rlzoo_transfer.report import md_table
@@ -110,12 +110,7 @@ def load_registration(path: Path) -> Registration:
 
     :raises ConfirmError: unreadable YAML, an unknown or missing key (with the closest valid one), a bad value
     """
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ConfirmError(f"cannot read {path}: {err.strerror or err}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfirmError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
+    data = yamlfile.load(path, ConfirmError)
     if not isinstance(data, dict):
         raise ConfirmError(f"{path}: expected a mapping (a file written by `confirm register`)")
     valid = _fields()

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import yaml
 
+from rlzoo_transfer import yamlfile
 from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.outputs import check_outputs
@@ -86,17 +86,13 @@ def _build_policy(game: str, method: str, source: str | None, hyperparams: dict,
 
 def policy_for_run(run_dir: Path, checkpoint: bool = False, device: str = "cpu"):
     """(policy, game, label) of a run folder, from its config.yml and (checkpoint/)model.zip."""
-    from rlzoo_transfer.config import ConfigError, yaml_problem
+    from rlzoo_transfer.config import ConfigError
 
     config_path = run_dir / "config.yml"
     if not config_path.is_file():
         raise EnjoyError(f"{run_dir} is not a run folder: it has no config.yml (a run folder is "
                          "<log-dir>/<Game>/<method>/seed<k>/, as written by python -m rlzoo_transfer.train)")
-    try:
-        config = yaml.safe_load(config_path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise EnjoyError(f"{config_path} is not valid YAML ({yaml_problem(e)}): the policy cannot be rebuilt "
-                         f"without it") from None
+    config = yamlfile.load(config_path, EnjoyError, "the policy cannot be rebuilt without it") or {}
     if not isinstance(config, dict):
         raise EnjoyError(f"{config_path} is not a run's config (a mapping with game, method, hyperparams)")
     missing = [k for k in ("game", "method", "hyperparams") if k not in config]

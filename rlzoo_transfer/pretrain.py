@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from rlzoo_transfer import yamlfile
 from rlzoo_transfer.config import check_ranges, parse_overrides, progress_bar_wanted, read_yaml, seed_arg
 from rlzoo_transfer.outputs import check_outputs
 
@@ -26,15 +27,12 @@ ZOO_DIR = Path(__file__).resolve().parent.parent / "pretrain"
 def read_manifest_for_update(path: Path) -> dict:
     """``zoo.yml`` as a mapping to add a source to (``{}`` if absent), or a ConfigError saying how to mend it -
     checked before training too, so that a damaged manifest does not end hours of pretraining in an error."""
-    from rlzoo_transfer.config import ConfigError, yaml_problem
+    from rlzoo_transfer.config import ConfigError
 
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path} cannot be read ({yaml_problem(e)}); pretrain adds its source to it: restore it "
-                          f"(`git checkout {path}`), or move it away to start a new manifest") from None
+    data = yamlfile.load(path, ConfigError, f"pretrain adds its source to it: restore it (`git checkout {path}`), "
+                                            "or move it away to start a new manifest")
     if data is None:
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("sources", {}), dict):

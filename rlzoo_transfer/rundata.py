@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import yaml
-
-from rlzoo_transfer import scores
-from rlzoo_transfer.config import yaml_problem
+from rlzoo_transfer import scores, yamlfile
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
@@ -171,10 +168,7 @@ def _read_yaml(path: Path) -> dict:
     """Parsed YAML mapping, ``{}`` when the file is absent."""
     if not path.is_file():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise RunFolderError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
+    data = yamlfile.load(path, RunFolderError)
     if data is not None and not isinstance(data, dict):
         raise RunFolderError(f"{path}: expected a YAML mapping")
     return data or {}

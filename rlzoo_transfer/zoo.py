@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
-from rlzoo_transfer.config import yaml_problem
+from rlzoo_transfer import yamlfile
 
 DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "pretrain"
 OUTPUT_LAYER = "advantage_out"
@@ -50,11 +49,7 @@ def read_manifest(zoo_dir: Path | str = DEFAULT_ZOO) -> dict[str, dict]:
     if not path.exists():
         raise ZooError(f"no zoo manifest at {path}: train sources with `python -m rlzoo_transfer.pretrain "
                        f"--game Seaquest` (and Riverraid), or point to a zoo folder with -p zoo_dir=DIR")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ZooError(f"{path} is not valid YAML ({yaml_problem(e)}); restore it from git (`git checkout {path}`)"
-                       ) from None
+    data = yamlfile.load(path, ZooError, f"restore it from git (`git checkout {path}`)")
     sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, dict) or not sources:
         raise ZooError(f"{path} lists no sources; pretrain some with `python -m rlzoo_transfer.pretrain`")

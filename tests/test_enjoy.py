@@ -135,7 +135,7 @@ def test_bad_input_is_one_line_and_exit_2(zoo_run, tmp_path, capsys):
     (run / "config.yml").write_text(yaml.safe_dump({**config, "method": "zooo"}))
     fails([str(run)], "unknown method")
     (run / "config.yml").write_text(": : damaged\n")   # was a multi-line YAML traceback
-    fails([str(run)], "config.yml is not valid YAML (line 1: expected <block end>, but found ':')")
+    fails([str(run)], "config.yml: not valid YAML (line 1: expected <block end>, but found ':')")
     (run / "config.yml").write_text("- a list\n")
     fails([str(run)], "config.yml is not a run's config")
 

@@ -93,7 +93,7 @@ def test_a_resumed_source_records_both_commands(pretrained, tmp_path):
 
 
 @pytest.mark.parametrize("manifest,message", [
-    (": : :\n", "cannot be read (line 1: expected <block end>, but found ':')"),
+    (": : :\n", "not valid YAML (line 1: expected <block end>, but found ':')"),
     ("- Seaquest\n", "is not a zoo manifest"),
     ("sources: [Seaquest]\n", "is not a zoo manifest"),
 ])
@@ -105,7 +105,7 @@ def test_a_damaged_zoo_manifest_is_refused_before_training(tmp_path, capsys, man
     (zoo / "zoo.yml").write_text(manifest)
     assert pretrain.main(["--game", "Pong", "--steps", "100", "--zoo-dir", str(zoo), "--log-dir", str(log)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {zoo / 'zoo.yml'} ") and message in err[0], err
+    assert len(err) == 1 and err[0].startswith(f"error: {zoo / 'zoo.yml'}") and message in err[0], err
     assert "git checkout" in err[0] and (zoo / "zoo.yml").read_text() == manifest and not log.exists()
 
 

@@ -104,6 +104,15 @@ def test_unreadable_or_empty_manifest(zoo, text, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_manifest_that_cannot_be_read_is_one_line(zoo):
+    """A zoo.yml that exists but is a folder was an IsADirectoryError traceback."""
+    (zoo / "zoo.yml").unlink()
+    (zoo / "zoo.yml").mkdir()
+    with pytest.raises(ZooError, match=r"cannot read .*zoo.yml: Is a directory; restore it from git") as e:
+        gopher_zoo(zoo)
+    assert "\n" not in str(e.value)
+
+
 def test_source_not_in_the_manifest(zoo):
     with pytest.raises(ZooError, match=r"source 'Pong' is not in .*zoo.yml \(it has Seaquest, Riverraid\)"):
         gopher_zoo(zoo, ["Seaquest", "Pong"])

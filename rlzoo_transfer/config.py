@@ -179,8 +179,8 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 
 
 def check_values(config: dict[str, Any]) -> None:
-    """ConfigError naming the first hyperparameter outside :data:`RANGES`, a ``v_min`` not below ``v_max``, or a
-    source named twice in ``sources``."""
+    """ConfigError naming the first hyperparameter outside :data:`RANGES`, a ``v_min`` not below ``v_max``, a replay
+    smaller than the n-step window, or a source named twice in ``sources``."""
     for key, (ok, must) in RANGES.items():
         value = config.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
@@ -188,6 +188,9 @@ def check_values(config: dict[str, Any]) -> None:
     if "v_min" in config and "v_max" in config and not config["v_min"] < config["v_max"]:
         raise ConfigError(f"hyperparameters v_min={config['v_min']!r}, v_max={config['v_max']!r}: v_min must be "
                           f"below v_max (the C51 support)")
+    if config.get("buffer_size", 1) < config.get("n_steps", 1):
+        raise ConfigError(f"hyperparameters buffer_size={config['buffer_size']!r}, n_steps={config['n_steps']!r}: "
+                          f"the replay must hold at least one n-step window")
     if config.get("sources"):
         from rlzoo_transfer.rl.registry import source_names
 

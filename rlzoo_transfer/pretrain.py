@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         hyper = {**pre, **parse_overrides(args.hyperparams)}
         if "gradient_steps" not in hyper:   # Rainbow's 1 update per 4 agent steps (agents/pretrain.yml)
             hyper["gradient_steps"] = max(1, args.n_envs // 4)
-        load_config(None, hyper)  # validates the keys before any work
+        resolved = load_config(None, hyper)  # validates the keys before any work
+        if resolved["buffer_size"] // args.n_envs < resolved["n_steps"]:   # the replay is split over the envs
+            raise ConfigError(f"--n-envs {args.n_envs} splits buffer_size={resolved['buffer_size']} into "
+                              f"{resolved['buffer_size'] // args.n_envs} transitions per env, fewer than "
+                              f"n_steps={resolved['n_steps']}: lower --n-envs or raise -p buffer_size")
         read_manifest_for_update(Path(args.zoo_dir) / "zoo.yml")   # and the manifest the export will update
         spec = RunSpec(game=game, method="scratch", seed=args.seed, steps=args.steps, eval_freq=args.eval_freq,
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,

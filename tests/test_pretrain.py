@@ -126,6 +126,7 @@ def test_bad_game_is_a_one_line_error(tmp_path):
     (["--steps", "0", "--eval-freq", "-5"], "out of range: --steps 0 (must be > 0), --eval-freq -5 (must be > 0)"),
     (["--checkpoint-freq", "-1"], "out of range: --checkpoint-freq -1 (must be >= 0)"),
     (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--n-envs", "40", "-p", "buffer_size=100"], "--n-envs 40 splits buffer_size=100 into 2 transitions per env"),
 ])
 def test_bad_numbers_are_one_line_errors_before_any_work(extra, message, tmp_path, capsys):
     assert pretrain.main(["--game", "Seaquest", "--zoo-dir", str(tmp_path), "--log-dir", str(tmp_path),

@@ -215,6 +215,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
     (["--game", GAME, "-p", "gamma=1.5"], "hyperparameter gamma=1.5: must be in (0, 1]"),
     (["--game", GAME, "-p", "learning_rate=0"], "hyperparameter learning_rate=0.0: must be > 0"),
     (["--game", GAME, "-p", "v_min=10"], "v_min must be below v_max"),
+    (["--game", GAME, "-p", "buffer_size=5"], "the replay must hold at least one n-step window"),
 ])
 def test_bad_input_exits_2_with_one_line(extra, message, tmp_path, capsys):
     rc, err = run_main([*extra, "--log-dir", str(tmp_path), "--no-progress"], capsys)

@@ -115,6 +115,9 @@ class PrioritizedNStepReplay:
         self.stack, self.h, self.w = observation_space.shape
         self.n_envs = n_envs
         self.capacity = max(1, buffer_size // n_envs)  # per stream
+        if self.capacity < n_steps:   # the window would wrap onto itself (and an IndexError on the n-th add)
+            raise ValueError(f"buffer_size {buffer_size} over {n_envs} env(s) leaves {self.capacity} transitions per "
+                             f"env, fewer than n_steps={n_steps}: raise buffer_size or lower n_envs")
         self.frame_cap = self.capacity + int(frame_margin * self.capacity) + 2 * self.stack + 8
         self.n_steps, self.gamma, self.alpha, self.reward_clip = n_steps, gamma, alpha, reward_clip
         self.device = torch.device(device)

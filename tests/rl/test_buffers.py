@@ -213,6 +213,13 @@ def test_sumtree_empty_is_an_error():
         SumTree(4).sample(2, np.random.default_rng(0))
 
 
+def test_a_stream_smaller_than_the_nstep_window_is_refused():
+    """Capacity per stream below n_steps wrapped the window onto itself: an IndexError on the n-th add."""
+    with pytest.raises(ValueError, match="leaves 2 transitions per env, fewer than n_steps=3"):
+        make_buffer(capacity=2, n_envs=2, n_steps=3)
+    make_buffer(capacity=3, n_envs=2, n_steps=3)   # exactly one window per stream is enough
+
+
 # --- prioritised sampling on the buffer -------------------------------------------------------------------------
 def test_priorities_sampling_frequencies_and_importance_weights():
     alpha, beta, N = 0.5, 0.7, 24

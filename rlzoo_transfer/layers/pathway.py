@@ -22,6 +22,10 @@ Design choices:
   of shape (B, *S): the weighted outputs are summed (a concatenation followed by a linear map initialised to
   a block-identity would equal this sum), then an optional learnable ``aggregator`` module (default identity)
   maps (B, *S) -> (B, *S').  With ``renormalize=True`` and probability outputs the sum is a mixture.
+  ``log_space=True``: the models output log-probabilities and the mixture is formed in log space,
+  ``y = log sum_i G_bar_i exp(Theta_i(x))`` (a logsumexp over each sample's k activated models), so a loss on
+  ``y`` or on a model's own output keeps its gradient where a probability underflows - a peaked C51 source puts
+  probabilities far below float32's smallest (log p ~ -125), which ``log(clamp(p))`` silences.
 * **State.** ``forward`` returns the aggregated tensor and keeps a :class:`PathwayState` in ``last`` (G(x)
   with its graph, G_bar, per-model rows and outputs) for the losses; ``last_pathway`` (m,) is the detached
   batch-mean G(x) and ``last_load`` (m,) the fraction of the batch routed to each model, for logging.  The
@@ -97,12 +101,14 @@ class HubPathway(nn.Module):
     :param random_pathway: ablation "w/ random path"
     :param explore: ``explore_loss`` returns 0 when False (ablation "w/o explore")
     :param exploit: ``exploit_loss`` returns 0 when False (ablation "w/o exploit")
+    :param log_space: model outputs are log-probabilities; the output is the log of their G_bar-weighted mixture
     """
 
     def __init__(self, models: Sequence[nn.Module], gate_input: nn.Module | None = None,
                  in_features: int | None = None, *, generator: nn.Module | None = None, k: int = 1,
                  aggregator: nn.Module | None = None, renormalize: bool = False, noisy_gate: bool = True,
-                 random_pathway: bool = False, explore: bool = True, exploit: bool = True):
+                 random_pathway: bool = False, explore: bool = True, exploit: bool = True,
+                 log_space: bool = False):
         super().__init__()
         self.models = nn.ModuleList(models)
         m = self.m = len(self.models)
@@ -119,6 +125,7 @@ class HubPathway(nn.Module):
         self.aggregator = aggregator if aggregator is not None else nn.Identity()
         self.k, self.renormalize, self.noisy_gate = k, renormalize, noisy_gate
         self.random_pathway, self.explore, self.exploit = random_pathway, explore, exploit
+        self.log_space = log_space
         self._scratch = _Scratch()
         self.last_pathway: torch.Tensor | None = None
         self.last_load: torch.Tensor | None = None
@@ -172,12 +179,16 @@ class HubPathway(nn.Module):
             else:
                 out = self.models[i](x if n == batch else take_rows(x, r))
                 w = w_all[start:start + n].reshape(n, *([1] * (out.dim() - 1))).to(out.dtype)
-                parts.append(w * out)
+                parts.append(w.clamp_min(torch.finfo(w.dtype).tiny).log() + out if self.log_space else w * out)
             rows.append(r)
             outputs.append(out)
             start += n
         stacked = torch.cat(parts)
-        y = stacked.new_zeros(batch, *stacked.shape[1:]).index_add(0, rows_all, stacked)
+        if self.log_space:   # back to sample-major pairs (B, k, *S), then log sum_j exp over each sample's k
+            pairs = stacked.new_empty(stacked.shape).index_copy(0, order, stacked)
+            y = torch.logsumexp(pairs.reshape(batch, k, *stacked.shape[1:]), dim=1)
+        else:
+            y = stacked.new_zeros(batch, *stacked.shape[1:]).index_add(0, rows_all, stacked)
         self._scratch.last = PathwayState(g, gbar, rows, outputs)
         self.last_pathway = g.detach().mean(0)
         self.last_load = torch.tensor(counts, dtype=g.dtype, device=g.device) / max(batch, 1)
@@ -216,5 +227,6 @@ class HubPathway(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"m={self.m}, k={self.k}, renormalize={self.renormalize}, noisy_gate={self.noisy_gate}, "
-                f"random_pathway={self.random_pathway}, explore={self.explore}, exploit={self.exploit}")
+                f"random_pathway={self.random_pathway}, explore={self.explore}, exploit={self.exploit}, "
+                f"log_space={self.log_space}")
 

@@ -110,15 +110,18 @@ def build_zoo(observation_space, n_actions: int, n_atoms: int = 51, hidden: int 
 
 
 # --- Hub-Pathway --------------------------------------------------------------------------------------------------
-class ProbabilityOutput(nn.Module):
-    """A source policy as a hub model Theta_i: (n, 4, 84, 84) -> atom probabilities (n, A, K)."""
+class SourcePolicy(nn.Module):
+    """A source policy as a hub model Theta_i: (n, 4, 84, 84) -> atom log-probabilities (n, A, K).
+
+    A wrapper only so that parameter names stay ``hub.models.<i>.net.*``, as in checkpoints made before the hub
+    mixed in log space (when this module returned ``exp`` of them)."""
 
     def __init__(self, net: DERNetwork):
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).exp()
+        return self.net(x)
 
 
 GENERATORS = ("torso", "pooled")
@@ -169,6 +172,11 @@ class HubNetwork(nn.Module):
     atom distributions, p(z | s, a) = sum_i G_bar_i(s) p_i(z | s, a); DER's C51 cross-entropy on it is L_task.
     ``auxiliary_loss``: explore_weight * L_explore (eq. 4, trains G) + L_exploit (eq. 5: each activated model's
     own C51 loss on the rows routed to it, PER-weighted, trains Theta_i).
+    Both losses work on log-probabilities all the way (HubPathway ``log_space``: the mixture is a logsumexp of
+    log G_bar_i + log p_i).  Before that (every hub run published up to 2026-12-06) the mixture and each model's
+    output were probabilities, logged as ``log(clamp(p, 1e-8))``: an atom below 1e-8 had no gradient, which on Gopher
+    silenced the exploit loss of the Seaquest source (98 % of its (action, atom) probabilities below 1e-8 on
+    Gopher frames, log p down to -125; Alien 0 %, Jamesbond <= 0.4 %).
     """
 
     def __init__(self, models: list[DERNetwork], source_names: list[str], k: int = 2, explore_weight: float = 0.1,
@@ -177,20 +185,21 @@ class HubNetwork(nn.Module):
         super().__init__()
         m = len(models)
         generator = pathway_generator(generator, m)
-        self.hub = HubPathway([ProbabilityOutput(net) for net in models], generator=generator, k=k,
-                              renormalize=True, random_pathway=random_pathway, explore=explore, exploit=exploit)
+        self.hub = HubPathway([SourcePolicy(net) for net in models], generator=generator, k=k,
+                              renormalize=True, random_pathway=random_pathway, explore=explore, exploit=exploit,
+                              log_space=True)
         self.source_names, self.explore_weight = list(source_names), explore_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hub(x).clamp_min(1e-8).log()
+        return self.hub(x)
 
     def auxiliary_loss(self, ctx) -> dict[str, torch.Tensor]:
         out = {}
         if self.hub.explore and not self.hub.random_pathway:
             out["explore_loss"] = self.explore_weight * self.hub.explore_loss()
         if self.hub.exploit:
-            def loss_fn(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-                return ctx.weights[rows] * ctx.per_sample_loss(probs.clamp_min(1e-8).log(), rows)
+            def loss_fn(log_probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                return ctx.weights[rows] * ctx.per_sample_loss(log_probs, rows)
 
             out["exploit_loss"] = self.hub.exploit_loss(loss_fn)
         return out

@@ -72,6 +72,51 @@ def test_sparse_routing_and_aggregation(k, training):
     torch.testing.assert_close(h.last_load.sum(), torch.tensor(float(k), dtype=DT))
 
 
+class LogSoftmax(nn.Module):
+    """A model whose outputs are log-probabilities over S classes, as peaked as ``scale`` makes them."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return torch.log_softmax(self.scale * self.model(x), -1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_log_space_mixture_is_the_log_of_the_mixture(k):
+    """log_space: y = log sum_i G_bar_i exp(Theta_i(x)), routed sparsely like the linear sum."""
+    torch.manual_seed(1)
+    h = HubPathway([LogSoftmax(m, 1.0) for m in models(3)], nn.Flatten(), D, k=k, renormalize=True,
+                   log_space=True).to(DT).train()
+    x = torch.randn(9, D, dtype=DT)
+    y = h(x)
+    gbar = h.last.gate_topk
+    reference = sum(gbar[:, i:i + 1] * h.models[i](x).exp() for i in range(h.m)).log()
+    torch.testing.assert_close(y, reference)
+    torch.testing.assert_close(y.exp().sum(-1), torch.ones(9, dtype=DT))
+
+
+def test_log_space_keeps_the_gradient_where_probabilities_underflow():
+    """In float32 a peaked model's probabilities underflow (log p ~ -200 < log of the smallest float): the
+    log-space mixture and each model's own loss keep the exact gradient, which log(clamp(exp(.))) loses."""
+    torch.manual_seed(0)
+    peaked = [LogSoftmax(nn.Linear(D, S), 400.0), LogSoftmax(nn.Linear(D, S), 400.0)]
+    h = HubPathway(peaked, nn.Flatten(), D, k=2, renormalize=True, log_space=True).eval()
+    x = torch.randn(6, D)
+    target = torch.full((6, S), 1.0 / S)   # mass on every class, also where the models put ~0
+    y = h(x)
+    assert (h.last.outputs[0] < -150).any() and torch.isfinite(y).all()
+    loss_fn = lambda out, rows: -(target[rows] * out).sum(-1)   # noqa: E731 - each model's own cross-entropy
+    grads = torch.autograd.grad(h.exploit_loss(loss_fn), list(h.models[0].parameters()))
+    own = -(target * peaked[0](x)).sum(-1).sum() / 6
+    for got, want in zip(grads, torch.autograd.grad(own, list(peaked[0].parameters()))):
+        torch.testing.assert_close(got, want)
+        assert want.abs().max() > 1
+    mixture_grads = torch.autograd.grad(-(target * h(x)).sum(), list(h.models[0].parameters()))
+    assert all(torch.isfinite(g).all() for g in mixture_grads) and max(g.abs().max() for g in mixture_grads) > 0
+
+
 def test_noise_only_in_training_and_top_k_of_g():
     h = hub()
     x = torch.randn(6, D, dtype=DT)

@@ -354,6 +354,32 @@ def test_hub_output_is_the_mixture_of_the_source_policies(built, frames):
     torch.testing.assert_close(random.exp(), (sources[0] + sources[1]) / 2, rtol=0, atol=1e-6)
 
 
+def test_hub_exploit_loss_trains_a_peaked_source(built, frames):
+    """On Gopher frames the Seaquest source puts most (action, atom) probabilities below 1e-8 (log p down to ~-125):
+    the hub once took log(clamp(p, 1e-8)), and the exploit loss (eq. 5) gave that source no gradient.  Now its
+    gradient is its own C51 cross-entropy's, as for the source network alone."""
+    net = copy.deepcopy(built("Gopher", "hub").policy.q_net).eval()
+    alone = copy.deepcopy(built("Gopher", "finetune", "Seaquest").policy.q_net).eval()
+    x = frames["Gopher"]
+    with torch.no_grad():
+        assert (alone(x) < math.log(1e-8)).float().mean() > 0.5
+    target = torch.full((len(x), K), 1.0 / K)   # mass on every atom of action 0
+
+    def cross_entropy(log_probs, rows):
+        return -(target[rows] * log_probs[:, 0]).sum(-1)
+
+    net(x)
+    seaquest = net.hub.models[SOURCES.index("Seaquest")].net
+    got = torch.autograd.grad(net.hub.exploit_loss(cross_entropy), list(seaquest.parameters()), allow_unused=True)
+    want = torch.autograd.grad(cross_entropy(alone(x), torch.arange(len(x))).sum() / len(x),
+                               list(alone.parameters()), allow_unused=True)   # eval: the noise scales are unused
+    assert [g is None for g in got] == [w is None for w in want]
+    for g, w in zip(got, want):
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert max(w.abs().max() for w in want if w is not None) > 1e-2
+
+
 def test_hub_pooled_generator_is_cheaper_and_trains(envs, frames):
     """``-p generator=pooled``: a ~20x cheaper pathway generator; same mixture output, and it learns."""
     torso = pathway_generator("torso", 2)

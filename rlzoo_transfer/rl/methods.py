@@ -245,6 +245,9 @@ class KnowledgeFlowNetwork(nn.Module):
     identity at init); theta^l starts at 0 (equal weights).  The dependency loss
     lambda(t) * sum_l sum_{i>=1} w_i^l, lambda(t) = dependency_weight * progress, drives the teacher weights to 0
     over training, so the student becomes independent.  At evaluation (eval mode) only the student computes.
+    Not implemented: the paper's second regulariser, a Kullback-Leibler term on the student's output besides the
+    dependency loss (found missing on 2026-12-06 in a review; the paper is not among this project's references,
+    so its exact form is to be taken from the paper before it is added - every kflow run so far lacks it).
     """
 
     def __init__(self, student: DERNetwork, teachers: list[DERNetwork], source_names: list[str],

@@ -18,8 +18,8 @@ from rlzoo_transfer.atomic import write_atomic
 from rlzoo_transfer.envs import make_env
 from rlzoo_transfer.games import action_meanings
 from rlzoo_transfer.provenance import git_commit, versions
-from rlzoo_transfer.rl.methods import _zoo_state_dicts
 from rlzoo_transfer.rl.policies import DERNetwork
+from rlzoo_transfer.zoo import load_zoo
 
 GAMES, SOURCES = ("Alien", "Gopher", "Jamesbond"), ("Seaquest", "Riverraid")
 
@@ -41,9 +41,9 @@ def main() -> None:
     rows = []
     for game in GAMES:
         x, n = frames(game), len(action_meanings(game))
-        _, sds = _zoo_state_dicts(n, 51, 256, 0.1, game, list(SOURCES), None, False)
+        sds = load_zoo(list(SOURCES), DERNetwork(n), action_meanings(game), n_atoms=51)
         for source, sd in zip(SOURCES, sds):
-            net = DERNetwork(n, 51, 256, 0.1)
+            net = DERNetwork(n)   # DER's defaults: 51 atoms, hidden 256, sigma0 0.1
             net.load_state_dict(sd)
             with torch.no_grad():
                 log_p = net.eval()(x)

@@ -21,8 +21,8 @@ from rlzoo_transfer.enjoy import read_policy_weights
 from rlzoo_transfer.envs import make_env
 from rlzoo_transfer.games import action_meanings
 from rlzoo_transfer.provenance import git_commit, versions
-from rlzoo_transfer.yamlfile import load as load_yaml
 from rlzoo_transfer.rl.policies import DERNetwork
+from rlzoo_transfer.yamlfile import load as load_yaml
 from rlzoo_transfer.zoo import load_zoo
 
 GAMES, SOURCES = ("Alien", "Gopher", "Jamesbond"), ("Seaquest", "Riverraid")

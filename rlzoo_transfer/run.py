@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import yaml
 
+from rlzoo_transfer import yamlfile
 from rlzoo_transfer.config import ConfigError, load_config, split_config
 from rlzoo_transfer.envs import make_env
 from rlzoo_transfer.games import action_meanings, resolve_game
@@ -130,18 +131,26 @@ class PreparedRun:
         return self.spec.steps - self.model.num_timesteps
 
 
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/config.yml`` as a mapping, or None where it is absent, unreadable, not YAML or not a mapping (a hand
+    edit): it is the run's record, while --resume needs only the checkpoint, so callers go on without it."""
+    try:
+        config = yamlfile.load(run_dir / "config.yml", ValueError)
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def record_resume(run_dir: Path, step: int, command: str) -> None:
     """Append ``{step, commit, versions, command, time}`` to ``config.yml``'s ``resumes`` (rewritten atomically): the
     run's steps after ``step`` were trained by this code, which need not be the commit it started at."""
-    path = run_dir / "config.yml"
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    config = recorded_config(run_dir)
+    if config is None:
         return   # no readable record to extend: the checkpoint and evaluations are what --resume needs
     config["resumes"] = list(config.get("resumes") or []) + [{
         "step": int(step), "commit": git_commit(), "versions": versions(), "command": command,
         "time": time.strftime("%Y-%m-%d %H:%M:%S")}]
-    write_atomic(path, yaml.safe_dump(config, sort_keys=False))
+    write_atomic(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
 
 
 #: Settings a resumed run must share with its start (``config.yml``): the checkpoint carries the model's own
@@ -154,12 +163,12 @@ def check_resume_settings(run_dir: Path, spec: RunSpec, config: dict[str, Any]) 
     """RunError naming the first setting (a hyperparameter after ``-p`` overrides, or one of
     :data:`RESUME_SETTINGS`) that differs from what ``run_dir/config.yml`` recorded at the start.  Keys only one side
     has (a hyperparameter added or removed since the run started) are not compared: neither value is wrong."""
-    try:
-        started = yaml.safe_load((run_dir / "config.yml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+    started = recorded_config(run_dir)
+    if started is None:
         return   # no readable record to compare with: the checkpoint is what --resume needs
+    hyperparams = started.get("hyperparams")
     was = {**{k: started.get(k) for k in RESUME_SETTINGS if k in started},
-           **{f"-p {k}": v for k, v in (started.get("hyperparams") or {}).items()}}
+           **{f"-p {k}": v for k, v in (hyperparams if isinstance(hyperparams, dict) else {}).items()}}
     now = {**{k: getattr(spec, k) for k in RESUME_SETTINGS}, **{f"-p {k}": v for k, v in config.items()}}
     for key in now:
         if key in was and was[key] != now[key]:   # a key one side lacks: code of another time, not compared

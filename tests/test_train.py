@@ -168,6 +168,29 @@ def test_resume_with_an_unreadable_curve_is_a_clear_error(finished, tmp_path, ca
     assert (copy / "evaluations.csv").read_bytes() == content and not (copy / "final.json").exists()
 
 
+@pytest.mark.parametrize("content", ["- a list\n- not a mapping\n", "game: Alien\nhyperparams: [1, 2]\n", "a: [\n"])
+def test_resume_with_a_damaged_config_yml_resumes_from_the_checkpoint(finished, tmp_path, capsys, content):
+    """config.yml is the run's record, not what --resume needs (the checkpoint is): a hand-edited one that is not
+    valid YAML, or valid YAML of another shape, was an AttributeError traceback on a list; now the run resumes and
+    finishes (a mapping gets its resume recorded, anything else is left as it was)."""
+    run, args, _ = finished
+    log = tmp_path / "runs"
+    copy = log / GAME / "scratch" / "seed0"
+    shutil.copytree(run, copy)
+    (copy / "final.json").unlink()
+    (copy / "config.yml").write_text(content)
+    args = [a if a != str(run.parent.parent.parent) else str(log) for a in args]
+    rc, err = run_main([*args, "--resume"], capsys)
+    assert rc == 0 and f"resuming {copy} from step 400" in err and "Traceback" not in err, err
+    assert (copy / "final.json").exists()
+    after = (copy / "config.yml").read_text()
+    if content.startswith("game:"):   # a mapping: the resume is recorded, the rest kept
+        recorded = yaml.safe_load(after)
+        assert recorded.pop("resumes")[0]["step"] == 400 and recorded == yaml.safe_load(content)
+    else:
+        assert after == content
+
+
 def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
     log = tmp_path / "runs"
     args = ["--game", GAME, "--steps", "150", "--eval-freq", "150", "--log-dir", str(log), *TINY, "--resume"]

@@ -232,6 +232,19 @@ def test_rsa_self_is_one_and_noise_is_near_zero(digits, noise):
     assert rsa(x, x + 5.0 * z) > rsa(x, z)
 
 
+def test_rsa_is_spearman_of_the_rdms_upper_triangles(digits, noise):
+    """Against an independent computation (1 - np.corrcoef for the RDMs, scipy's spearmanr / pearsonr): the default
+    is the paper's rank correlation, not Pearson's, which differs by far more than the tolerance here."""
+    x, z = digits[0][:120], noise[:120]
+    y = (np.exp(x / 4.0) + 3.0 * z)[:, :40]   # a nonlinear, noisy view of the same images, of another width
+    iu = np.triu_indices(len(x), k=1)
+    da, db = (1.0 - np.corrcoef(x))[iu], (1.0 - np.corrcoef(y))[iu]
+    spearman, pearson = stats.spearmanr(da, db).statistic, stats.pearsonr(da, db).statistic
+    assert abs(spearman - pearson) > 0.02
+    assert rsa(x, y) == pytest.approx(spearman, abs=1e-9)
+    assert rsa(x, y, method="pearson") == pytest.approx(pearson, abs=1e-9)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Domain similarity / EMD
 # ------------------------------------------------------------------------------------------------------------

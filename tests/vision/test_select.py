@@ -81,6 +81,12 @@ def test_lgc_gradients_are_per_sample_gradients_of_the_outputs():
             assert np.allclose(g[i, c * w.numel():(c + 1) * w.numel()], w.grad.reshape(-1).numpy(), atol=1e-5)
     sk = lgc_gradients(net, x, probes=10, proj_dim=64)               # sketched: the same kernel on average
     assert sk.shape == (5, 64)
+    kernels = np.stack([(lambda s: s @ s.T)(lgc_gradients(net, x, probes=10, proj_dim=64, seed=seed))
+                        for seed in range(60)])                       # (60, 5, 5), one count sketch per seed
+    exact = g @ g.T
+    sem = kernels.std(0) / np.sqrt(len(kernels))
+    assert np.all(np.abs(kernels.mean(0) - exact) < 4 * sem + 1e-6 * np.abs(exact).max())
+    assert np.abs(kernels.mean(0) - exact).max() < 0.2 * np.abs(exact).max()
 
 
 def test_count_sketch_preserves_inner_products_in_expectation():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rlzoo_transfer.select import main
+from rlzoo_transfer.selection import spearman, trials_to_best
 from rlzoo_transfer.vision.data import Split, digits_images, write_image_folder
 from rlzoo_transfer.vision.model_selection import (CountSketch, last_conv_name, lgc_gradients, parse_accuracies,
                                                    sample_per_class)
@@ -51,6 +52,12 @@ def test_select_cli_ranks_and_judges(tiny, tmp_path, capsys):
     j = res["judgement"]["lfc"]
     assert -1 <= j["spearman"] <= 1 and 1 <= j["trials_to_best"] <= 4
     assert res["judgement"]["leep"]["spearman"] is None        # one model lacks a head: not comparable
+    acc = {**dict(zip(paths, (70.0, 90.0, 80.0))), headless: 60.0}
+    for s in ("lfc", "logme", "h_score"):                      # headless too: rankings and judgement of all 4
+        by_model = {m: r[s] for m, r in res["scores"].items()}
+        assert res["rankings"][s] == sorted(by_model, key=by_model.get, reverse=True)
+        assert res["judgement"][s]["spearman"] == pytest.approx(spearman(by_model, acc))
+        assert res["judgement"][s]["trials_to_best"] == trials_to_best(by_model, acc)
     assert res["environment"]["commit"] is None or len(res["environment"]["commit"]) == 40
 
 

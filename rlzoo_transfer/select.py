@@ -24,7 +24,9 @@ Checkpoints without a classifier head (e.g. MoCo or detection backbones) get ``n
 With ``--accuracies`` (measured fine-tuning accuracies, keyed by the checkpoint as given, its file name or its
 stem) each score's ranking is judged by its Spearman correlation with the accuracies, the number of models
 fine-tuned in score order before reaching the best one (trials to best, Fig. 6a), and the best accuracy among
-its top 3 (Fig. 4).  Bad input is one line on stderr and exit status 2.
+its top 3 (Fig. 4); a score that some model lacks (leep, nce and lgc when one checkpoint has no head) is not
+judged (``null``), since over a subset of the zoo its correlation would not compare with the other scores'.  Bad
+input is one line on stderr and exit status 2.
 
 This module is the CLI (torch-free until its arguments parse: ``--help`` answers at once); the scores' inputs
 and the ranking are vision/model_selection.py's, the scores themselves selection/'s.

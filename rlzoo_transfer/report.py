@@ -274,9 +274,11 @@ def report_seeds_section(finals: dict, games: list[str], baseline: str, ns: Sequ
     return ["## Seeds needed", "",
             "Seed-to-seed standard deviation of the final score, pooled over every method with >= 2 complete seeds "
             "(degrees of freedom in brackets), and the smallest difference of two methods' mean final scores that a "
-            "two-sided two-sample t-test at 5 % detects with 80 % power at n seeds a side (noncentral t); in "
-            f"brackets as a share of `{baseline}`'s mean. A true difference smaller than this is missed more than "
-            "one time in five.",
+            "two-sided two-sample t-test at 5 % detects with 80 % power at n seeds a side (Student's, equal "
+            "variances; noncentral t); in brackets as a share of "
+            f"`{baseline}`'s mean. A true difference smaller than this is missed more than one time in five. "
+            "Welch's test, which the tables above use, estimates its degrees of freedom and has less power with few "
+            "seeds, so at n = 3-5 these are lower bounds on what it detects.",
             "", *md_table(["game", "pooled std (dof)", *(f"detectable at n = {n}" for n in ns)], rows), ""]
 
 

@@ -333,10 +333,11 @@ def welch_difference(x: Sequence[float], y: Sequence[float], confidence: float =
     ``se = sqrt(s_x^2 / n_x + s_y^2 / n_y)`` (sample variances, ddof=1), Welch-Satterthwaite degrees of freedom
     ``nu = se^4 / ((s_x^2/n_x)^2 / (n_x-1) + (s_y^2/n_y)^2 / (n_y-1))``, interval ``diff +- t(1-(1-c)/2, nu) se``,
     ``p = 2 P(T_nu > |diff| / se)``; for ``alternative="greater"`` (the one-sided test of "mean x > mean y") ``p =
-    P(T_nu > diff / se)`` (the interval stays two-sided).  With no spread on either side (se = 0) the interval is
-    the point and p is 0 for a difference in the tested direction, 1 otherwise.
+    P(T_nu > diff / se)`` (the interval stays two-sided; ``bound = diff - t(c, nu) se`` is the one-sided lower
+    confidence bound that matches it: p < 1 - c exactly when bound > 0).  With no spread on either side (se = 0) the
+    interval and bound are the point and p is 0 for a difference in the tested direction, 1 otherwise.
 
-    :return: ``dict(diff, low, high, p, dof, n_x, n_y)``
+    :return: ``dict(diff, low, high, bound, p, dof, n_x, n_y)``
     :raises ValueError: a side with fewer than 2 values (no variance to estimate)
     """
     from scipy import stats
@@ -350,11 +351,14 @@ def welch_difference(x: Sequence[float], y: Sequence[float], confidence: float =
     se = math.sqrt(vx + vy)
     if se == 0.0:
         shown = diff > 0.0 if alternative == "greater" else diff != 0.0
-        return dict(diff=diff, low=diff, high=diff, p=float(not shown), dof=float("nan"), n_x=len(x), n_y=len(y))
+        return dict(diff=diff, low=diff, high=diff, bound=diff, p=float(not shown), dof=float("nan"), n_x=len(x),
+                    n_y=len(y))
     dof = se ** 4 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
     half = float(stats.t.ppf(1 - (1 - confidence) / 2, dof)) * se
+    bound = diff - float(stats.t.ppf(confidence, dof)) * se
     p = float(stats.t.sf(diff / se, dof) if alternative == "greater" else 2 * stats.t.sf(abs(diff) / se, dof))
-    return dict(diff=diff, low=diff - half, high=diff + half, p=p, dof=float(dof), n_x=len(x), n_y=len(y))
+    return dict(diff=diff, low=diff - half, high=diff + half, bound=bound, p=p, dof=float(dof), n_x=len(x),
+                n_y=len(y))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -65,6 +65,19 @@ def test_one_sided_power_and_welch_hand_values():
         scores.welch_difference(x, y, alternative="less")
 
 
+def test_welch_one_sided_bound_is_scipys_and_agrees_with_the_test():
+    """The confirmatory report's bound: scipy's one-sided Welch interval, > 0 exactly when p < alpha."""
+    from scipy import stats
+    rng = np.random.default_rng(3)
+    for shift in (0.0, 0.8, 1.5, 3.0):
+        x, y = rng.normal(shift, 1.0, 8), rng.normal(0.0, 2.0, 8)
+        for conf in (0.95, 0.9):
+            r = scores.welch_difference(x, y, confidence=conf, alternative="greater")
+            ref = stats.ttest_ind(x, y, equal_var=False, alternative="greater")
+            assert r["bound"] == pytest.approx(ref.confidence_interval(conf).low, rel=1e-9)
+            assert (r["bound"] > 0) == (r["p"] < 1 - conf)
+
+
 def test_register_records_protocol_and_planning(explore, tmp_path):
     reg = confirm.register("jamesbond", "hub", "scratch", [100, 101, 102, 103], "greater", 0.05, [explore],
                            [tmp_path / "runs"])

@@ -446,8 +446,8 @@ def test_welch_difference_by_hand():
     half = stats.t.ppf(0.975, 50 / 17) * np.sqrt(5 / 3)
     assert (w["low"], w["high"]) == pytest.approx((-2 - half, -2 + half))
     assert w["p"] == pytest.approx(stats.ttest_ind([1, 2, 3], [2, 4, 6], equal_var=False).pvalue)
-    assert scores.welch_difference([5, 5], [3, 3]) == dict(diff=2.0, low=2.0, high=2.0, p=0.0, dof=pytest.approx(
-        float("nan"), nan_ok=True), n_x=2, n_y=2)
+    assert scores.welch_difference([5, 5], [3, 3]) == dict(diff=2.0, low=2.0, high=2.0, bound=2.0, p=0.0,
+                                                           dof=pytest.approx(float("nan"), nan_ok=True), n_x=2, n_y=2)
     with pytest.raises(ValueError, match=">= 2 values"):
         scores.welch_difference([1.0], [1.0, 2.0])
 

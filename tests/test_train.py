@@ -125,16 +125,22 @@ def test_resume_of_a_finished_run_redoes_nothing(finished, capsys):
     assert files() == before
 
 
-def test_resume_with_other_settings_is_refused(finished, tmp_path, capsys):
-    """A resumed model keeps its checkpoint's hyperparameters, so ``--resume -p learning_rate=...`` changed nothing
-    in training while the run's evaluation took the new values, silently; now every hyperparameter and evaluation
-    setting must match config.yml (exit 2, one line naming it, the run folder untouched).  --steps may differ."""
+def unfinished_copy(finished, tmp_path: Path) -> tuple[Path, list[str]]:
+    """The finished run copied to ``tmp_path/runs`` without its final.json (its checkpoint is at step 400), and the
+    train arguments that point at the copy."""
     run, args, _ = finished
     log = tmp_path / "runs"
     copy = log / GAME / "scratch" / "seed0"
     shutil.copytree(run, copy)
-    (copy / "final.json").unlink()     # unfinished: its checkpoint is at step 400
-    args = [a if a != str(run.parent.parent.parent) else str(log) for a in args]
+    (copy / "final.json").unlink()
+    return copy, [a if a != str(run.parent.parent.parent) else str(log) for a in args]
+
+
+def test_resume_with_other_settings_is_refused(finished, tmp_path, capsys):
+    """A resumed model keeps its checkpoint's hyperparameters, so ``--resume -p learning_rate=...`` changed nothing
+    in training while the run's evaluation took the new values, silently; now every hyperparameter and evaluation
+    setting must match config.yml (exit 2, one line naming it, the run folder untouched).  --steps may differ."""
+    copy, args = unfinished_copy(finished, tmp_path)
     before = (copy / "config.yml").read_text()
     for other, named in ((["-p", "learning_rate=2e-4"], "-p learning_rate is 0.0002, was 0.0001"),
                          (["-p", "buffer_size=3000"], "-p buffer_size is 3000, was 2000"),
@@ -154,13 +160,8 @@ def test_resume_with_other_settings_is_refused(finished, tmp_path, capsys):
 def test_resume_with_an_unreadable_curve_is_a_clear_error(finished, tmp_path, capsys, content):
     """A hand-edited or damaged evaluations.csv made --resume end in a KeyError traceback after loading the
     checkpoint; now one line before anything loads, the file left as it is."""
-    run, args, _ = finished
-    log = tmp_path / "runs"
-    copy = log / GAME / "scratch" / "seed0"
-    shutil.copytree(run, copy)
-    (copy / "final.json").unlink()
+    copy, args = unfinished_copy(finished, tmp_path)
     (copy / "evaluations.csv").write_bytes(content)
-    args = [a if a != str(run.parent.parent.parent) else str(log) for a in args]
     rc, err = run_main([*args, "--resume"], capsys)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
@@ -173,13 +174,8 @@ def test_resume_with_a_damaged_config_yml_resumes_from_the_checkpoint(finished, 
     """config.yml is the run's record, not what --resume needs (the checkpoint is): a hand-edited one that is not
     valid YAML, or valid YAML of another shape, was an AttributeError traceback on a list; now the run resumes and
     finishes (a mapping gets its resume recorded, anything else is left as it was)."""
-    run, args, _ = finished
-    log = tmp_path / "runs"
-    copy = log / GAME / "scratch" / "seed0"
-    shutil.copytree(run, copy)
-    (copy / "final.json").unlink()
+    copy, args = unfinished_copy(finished, tmp_path)
     (copy / "config.yml").write_text(content)
-    args = [a if a != str(run.parent.parent.parent) else str(log) for a in args]
     rc, err = run_main([*args, "--resume"], capsys)
     assert rc == 0 and f"resuming {copy} from step 400" in err and "Traceback" not in err, err
     assert (copy / "final.json").exists()

@@ -93,8 +93,7 @@ def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
     stream = BatchStream(train_ds, cfg.batch_size, seed=cfg.seed, workers=cfg.workers)
     loss_fn = lambda net, x, y: objective(net, net(x), y, cross_entropy_per_sample, cfg.hub_lambda)  # noqa: E731
     state, metrics = train_run(cfg, config, model, optimizer, scheduler, stream, cfg.iters, loss_fn, device,
-                               lambda: evaluate_classifier(model, test_ds, device),
-                               ("data", "zoo", "method", "arch", "width", "iters", "batch_size", "seed"))
+                               lambda: evaluate_classifier(model, test_ds, device))
     infer = inference_model(model)
     results = {
         "method": cfg.method, "arch": cfg.arch, "data": cfg.data, "zoo": list(cfg.zoo), "seed": cfg.seed,

@@ -57,14 +57,24 @@ def nme(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
     return np.linalg.norm(p - t, axis=-1).mean(-1) / iod
 
 
+#: The named mirror maps and the number of landmarks each is for.
+NAMED_FLIP_PAIRS = {"300w": (FLIP_PAIRS_300W, 68), "synthetic": (FLIP_PAIRS_SYNTHETIC, 5)}
+
+
 def parse_flip_pairs(spec: str | None, k: int | None = None) -> list[tuple[int, int]]:
-    """``"300w"``, ``"synthetic"``, ``"none"``, ``"0-1,3-4"`` or a file with one ``i j`` pair per line."""
+    """``"300w"``, ``"synthetic"``, ``"none"``, ``"0-1,3-4"`` or a file with one ``i j`` pair per line.
+
+    A named map is refused for another number of landmarks ``k``: 300W's pairs are valid indices of WFLW's 98
+    points too, but mirror other points there, so a flipped training image would get wrong labels.
+    """
     if spec is None or spec == "none":
         return []
-    if spec == "300w":
-        pairs = list(FLIP_PAIRS_300W)
-    elif spec == "synthetic":
-        pairs = list(FLIP_PAIRS_SYNTHETIC)
+    if spec in NAMED_FLIP_PAIRS:
+        pairs, points = NAMED_FLIP_PAIRS[spec]
+        if k is not None and k != points:
+            raise ValueError(f"--flip-pairs {spec} is the mirror map of {points} landmarks, the data have {k}: give "
+                             "the data set's own pairs ('i-j,k-l,...' or a file of 'i j' lines), or --flip-pairs none")
+        pairs = list(pairs)
     elif Path(spec).is_file():
         pairs = []
         for line in Path(spec).read_text().splitlines():

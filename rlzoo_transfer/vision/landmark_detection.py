@@ -141,8 +141,7 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
     stream = BatchStream(train_ds, cfg.batch_size, seed=cfg.seed, workers=cfg.workers)
     loss_fn = lambda net, x, y: objective(net, net(x), y, heatmap_mse, cfg.hub_lambda)  # noqa: E731
     state, metrics = train_run(cfg, config, model, optimizer, scheduler, stream, iters, loss_fn, device,
-                               lambda: evaluate_landmarks(model, test_ds, eyes, device),
-                               ("data", "zoo", "method", "arch", "width", "iterations", "batch_size", "seed"))
+                               lambda: evaluate_landmarks(model, test_ds, eyes, device))
     results = {
         "method": cfg.method, "arch": cfg.arch, "data": cfg.data, "zoo": list(cfg.zoo), "seed": cfg.seed,
         "nme": metrics["nme"], "nme_percent": 100 * metrics["nme"], "failure_rate": metrics["failure_rate"],

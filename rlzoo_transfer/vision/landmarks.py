@@ -77,7 +77,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--scale", type=float, nargs=2, default=list(d.scale), help="scale range (default 0.75 1.25)")
     p.add_argument("--box-scale", type=float, default=d.box_scale, help="face box = landmarks' box x this")
     p.add_argument("--flip-pairs", default=d.flip_pairs,
-                   help="300w | synthetic | none | 'i-j,k-l,...' | a file of 'i j' lines (default 300w)")
+                   help="300w (68 points) | synthetic (5) | none | 'i-j,k-l,...' | a file of 'i j' lines "
+                        "(default 300w)")
     p.add_argument("--eyes", type=int, nargs=2, default=None, help="inter-ocular landmark indices for NME")
     add_run_args(p, d)
     return p

@@ -171,9 +171,15 @@ def make_checkpointer(path: Path, model, optimizer, scheduler, stream, config: d
     return save
 
 
+#: Config keys a resumed run may change: where and how it runs and reports, not what it trains.
+MAY_DIFFER_ON_RESUME = frozenset({"out", "resume", "sha256", "save_every", "log_every", "eval_every", "device",
+                                  "workers", "threads", "tensorboard", "progress"})
+
+
 def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, keys: Sequence[str]) -> FitState:
     """Restore a run from its ``checkpoint.pt`` (read with ``weights_only=True``); ValueError if the file is not a
-    checkpoint this code wrote, or was made with another value of one of ``keys``."""
+    checkpoint this code wrote, or was made with another value of one of ``keys`` (a key the checkpoint lacks, from an
+    older version, is not compared)."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         missing = [k for k in CHECKPOINT_KEYS if k not in ck] + ([] if "numpy_key" in ck.get("rng", {}) else ["rng"])
@@ -184,10 +190,14 @@ def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, k
                          f"{str(e).splitlines()[0] if str(e) else ''}); delete it or use another --out") from None
     saved = ck["config"]
     for k in keys:
-        if saved.get(k) != config.get(k):
-            raise ValueError(f"{path}: made with {k}={saved.get(k)!r}, this run has {config.get(k)!r}; "
-                             "use another --out or drop --resume")
-    model.load_state_dict(ck["model"])
+        if k in saved and saved[k] != config.get(k):
+            raise ValueError(f"{path}: made with {k}={saved[k]!r}, this run has {config.get(k)!r}; resume with the "
+                             "run's own settings (its config.json), use another --out, or drop --resume")
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:   # weights of another network (a setting this version does not record)
+        raise ValueError(f"{path}: its weights do not fit this run's network ({str(e).splitlines()[0]}); use "
+                         "another --out or drop --resume") from None
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
     stream.load_state(ck["stream"])
@@ -204,24 +214,25 @@ def open_writer(out: Path, enabled: bool):
 
 
 def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, stream: BatchStream, iters: int,
-              loss_fn: Callable, device: torch.device, evaluate_model: Callable[[], dict],
-              resume_keys: Sequence[str]) -> tuple[FitState, dict]:
-    """The common life of a fine-tuning run in ``cfg.out``: write ``config.json``, resume from ``checkpoint.pt``
-    (``cfg.resume``; the ``resume_keys`` of ``config`` must match), :func:`fit` to ``iters`` with checkpoints and
+              loss_fn: Callable, device: torch.device, evaluate_model: Callable[[], dict]) -> tuple[FitState, dict]:
+    """The common life of a fine-tuning run in ``cfg.out``: resume from ``checkpoint.pt`` (``cfg.resume``; every key
+    of ``config`` but :data:`MAY_DIFFER_ON_RESUME` must match the checkpoint's), write ``config.json``, :func:`fit`
+    to ``iters`` with checkpoints and
     test evaluations (``evaluate_model()`` -> metrics, logged as ``test/<name>``), a last checkpoint and the final
     evaluation.  SIGINT / SIGTERM (:mod:`rlzoo_transfer.stop`) end the run after the iteration in progress with a
     checkpoint there and raise :class:`RunIncomplete`; ``--resume`` continues it exactly.  Returns the fit state and
     the final metrics."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {"config": config, "environment": environment()})
     ck_path = out / "checkpoint.pt"
     state = FitState()
     if cfg.resume and ck_path.exists():
+        keys = [k for k in config if k not in MAY_DIFFER_ON_RESUME]
         try:
-            state = resume_from(ck_path, model, optimizer, scheduler, stream, config, resume_keys)
+            state = resume_from(ck_path, model, optimizer, scheduler, stream, config, keys)
         except ValueError as e:
             raise UsageError(str(e)) from e
+    write_json(out / "config.json", {"config": config, "environment": environment()})   # after: a refusal keeps it
     checkpoint = make_checkpointer(ck_path, model, optimizer, scheduler, stream, config)
     writer = open_writer(out, cfg.tensorboard)
 

@@ -96,6 +96,18 @@ def test_resume_after_a_crash_continues_exactly(digits, sources, tmp_path, monke
     assert straight["top1"] == resumed["top1"]
     with pytest.raises(classification.UsageError, match="made with method='zoo-lite'"):
         run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True, **(common | {"method": "zoo"})))
+    # every training setting counts (the optimiser state comes from the checkpoint, so a new --lr would be recorded
+    # in config.json but not used); a refusal leaves config.json as it was; how the run reports may change
+    recorded = (tmp_path / "b" / "config.json").read_text()
+    for change, named in (({"lr": 0.5}, "made with lr=0.01, this run has 0.5"),
+                          ({"no_align": True}, "made with no_align=False, this run has True"),
+                          ({"weight_decay": 1e-3}, "made with weight_decay=0.0")):
+        with pytest.raises(classification.UsageError, match=named.replace("(", r"\(")):
+            run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True, **(common | change)))
+        assert (tmp_path / "b" / "config.json").read_text() == recorded
+    again = run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True,
+                                              **(common | {"log_every": 3, "threads": 1, "eval_every": 0})))
+    assert again["iterations"] == 8
 
 
 def test_csv_list_format(digits, tmp_path):

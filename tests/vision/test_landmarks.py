@@ -89,6 +89,11 @@ def test_pts_and_csv_readers(tmp_path, faces):
 def test_flips_swap_left_and_right():
     assert parse_flip_pairs("300w", 68) == FLIP_PAIRS_300W and len(FLIP_PAIRS_300W) == 29
     assert parse_flip_pairs("0-1,3-4", 5) == FLIP_PAIRS_SYNTHETIC
+    # 300W's pairs are valid indices of WFLW's 98 points but mirror other points there: a named map fits its K only
+    with pytest.raises(ValueError, match="mirror map of 68 landmarks, the data have 98"):
+        parse_flip_pairs("300w", 98)
+    with pytest.raises(ValueError, match="mirror map of 5 landmarks, the data have 68"):
+        parse_flip_pairs("synthetic", 68)
     assert flip_permutation(5, FLIP_PAIRS_SYNTHETIC) == [1, 0, 2, 4, 3]
     perm68 = flip_permutation(68, FLIP_PAIRS_300W)
     assert sorted(perm68) == list(range(68)) and perm68[36] == 45 and perm68[30] == 30   # nose tip stays
@@ -153,6 +158,8 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
                            (["--sigma", "0"], "--sigma 0.0 (must be > 0)"),
                            (["--heatmap-stride", "-1"], "--heatmap-stride -1 (must be > 0)"),
                            (["--device", "tpu"], "unknown device 'tpu'"),
+                           (["--flip-pairs", "300w"], "--flip-pairs 300w is the mirror map of 68 landmarks, the data "
+                                                      "have 5"),
                            (["--arch", "resnet34"], "unknown --arch 'resnet34'; choose from resnet18, resnet50, "
                                                     "small")):
         assert main(argv + ["--method", "scratch", "--out", str(tmp_path / "bad3"), *extra]) == 2

@@ -217,11 +217,10 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
               loss_fn: Callable, device: torch.device, evaluate_model: Callable[[], dict]) -> tuple[FitState, dict]:
     """The common life of a fine-tuning run in ``cfg.out``: resume from ``checkpoint.pt`` (``cfg.resume``; every key
     of ``config`` but :data:`MAY_DIFFER_ON_RESUME` must match the checkpoint's), write ``config.json``, :func:`fit`
-    to ``iters`` with checkpoints and
-    test evaluations (``evaluate_model()`` -> metrics, logged as ``test/<name>``), a last checkpoint and the final
-    evaluation.  SIGINT / SIGTERM (:mod:`rlzoo_transfer.stop`) end the run after the iteration in progress with a
-    checkpoint there and raise :class:`RunIncomplete`; ``--resume`` continues it exactly.  Returns the fit state and
-    the final metrics."""
+    to ``iters`` with checkpoints and test evaluations (``evaluate_model()`` -> metrics, logged as ``test/<name>``),
+    a last checkpoint and the final evaluation.  SIGINT / SIGTERM (:mod:`rlzoo_transfer.stop`) end the run after the
+    iteration in progress with a checkpoint there and raise :class:`RunIncomplete`; ``--resume`` continues it
+    exactly.  Returns the fit state and the final metrics."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ck_path = out / "checkpoint.pt"

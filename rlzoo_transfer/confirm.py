@@ -279,9 +279,8 @@ def evaluate(reg: Registration, runs: Iterable[Run], path: Path | None = None) -
     result = None
     if complete:
         finals = {arm: [c.run.final_mean for c in cells if c.arm == arm] for arm in reg.arms}
-        result = scores.welch_difference(finals[reg.method], finals[reg.baseline], alternative=reg.alternative)
-        result["bound"] = scores.welch_difference(finals[reg.method], finals[reg.baseline],   # at the test's level
-                                                  confidence=1 - reg.alpha)["bound"]
+        result = scores.welch_difference(finals[reg.method], finals[reg.baseline], confidence=1 - reg.alpha,
+                                         alternative=reg.alternative)   # intervals at the test's level
         result["rejected"] = result["p"] < reg.alpha
     return dict(cells=cells, complete=complete, result=result)
 
@@ -326,9 +325,10 @@ def section_lines(reg: Registration, path: Path, runs: list[Run]) -> list[str]:
     else:
         verdict = ("**confirmed**" if r["rejected"] else "**not confirmed**") + (
             " (with deviations)" if deviations else "")
-        bound = (f"; the one-sided {1 - reg.alpha:.0%} bound that matches the test: > {r['bound']:+.1f}"
+        level = f"{100 * (1 - reg.alpha):g} %"
+        bound = (f"; the one-sided {level} bound that matches the test: > {r['bound']:+.1f}"
                  if reg.alternative == "greater" else "")
-        lines += [f"Test: {reg.method} - {reg.baseline} = {r['diff']:+.1f} [two-sided 95 % CI {r['low']:+.1f}, "
+        lines += [f"Test: {reg.method} - {reg.baseline} = {r['diff']:+.1f} [two-sided {level} CI {r['low']:+.1f}, "
                   f"{r['high']:+.1f}{bound}], Welch {reg.alternative} p = {r['p']:.4f} at alpha {reg.alpha}: "
                   f"{verdict}.", ""]
     return lines

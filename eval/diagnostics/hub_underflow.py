@@ -8,6 +8,7 @@ sources as that run's final ``model.zip`` left them (``q_net.hub.models.<i>.net.
 
     .venv/bin/python eval/diagnostics/hub_underflow.py [RUN_DIR ...]   # writes eval/diagnostics/hub_underflow.md
 """
+import functools
 import math
 import sys
 import time
@@ -28,6 +29,7 @@ from rlzoo_transfer.zoo import load_zoo
 GAMES, SOURCES = ("Alien", "Gopher", "Jamesbond"), ("Seaquest", "Riverraid")
 
 
+@functools.cache   # one game's frames serve its sources and every trained run of it
 def frames(game: str, steps: int = 400, every: int = 10) -> torch.Tensor:
     env, rng = make_env(game, 1, seed=0), np.random.default_rng(0)
     env.reset()

@@ -62,9 +62,11 @@ def hns_groups(finals: dict[tuple[str, str], list[float]], method: str) -> dict[
 def aggregate_hns(finals: dict, method: str, reps: int = 2000, seed: int = 0,
                   games: Iterable[str] | None = None) -> dict | None:
     """IQM and mean of the method's HNS over all runs x games (only ``games`` if given), each with a stratified
-    bootstrap 95 % CI.  Games with different numbers of seeds count the same (:func:`scores.aggregate_statistics`).
+    bootstrap 95 % CI.  Games with different numbers of seeds count the same (:func:`scores.aggregate_statistics`);
+    ``iqm_pooled`` is rliable's IQM of the pooled runs, ``trim_mean(x, 0.25)`` over runs x games, for comparison
+    with published aggregates (a game with more seeds weighs more there).
 
-    :return: ``dict(iqm=(point, low, high), mean=(point, low, high), n_runs, n_games, seeds)``, ``seeds`` the runs
+    :return: ``dict(iqm=(point, low, high), mean=..., iqm_pooled=..., n_runs, n_games, seeds)``, ``seeds`` the runs
         per game in the games' sorted order; None without data
     """
     groups = hns_groups(finals, method)
@@ -79,6 +81,8 @@ def aggregate_hns(finals: dict, method: str, reps: int = 2000, seed: int = 0,
     return dict(
         iqm=scores.stratified_bootstrap_ci(data, statistic=iqm_stat, reps=reps, seed=seed),
         mean=scores.stratified_bootstrap_ci(data, statistic=mean_stat, reps=reps, seed=seed),
+        iqm_pooled=scores.stratified_bootstrap_ci(data, statistic=lambda x: scores.iqm(x, axis=1), reps=reps,
+                                                  seed=seed),
         n_runs=int(sum(seeds)),
         n_games=len(data),
         seeds=seeds,

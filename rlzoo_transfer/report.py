@@ -134,8 +134,13 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
              "and a number of runs divisible by 4 is rliable's `scipy.stats.trim_mean(x, 0.25)`. 95 % stratified "
              f"bootstrap CIs (seeds resampled within each game, {reps} replicates, seed {seed}, percentile "
              "interval), shown only when every game has >= 2 seeds: a game with one seed adds no spread, so "
-             "the interval would read as more certain than the data are.", ""]
-    header = ["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "games", "runs", "seeds per game"]
+             "the interval would read as more certain than the data are. The pooled IQM is rliable's: "
+             "`trim_mean(x, 0.25)` over all runs x games as they are, each run counting the same (a game with more "
+             "seeds weighs more), the form most published aggregates use; with 3 games the two can differ much, "
+             "since a game whose HNS is far from the others' (Jamesbond's is ~10x) decides which runs straddle the "
+             "quartiles.", ""]
+    header = ["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "pooled IQM [95% CI]", "games", "runs",
+              "seeds per game"]
 
     shown_ci_seeds: list[list[int]] = []   # seeds per game of every row shown with an interval
 
@@ -150,8 +155,8 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
                 else:
                     why = "1 seed per game" if max(agg["seeds"]) == 1 else "a game with 1 seed"
                     fmt = partial(_fmt_point_only, why=why)
-                rows.append([m, fmt(agg["iqm"]), fmt(agg["mean"]), agg["n_games"], agg["n_runs"],
-                             " / ".join(str(n) for n in agg["seeds"])])
+                rows.append([m, fmt(agg["iqm"]), fmt(agg["mean"]), fmt(agg["iqm_pooled"]), agg["n_games"],
+                             agg["n_runs"], " / ".join(str(n) for n in agg["seeds"])])
         return rows
 
     game_sets = {m: set(hns_groups(finals, m)) for m in methods}

@@ -219,6 +219,9 @@ def test_final_scores_and_aggregates(runs_root):
     assert agg["mean"][0] == pytest.approx(((a1 + a2) / 2 + 1.0) / 2)      # mean over games of the game means
     assert agg["n_runs"] == 3 and agg["n_games"] == 2 and agg["seeds"] == [2, 1]
     assert agg["iqm"][1] <= agg["iqm"][0] <= agg["iqm"][2]
+    # rliable's pooled IQM: trim_mean(x, 0.25) of the 3 runs as they are trims int(0.75) = 0 runs a side -> the mean
+    assert agg["iqm_pooled"][0] == pytest.approx((a1 + a2 + 1.0) / 3)
+    assert agg["iqm_pooled"][1] <= agg["iqm_pooled"][0] <= agg["iqm_pooled"][2]
     alien = aggregate.aggregate_hns(finals, "zoo", reps=300, games=["Alien"])   # restricted to one game
     assert alien["n_games"] == 1 and alien["n_runs"] == 2
     assert alien["mean"][0] == pytest.approx(((400 - 227.8) + (600 - 227.8)) / 2 / 6899.9)

@@ -21,7 +21,8 @@ Choices made here (the paper leaves them open):
   network has no BatchNorm to absorb the ~0.5 * m scale of raw sigmoids).  ``"none"``: the paper's raw
   sigmoids (for networks with BatchNorm, e.g. ResNets).
 * **Alignment** ``align``: a parameter (m, O, O) initialised to identity, built for conv kernels > 1 (as the
-  official code) and for all linear layers; ``align=False`` is the paper's "w/o T" ablation.
+  official code's layer; which layers of a network get it is the network's choice) and for all linear layers;
+  ``align=False`` is the paper's "w/o T" ablation.
 * **Noisy sources.** ``AdaAggNoisyLinear`` stacks ``weight_mu, weight_sigma, bias_mu, bias_sigma`` and owns ONE
   noise sample (``weight_epsilon (O, I)``, ``bias_epsilon (O,)``) shared by all sources: source i's effective
   weight is ``mu_i + sigma_i * eps`` (the weight its NoisyLinear would use) and alignment is applied to that

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from rlzoo_transfer.layers import flat_stats
-from rlzoo_transfer.vision.data import (BatchStream, DataError, EvalTransform, ImageDataset, TrainTransform,
-                                        open_split, predict_batches)
+from rlzoo_transfer.vision.data import (BatchStream, DataError, EvalTransform, ImageDataset, TenCropTransform,
+                                        TrainTransform, open_split, predict_batches)
 from rlzoo_transfer.vision.options import UsageError, check_choices, check_ranges
 from rlzoo_transfer.vision.resnet import build_resnet, count_params
 from rlzoo_transfer.vision.runtime import (USER_ERRORS, load_zoo, pick_device, save_atomic, seed_everything,
@@ -37,12 +37,20 @@ def cross_entropy_per_sample(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, dataset, device: torch.device, batch_size: int = 256) -> dict[str, float]:
-    """top-1 accuracy (%) and mean negative log-likelihood of ``model`` (evaluation mode) on ``dataset``."""
+    """top-1 accuracy (%) and mean negative log-likelihood of ``model`` (evaluation mode) on ``dataset``.
+
+    Items of shape (V, C, H, W) (``TenCropTransform``) are V views of one image: the prediction is the mean of the
+    model's V outputs (logits, or log-probabilities for ``ensemble`` / ``hub``), as the official Zoo-Tuning code's
+    sum of ten-crop logits; ``batch_size`` images then make ``V * batch_size`` forward rows.
+    """
     was = model.training
     model.eval()
     correct, nll, n = 0, 0.0, 0
     for x, y in predict_batches(dataset, batch_size):
-        out = model(x.to(device))
+        if x.dim() == 5:   # (B, V, C, H, W)
+            out = model(x.flatten(0, 1).to(device)).unflatten(0, x.shape[:2]).mean(1)
+        else:
+            out = model(x.to(device))
         y = y.to(device)
         correct += int((out.argmax(-1) == y).sum())
         nll += float(F.cross_entropy(out.float(), y, reduction="sum"))
@@ -64,7 +72,7 @@ def prepare(cfg: ClassifyConfig):
     sources = load_zoo(cfg.zoo, cfg.sha256, template())
     model = build_method(cfg.method, template, sources, mean_softmax_log, align=not cfg.no_align, hub_k=cfg.hub_k)
     train_ds = ImageDataset(train, TrainTransform(cfg.image_size, cfg.crop_scale, hflip=cfg.hflip))
-    test_ds = ImageDataset(test, EvalTransform(cfg.image_size, cfg.crop_pct))
+    test_ds = ImageDataset(test, (TenCropTransform if cfg.ten_crop else EvalTransform)(cfg.image_size, cfg.crop_pct))
     return train_ds, test_ds, model
 
 
@@ -78,6 +86,8 @@ def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
         raise UsageError(f"out of range: --crop-pct {cfg.crop_pct} (must be <= 1)")
     if cfg.momentum >= 1:
         raise UsageError(f"out of range: --momentum {cfg.momentum} (must be < 1)")
+    if cfg.nesterov and cfg.momentum == 0:
+        raise UsageError("--nesterov needs a momentum > 0 (--momentum)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -88,12 +98,14 @@ def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
     model.to(device)
     config = asdict(cfg) | {"milestones": milestones_for(cfg.iters, cfg.milestones),
                             "classes": train_ds.split.classes, "n_train": len(train_ds), "n_test": len(test_ds)}
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                nesterov=cfg.nesterov)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config["milestones"], cfg.gamma)
     stream = BatchStream(train_ds, cfg.batch_size, seed=cfg.seed, workers=cfg.workers)
+    eval_batch = 25 if cfg.ten_crop else 256   # images per evaluation batch (x 10 views with --ten-crop)
     loss_fn = lambda net, x, y: objective(net, net(x), y, cross_entropy_per_sample, cfg.hub_lambda)  # noqa: E731
     state, metrics = train_run(cfg, config, model, optimizer, scheduler, stream, cfg.iters, loss_fn, device,
-                               lambda: evaluate_classifier(model, test_ds, device))
+                               lambda: evaluate_classifier(model, test_ds, device, eval_batch))
     infer = inference_model(model)
     results = {
         "method": cfg.method, "arch": cfg.arch, "data": cfg.data, "zoo": list(cfg.zoo), "seed": cfg.seed,
@@ -106,7 +118,7 @@ def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
         "history": state.history,
     }
     if isinstance(model, Ensemble):
-        results["members_top1"] = [evaluate_classifier(m_, test_ds, device)["top1"] for m_ in model.models]
+        results["members_top1"] = [evaluate_classifier(m_, test_ds, device, eval_batch)["top1"] for m_ in model.models]
     save_atomic(model.state_dict(), Path(cfg.out) / "model.pt")
     write_json(Path(cfg.out) / "results.json", results)
     return results

@@ -8,6 +8,11 @@ replaced by a randomly initialised one, SGD lr 0.01 momentum 0.9, batch 48, 15k 
 (``--weight-decay``, ``--hflip``).  With ``--iters`` and no ``--milestones`` the decays fall at 40% and 80% of
 the run (6k / 15k, 12k / 15k).  Test images: shorter side to 224 / 0.875, centre crop (``--crop-pct``).
 
+The official thuml/Zoo-Tuning code goes beyond what the papers state: random flips, weight decay 5e-4, Nesterov
+momentum, and a ten-crop test (four corners and the centre of the image and of its mirror, logits summed); add
+``--hflip --weight-decay 5e-4 --nesterov --ten-crop`` to follow it (it also resizes images to 256 x 256 before the
+crops, where the test transform here keeps the aspect ratio).  The defaults stay with the papers' text.
+
 ``--data``: an ImageFolder-style directory (``DIR/train/<class>/*.png``, ``DIR/test/<class>/*.png``) or a CSV list
 ``path,label,split`` (vision/data.py).  ``--zoo``: torchvision-format state_dicts of ``--arch`` (vision/resnet.py);
 their classifier heads are ignored.  ``--method``: scratch | single | zoo | zoo-lite | zoo-avg | ensemble | hub
@@ -47,6 +52,8 @@ class ClassifyConfig(FineTuneConfig):
     crop_scale: tuple = (0.08, 1.0)
     crop_pct: float = 0.875
     hflip: bool = False
+    nesterov: bool = False
+    ten_crop: bool = False
     out: str = "runs/classify"
 
 
@@ -71,6 +78,9 @@ def build_parser() -> OneLineParser:
                    help="area fraction range of the random-resized crop (default 0.08 1)")
     p.add_argument("--crop-pct", type=float, default=d.crop_pct, help="test: centre crop fraction (default 0.875)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips in training")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--ten-crop", action="store_true",
+                   help="test on ten views (4 corners + centre, and mirrored), outputs averaged")
     add_run_args(p, d)
     return p
 

@@ -211,15 +211,33 @@ class EvalTransform:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.size, self.crop_pct = size, crop_pct
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    def resized(self, img: torch.Tensor) -> torch.Tensor:
+        """(C, H', W') uint8-range image whose shorter side is ``size / crop_pct`` (``size`` x ``size`` when
+        ``crop_pct == 1``)."""
         h, w = img.shape[-2:]
         if self.crop_pct == 1.0:
-            return normalize(resize(img, (self.size, self.size)))
+            return resize(img, (self.size, self.size))
         short = int(math.floor(self.size / self.crop_pct))
         nh, nw = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
-        x = resize(img, (nh, nw))
-        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        return resize(img, (nh, nw))
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.resized(img)
+        top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
         return normalize(x[:, top:top + self.size, left:left + self.size])
+
+
+class TenCropTransform(EvalTransform):
+    """Ten views (10, C, size, size) of a test image, resized as :class:`EvalTransform`: the four corner crops and
+    the centre crop, then the same five of the horizontally mirrored image (the official Zoo-Tuning code's
+    ten-crop test; the classifier averages its outputs over the views)."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.resized(img)
+        h, w, s = x.shape[-2], x.shape[-1], self.size
+        corners = [(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), ((h - s) // 2, (w - s) // 2)]
+        views = [v[:, t:t + s, l:l + s] for v in (x, x.flip(-1)) for t, l in corners]
+        return normalize(torch.stack(views))
 
 
 # ------------------------------------------------------------------------------------------- dataset, stream

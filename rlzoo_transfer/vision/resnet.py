@@ -12,7 +12,10 @@ an ``nn.Identity``, so the names stay torchvision's) and three stages of BasicBl
 Zoo form (:func:`zoo_resnet`, Zoo-Tuning Sec. 3 and the official thuml/Zoo-Tuning code): every conv of the
 backbone becomes an ``AdaAggConv2d`` over the m sources (layers/convert.py), with channel alignment only for
 kernels > 1 (the layer's own rule: 1x1 convs such as ``downsample.0`` and the bottleneck's ``conv1``/``conv3``
-get none), BatchNorm parameters and running statistics averaged over the sources, and ``gate_norm="none"``
+get none) - in every stage, as the paper describes T for each AdaAgg layer; the official ResNet-50 turns it on
+only for the stem and ``layer3`` / ``layer4`` (``layer1`` / ``layer2``'s 3x3 convs have none there), a choice
+its paper does not state.  BatchNorm parameters and running statistics are averaged over the sources (the
+official code averages the affine parameters and resets the running statistics to 0 / 1), and ``gate_norm="none"``
 (the paper's raw sigmoid gates): with m sources the aggregated weight starts at ~0.5 * m times a source's
 scale, which the BatchNorm after every conv absorbs - the output of a conv followed by BatchNorm does not
 change when the conv's weight is scaled (in training mode; the running statistics adapt during fine-tuning).

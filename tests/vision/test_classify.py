@@ -12,8 +12,8 @@ import torch
 import rlzoo_transfer.vision.classification as classification
 from rlzoo_transfer.vision.classification import run_classification
 from rlzoo_transfer.vision.classify import ClassifyConfig, main
-from rlzoo_transfer.vision.data import (BatchStream, EvalTransform, ImageDataset, TrainTransform, digits_images,
-                                        open_split, random_resized_crop_box, write_image_folder)
+from rlzoo_transfer.vision.data import (BatchStream, EvalTransform, ImageDataset, TenCropTransform, TrainTransform,
+                                        digits_images, open_split, random_resized_crop_box, write_image_folder)
 from rlzoo_transfer.vision.resnet import resnet_small
 
 torch.set_num_threads(1)
@@ -124,6 +124,34 @@ def test_csv_list_format(digits, tmp_path):
     assert res["iterations"] == 3
 
 
+def test_ten_crop_views_and_their_averaged_prediction(digits, tmp_path):
+    img = torch.arange(3 * 12 * 20, dtype=torch.float32).view(3, 12, 20) % 256     # not square, all pixels differ
+    views = TenCropTransform(8, crop_pct=0.8)(img)                                # shorter side 10: (10, 17)
+    assert views.shape == (10, 3, 8, 8)
+    torch.testing.assert_close(views[4], EvalTransform(8, crop_pct=0.8)(img))    # the centre view
+    for i, mirror_of in enumerate([1, 0, 3, 2]):   # the mirror's corners: its top-left = mirrored top-right, ...
+        torch.testing.assert_close(views[5 + i], views[mirror_of].flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(views[9], EvalTransform(8, crop_pct=0.8)(img.flip(-1)))   # the mirror's centre
+    assert not torch.allclose(views[0], views[3])
+    split = open_split(digits, "test")
+    ds = ImageDataset(split, TenCropTransform(8, crop_pct=0.875))
+    torch.manual_seed(0)
+    model = resnet_small(10, width=8).eval()
+    with torch.no_grad():
+        outs = torch.stack([model(ds[i][0]).mean(0) for i in range(len(ds))])     # mean over the 10 views
+    labels = torch.tensor([ds[i][1] for i in range(len(ds))])
+    got = classification.evaluate_classifier(model, ds, torch.device("cpu"), batch_size=7)
+    assert got["top1"] == pytest.approx(100.0 * float((outs.argmax(-1) == labels).float().mean()))
+    assert got["nll"] == pytest.approx(float(torch.nn.functional.cross_entropy(outs, labels)), rel=1e-5)
+    res = run_classification(ClassifyConfig(data=str(digits), method="scratch", iters=3, batch_size=16,
+                                            nesterov=True, ten_crop=True, out=str(tmp_path / "run"),
+                                            **(SMALL | {"crop_pct": 0.875})))
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["optimizer"]["param_groups"][0]["nesterov"] is True
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["ten_crop"] is True and 0.0 <= res["top1"] <= 100.0
+
+
 def test_transforms_and_stream(digits):
     for _ in range(50):
         top, left, h, w = random_resized_crop_box(10, 14)
@@ -193,6 +221,7 @@ def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--iters", "0"],       # was a 0-step "run"
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--width", "0"],
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--crop-pct", "1.5"],
+        ["--data", str(digits), "--method", "scratch", "--arch", "small", "--nesterov", "--momentum", "0"],
     ]
     for argv in cases:
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]) == 2

@@ -97,6 +97,17 @@ def extract(net: ResNet, x, has_head: bool, batch_size: int = 128) -> tuple[np.n
     return torch.cat(feats).numpy(), torch.cat(probs).numpy() if has_head else None
 
 
+def sketch_seed(seed: int, r: int) -> int:
+    """torch seed of the count-sketch hash of block ``r`` (kept as published: changing it changes the scores)."""
+    return seed * 1000003 + r
+
+
+def probe_seed(seed: int) -> int:
+    """torch seed of the LGC probes, drawn apart from every :func:`sketch_seed` of the same ``seed`` (it was
+    ``seed`` itself, which at seed 0 is block 0's sketch seed: two draws from one stream)."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0] >> 1)
+
+
 class CountSketch:
     """Seeded count-sketch of R blocks of P coordinates into k buckets (select.py's docstring: LGC)."""
 
@@ -107,7 +118,7 @@ class CountSketch:
     def block(self, g: torch.Tensor, r: int) -> torch.Tensor:
         """(b, P) gradients of block r -> (b, k)."""
         if r not in self._hash:
-            gen = torch.Generator().manual_seed(self.seed * 1000003 + r)
+            gen = torch.Generator().manual_seed(sketch_seed(self.seed, r))
             h = torch.randint(0, self.k, (self.p,), generator=gen)
             s = torch.randint(0, 2, (self.p,), generator=gen).to(torch.float32) * 2 - 1
             self._hash[r] = (h, s)
@@ -133,7 +144,7 @@ def lgc_gradients(net: ResNet, x, probes: int = 10, proj_dim: int | None = 10000
     if cs <= probes:
         vecs = torch.eye(cs, dtype=w0.dtype, device=w0.device)
     else:
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(probe_seed(seed))
         vecs = (torch.randn(probes, cs, generator=gen) / math.sqrt(probes)).to(w0.device, w0.dtype)
     p = w0.numel()
     total = p * len(vecs)

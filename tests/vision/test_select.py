@@ -9,7 +9,7 @@ from rlzoo_transfer.select import main
 from rlzoo_transfer.selection import spearman, trials_to_best
 from rlzoo_transfer.vision.data import Split, digits_images, write_image_folder
 from rlzoo_transfer.vision.model_selection import (CountSketch, last_conv_name, lgc_gradients, parse_accuracies,
-                                                   sample_per_class)
+                                                   probe_seed, sample_per_class, sketch_seed)
 from rlzoo_transfer.vision.resnet import resnet18, resnet50, resnet_small
 
 torch.set_num_threads(1)
@@ -94,6 +94,19 @@ def test_lgc_gradients_are_per_sample_gradients_of_the_outputs():
     sem = kernels.std(0) / np.sqrt(len(kernels))
     assert np.all(np.abs(kernels.mean(0) - exact) < 4 * sem + 1e-6 * np.abs(exact).max())
     assert np.abs(kernels.mean(0) - exact).max() < 0.2 * np.abs(exact).max()
+
+
+def test_lgc_probes_estimate_the_kernel_and_draw_apart_from_the_sketch():
+    torch.manual_seed(0)
+    net = resnet_small(12, width=4).eval()
+    x = torch.randn(4, 3, 8, 8)
+    exact = (lambda g: g @ g.T)(lgc_gradients(net, x, probes=12, proj_dim=None))   # 12 classes: exact Jacobian
+    kernels = np.stack([(lambda g: g @ g.T)(lgc_gradients(net, x, probes=3, proj_dim=None, seed=seed))
+                        for seed in range(80)])                     # 3 Gaussian probes per seed: unbiased
+    sem = kernels.std(0) / np.sqrt(len(kernels))
+    assert np.all(np.abs(kernels.mean(0) - exact) < 4 * sem + 1e-6 * np.abs(exact).max())
+    for seed in range(50):   # the probes' stream is none of the sketch blocks' (at seed 0 it was block 0's)
+        assert probe_seed(seed) not in {sketch_seed(seed, r) for r in range(1000)}
 
 
 def test_count_sketch_preserves_inner_products_in_expectation():

@@ -236,7 +236,7 @@ class TenCropTransform(EvalTransform):
         x = self.resized(img)
         h, w, s = x.shape[-2], x.shape[-1], self.size
         corners = [(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), ((h - s) // 2, (w - s) // 2)]
-        views = [v[:, t:t + s, l:l + s] for v in (x, x.flip(-1)) for t, l in corners]
+        views = [v[:, top:top + s, left:left + s] for v in (x, x.flip(-1)) for top, left in corners]
         return normalize(torch.stack(views))
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlzoo_transfer.selection import (best_of_top_k, h_score, leep, lfc, lgc, logme, nce, rank_models, spearman,
-                                      trials_to_best)
+from rlzoo_transfer.selection import (best_of_top_k, h_score, leep, lfc, lgc, logme, nce, rank_models, rsa,
+                                      spearman, trials_to_best)
 from rlzoo_transfer.vision.data import DataError, EvalTransform, ImageDataset, Split, open_split
-from rlzoo_transfer.vision.options import ARCHS, SCORES
+from rlzoo_transfer.vision.options import ALL_SCORES, ARCHS, SCORES
 from rlzoo_transfer.vision.resnet import (CheckpointError, ResNet, build_resnet, check_backbone_keys,
                                           load_state_dict_file)
 from rlzoo_transfer.vision.runtime import pick_device
@@ -167,8 +167,10 @@ def lgc_gradients(net: ResNet, x, probes: int = 10, proj_dim: int | None = 10000
 
 # ------------------------------------------------------------------------------------------------ scoring
 def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[str],
-                probes: int = 10, proj_dim: int | None = 10000, seed: int = 0) -> dict[str, float | None]:
-    """The requested scores of one pretrained network on the sampled target images ``x`` with labels ``y``."""
+                probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
+                reference_features: np.ndarray | None = None) -> dict[str, float | None]:
+    """The requested scores of one pretrained network on the sampled target images ``x`` with labels ``y``;
+    ``rsa`` compares its features with ``reference_features`` (N, D'), a target-trained network's on ``x``."""
     feats, probs = extract(net, x, has_head)
     out: dict[str, float | None] = {}
     for s in scores:
@@ -186,8 +188,12 @@ def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[
             out[s] = nce(probs.argmax(1), y)
         elif s == "lgc":
             out[s] = lgc(lgc_gradients(net, x, probes, proj_dim, seed), y, proj_dim=None)
+        elif s == "rsa":
+            if reference_features is None:
+                raise ValueError("rsa needs the features of a network trained on the target (--rsa-reference)")
+            out[s] = rsa(feats, reference_features)
         else:
-            raise ValueError(f"unknown score {s!r}; choose from {', '.join(SCORES)}")
+            raise ValueError(f"unknown score {s!r}; choose from {', '.join(ALL_SCORES)}")
     return out
 
 
@@ -240,13 +246,24 @@ def judge(table: dict[str, dict[str, float | None]], accuracies: dict[str, float
 def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, per_class: int = 25,
                   image_size: int = 224, crop_pct: float = 0.875, scores: Sequence[str] = SCORES,
                   probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
-                  accuracies: Sequence[str] = (), sha256: Sequence[str] = (), device: str = "cpu") -> dict[str, Any]:
-    """Scores, rankings and (with accuracies) their judgement; raises DataError / CheckpointError / ValueError."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown --arch {arch!r}; choose from {', '.join(ARCHS)}")
-    unknown = [s for s in scores if s not in SCORES]
+                  accuracies: Sequence[str] = (), sha256: Sequence[str] = (), device: str = "cpu",
+                  rsa_reference: str | None = None, rsa_arch: str = "resnet18", rsa_width: int = 16,
+                  rsa_sha256: str | None = None) -> dict[str, Any]:
+    """Scores, rankings and (with accuracies) their judgement; raises DataError / CheckpointError / ValueError.
+
+    ``rsa`` needs ``rsa_reference``: the state_dict of a network of ``rsa_arch`` trained on the target task (the
+    paper's "small network", a ResNet-18 fine-tuned on the target; e.g. a ``classify --method scratch`` run's
+    ``model.pt``); its penultimate features on the same sampled images are the reference RDM's.
+    """
+    for name, a in (("--arch", arch), ("--rsa-arch", rsa_arch)):
+        if a not in ARCHS:
+            raise ValueError(f"unknown {name} {a!r}; choose from {', '.join(ARCHS)}")
+    unknown = [s for s in scores if s not in ALL_SCORES]
     if unknown:
-        raise ValueError(f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)}")
+        raise ValueError(f"unknown score {unknown[0]!r}; choose from {', '.join(ALL_SCORES)}")
+    if "rsa" in scores and rsa_reference is None:
+        raise ValueError("score rsa needs --rsa-reference: a network trained on the target task (e.g. the "
+                         "model.pt of a classify --method scratch run)")
     if not zoo:
         raise ValueError("--zoo needs at least one checkpoint")
     if sha256 and len(sha256) != len(zoo):
@@ -259,13 +276,19 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     dev = pick_device(device)
     x, y = ImageBatches(ds, dev), np.asarray(split.labels)
     nets = [load_source(p, arch, width, sha256[i] if sha256 else None) for i, p in enumerate(zoo)]
+    ref = None
+    if "rsa" in scores:
+        ref_net, _ = load_source(rsa_reference, rsa_arch, rsa_width, rsa_sha256)
+        ref = extract(ref_net.to(dev), x, has_head=False)[0]
     table = {}
     for p, (net, has_head) in zip(zoo, nets):
-        table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed)
+        table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed, ref)
     rankings = {s: rank_models({n: row[s] for n, row in table.items() if row[s] is not None}) for s in scores
                 if any(row[s] is not None for row in table.values())}
     result = {"scores": table, "rankings": rankings, "n_samples": len(y), "n_classes": len(set(y.tolist())),
               "per_class": per_class, "last_conv": last_conv_name(nets[0][0])}
+    if ref is not None:
+        result["rsa_reference"] = {"path": rsa_reference, "arch": rsa_arch, "feature_dim": int(ref.shape[1])}
     if acc:
         result["accuracies"] = acc
         result["judgement"] = judge(table, acc, scores)

@@ -19,6 +19,8 @@ from rlzoo_transfer.stop import RunIncomplete, interrupted
 ARCHS = ("resnet18", "resnet50", "small")
 METHODS = ("scratch", "single", "zoo", "zoo-lite", "zoo-avg", "ensemble", "hub")
 SCORES = ("lfc", "lgc", "leep", "nce", "logme", "h_score")          # select: the model-selection scores
+REFERENCE_SCORES = ("rsa",)       # select: scores that also need a network trained on the target (--rsa-reference)
+ALL_SCORES = SCORES + REFERENCE_SCORES
 
 
 class UnknownMethodError(ValueError):

@@ -7,7 +7,8 @@ import torch
 
 from rlzoo_transfer.select import main
 from rlzoo_transfer.selection import spearman, trials_to_best
-from rlzoo_transfer.vision.data import Split, digits_images, write_image_folder
+from rlzoo_transfer.vision.data import (EvalTransform, ImageDataset, Split, digits_images, open_split,
+                                        write_image_folder)
 from rlzoo_transfer.vision.model_selection import (CountSketch, last_conv_name, lgc_gradients, parse_accuracies,
                                                    probe_seed, sample_per_class, sketch_seed)
 from rlzoo_transfer.vision.resnet import resnet18, resnet50, resnet_small
@@ -61,6 +62,41 @@ def test_select_cli_ranks_and_judges(tiny, tmp_path, capsys):
     assert res["environment"]["commit"] is None or len(res["environment"]["commit"]) == 40
 
 
+def test_select_rsa_against_a_reference_network(tiny, tmp_path, capsys):
+    from scipy import stats
+
+    root, paths, _ = tiny
+    rc = main(["--data", str(root / "data"), "--zoo", *paths, "--arch", "small", "--width", "8", "--image-size", "8",
+               "--crop-pct", "1", "--per-class", "10", "--scores", "lfc", "rsa", "--rsa-reference", paths[1],
+               "--rsa-arch", "small", "--rsa-width", "8", "--out", str(tmp_path / "sel.json")])
+    assert rc == 0 and "ranking by rsa" in capsys.readouterr().out
+    res = json.loads((tmp_path / "sel.json").read_text())
+    assert res["rsa_reference"] == {"path": paths[1], "arch": "small", "feature_dim": 32}
+    assert res["scores"][paths[1]]["rsa"] == pytest.approx(1.0)          # the reference itself: the same RDM
+    assert res["rankings"]["rsa"][0] == paths[1]
+    # independently: the same sample, features by hand, RDMs with numpy, Spearman with scipy
+    split = sample_per_class(open_split(root / "data", "train"), 10, seed=0)
+    x = torch.stack([ImageDataset(split, EvalTransform(8, 1.0))[i][0] for i in range(len(split))])
+
+    def features(path, n_cls):
+        net = resnet_small(n_cls, width=8)
+        net.load_state_dict(torch.load(path, weights_only=True))
+        with torch.no_grad():
+            return net.eval().embed(x).double().numpy()
+
+    iu = np.triu_indices(len(x), k=1)
+    ref = (1 - np.corrcoef(features(paths[1], 12)))[iu]
+    for path, n_cls in ((paths[0], 3), (paths[2], 5)):
+        want = stats.spearmanr((1 - np.corrcoef(features(path, n_cls)))[iu], ref).statistic
+        assert res["scores"][path]["rsa"] == pytest.approx(want, abs=1e-9) and want < 0.999
+    # given a reference and no --scores, rsa joins the default scores
+    assert main(["--data", str(root / "data"), "--zoo", paths[0], "--arch", "small", "--width", "8", "--image-size",
+                 "8", "--per-class", "5", "--proj-dim", "64", "--rsa-reference", paths[1], "--rsa-arch", "small",
+                 "--rsa-width", "8", "--out", str(tmp_path / "all.json")]) == 0
+    assert set(json.loads((tmp_path / "all.json").read_text())["scores"][paths[0]]) == {
+        "lfc", "lgc", "leep", "nce", "logme", "h_score", "rsa"}
+
+
 def test_select_bad_input(tiny, tmp_path, capsys):
     root, paths, _ = tiny
     base = ["--data", str(root / "data"), "--zoo", *paths, "--image-size", "8"]
@@ -68,7 +104,12 @@ def test_select_bad_input(tiny, tmp_path, capsys):
                  ["--data", str(tmp_path / "none"), "--zoo", *paths, "--arch", "small", "--width", "8"],
                  base + ["--arch", "small", "--width", "8", "--accuracies", "nobody.pt=3"],
                  base + ["--arch", "small", "--width", "8", "--per-class", "0"],
-                 base + ["--arch", "small", "--width", "8", "--device", "tpu"]):
+                 base + ["--arch", "small", "--width", "8", "--device", "tpu"],
+                 base + ["--arch", "small", "--width", "8", "--scores", "lfc", "rsa"],        # rsa, no reference
+                 base + ["--arch", "small", "--width", "8", "--rsa-reference", paths[0]],     # not a resnet18
+                 base + ["--arch", "small", "--width", "8", "--rsa-reference", str(tmp_path / "no.pt"),
+                         "--rsa-arch", "small", "--rsa-width", "8"],
+                 base + ["--arch", "small", "--width", "8", "--rsa-reference", paths[0], "--rsa-arch", "vit"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err

@@ -18,7 +18,7 @@ from rlzoo_transfer.vision.classification import run_classification
 from rlzoo_transfer.vision.classify import ClassifyConfig
 from rlzoo_transfer.vision.data import digits_images, write_image_folder
 from rlzoo_transfer.vision.model_selection import run_selection
-from rlzoo_transfer.vision.options import UsageError, check_ranges
+from rlzoo_transfer.vision.options import ALL_SCORES, UsageError, check_ranges
 from rlzoo_transfer.vision.resnet import sha256_of as sha256
 from rlzoo_transfer.vision.runtime import environment, write_json
 
@@ -143,7 +143,9 @@ def _sources_table(results: dict) -> list[str]:
 
 def _selection_tables(results: dict, seeds: list[int]) -> list[str]:
     """The selection scores judged per seed, per source, and seed-averaged against the single accuracies."""
-    scores = list(next(iter(results["selection"].values()))["judgement"])
+    # the scores every seed has (a results.json from before rsa was scored, resumed, lacks it on its old seeds)
+    scores = [sc for sc in next(iter(results["selection"].values()))["judgement"]
+              if all(sc in results["selection"][str(s)]["judgement"] for s in seeds)]
     lines = ["", "Model selection over the six sources, judged against the single-source fine-tuning accuracies "
              "of the same seed:", "",
              "| score | Spearman mean | Spearman per seed | trials to best (per seed) | top-1 pick = best single |",
@@ -314,8 +316,10 @@ def run_seed(args, data: dict, seed: int, work: Path, ckpts: dict) -> tuple[dict
         print(f"seed {seed} {label:16s} top-1 {r['top1']:6.2f}  ({r['train_seconds']:.1f} s)", flush=True)
     names = list(SOURCES)                                                    # 3. selection vs measured accuracy
     sel = run_selection(str(target), [str(ckpts[s]) for s in names], "small", width=args.width, per_class=25,
-                        image_size=8, crop_pct=1.0, seed=seed,
-                        accuracies=[f"{ckpts[s]}={runs['single:' + s]['top1']}" for s in names])
+                        image_size=8, crop_pct=1.0, seed=seed, scores=ALL_SCORES,
+                        accuracies=[f"{ckpts[s]}={runs['single:' + s]['top1']}" for s in names],
+                        rsa_reference=str(work / f"seed{seed}" / "scratch" / "model.pt"), rsa_arch="small",
+                        rsa_width=args.width)
     rename = {str(ckpts[s]): s for s in names}
     selection = {"scores": {rename[k]: v for k, v in sel["scores"].items()},
                  "rankings": {k: [rename[n] for n in v] for k, v in sel["rankings"].items()},

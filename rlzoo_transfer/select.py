@@ -24,6 +24,10 @@ augmentation); every score is computed per model from quantities extracted once:
   ``1 - correlation(f(x_i), f(x_j))`` over the sampled images, one from the candidate's penultimate features and
   one from a reference network trained on the target task (the paper trains a ResNet-18 on the target: here any
   ``--rsa-arch`` state_dict, e.g. the ``model.pt`` of ``classify --method scratch``).
+* ``domain_similarity`` (Cui et al. 2018; only with ``--source-data``): ``exp(-0.01 EMD)`` between the class
+  means of the model's features on its own source images and on the target images, each class weighted by its
+  share of the images; classes with fewer than ``--min-class-count`` (5, the paper's App. C) sampled images are
+  left out.
 
 Checkpoints without a classifier head (e.g. MoCo or detection backbones) get ``null`` for leep, nce and lgc.
 With ``--accuracies`` (measured fine-tuning accuracies, keyed by the checkpoint as given, its file name or its
@@ -46,8 +50,7 @@ from typing import Any, Sequence
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.stop import one_line_interrupt
-from rlzoo_transfer.vision.options import (ALL_SCORES, ARCHS, REFERENCE_SCORES, SCORES, OneLineParser, UsageError,
-                                           check_ranges)
+from rlzoo_transfer.vision.options import ALL_SCORES, ARCHS, SCORES, OneLineParser, UsageError, check_ranges
 
 
 def display_names(paths: Sequence[str]) -> dict[str, str]:
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--crop-pct", type=float, default=0.875)
     p.add_argument("--scores", nargs="+", default=None,
-                   help=f"any of {', '.join(ALL_SCORES)} (default all; rsa when --rsa-reference is given)")
+                   help=f"any of {', '.join(ALL_SCORES)} (default all; rsa when --rsa-reference is given, "
+                   "domain_similarity when --source-data is)")
     p.add_argument("--lgc-probes", type=int, default=10, help="output probes for LGC's gradients (default 10)")
     p.add_argument("--proj-dim", type=int, default=10000, help="LGC projection dimension (0: none)")
     p.add_argument("--rsa-reference", default=None, help="for rsa: state_dict of a network trained on the target "
@@ -99,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "paper's)")
     p.add_argument("--rsa-width", type=int, default=16, help="base width of --rsa-arch small")
     p.add_argument("--rsa-sha256", default=None, help="expected sha256 of --rsa-reference")
+    p.add_argument("--source-data", nargs="*", default=[], help="for domain_similarity: NAME=DATA, the data each "
+                   "--zoo checkpoint was trained on (DIR or CSV as --data; its train split is sampled)")
+    p.add_argument("--min-class-count", type=int, default=5,
+                   help="domain_similarity: leave out classes with fewer sampled images (default 5, the paper's)")
     p.add_argument("--accuracies", nargs="*", default=[], help="measured fine-tune accuracies NAME=ACC")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--device", default="cpu")
@@ -112,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_outputs(parser, args, files=("out",))
     if args.scores is None:
-        args.scores = list(SCORES) + (list(REFERENCE_SCORES) if args.rsa_reference else [])
+        args.scores = list(SCORES) + (["rsa"] if args.rsa_reference else []) + \
+            (["domain_similarity"] if args.source_data else [])
     from rlzoo_transfer.config import resolve_device
     from rlzoo_transfer.vision.data import DataError
     from rlzoo_transfer.vision.model_selection import run_selection
@@ -121,14 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         args.device = resolve_device(args.device)
-        check_ranges(args, positive=("per_class", "image_size", "width", "rsa_width", "crop_pct", "lgc_probes"),
+        check_ranges(args, positive=("per_class", "image_size", "width", "rsa_width", "crop_pct", "lgc_probes",
+                                     "min_class_count"),
                      non_negative=("proj_dim",))
         result = run_selection(args.data, args.zoo, args.arch, width=args.width, per_class=args.per_class,
                                image_size=args.image_size, crop_pct=args.crop_pct, scores=args.scores,
                                probes=args.lgc_probes, proj_dim=args.proj_dim or None, seed=args.seed,
                                accuracies=args.accuracies, sha256=args.sha256, device=args.device,
                                rsa_reference=args.rsa_reference, rsa_arch=args.rsa_arch, rsa_width=args.rsa_width,
-                               rsa_sha256=args.rsa_sha256)
+                               rsa_sha256=args.rsa_sha256, source_data=args.source_data,
+                               min_class_count=args.min_class_count)
     except (DataError, CheckpointError, ValueError, FileNotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

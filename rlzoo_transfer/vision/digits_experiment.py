@@ -319,7 +319,8 @@ def run_seed(args, data: dict, seed: int, work: Path, ckpts: dict) -> tuple[dict
                         image_size=8, crop_pct=1.0, seed=seed, scores=ALL_SCORES,
                         accuracies=[f"{ckpts[s]}={runs['single:' + s]['top1']}" for s in names],
                         rsa_reference=str(work / f"seed{seed}" / "scratch" / "model.pt"), rsa_arch="small",
-                        rsa_width=args.width)
+                        rsa_width=args.width, min_class_count=min(5, args.shots),
+                        source_data=[f"{ckpts[s]}={work / 'sources' / s / 'data'}" for s in names])
     rename = {str(ckpts[s]): s for s in names}
     selection = {"scores": {rename[k]: v for k, v in sel["scores"].items()},
                  "rankings": {k: [rename[n] for n in v] for k, v in sel["rankings"].items()},

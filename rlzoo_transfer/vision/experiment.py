@@ -22,8 +22,10 @@ Design (all sizes are options; the defaults are what eval/vision.md reports):
   8x8 images, no flips: scratch, single (each of the six sources), and over the zoo {A, B, C}: zoo, zoo-lite,
   zoo-avg, ensemble, hub.
 * Selection (rlzoo_transfer.select, per seed): LFC, LGC, LEEP, NCE, LogME, H-score of the six sources on the
-  target training images, and RSA with the seed's scratch network as the reference (the paper's "small network
-  trained on the target"), judged against the single-source fine-tuning accuracies of the same seed.
+  target training images, RSA with the seed's scratch network as the reference (the paper's "small network
+  trained on the target") and domain similarity against each source's own training images (classes with fewer
+  than min(5, ``--shots``) images left out), judged against the single-source fine-tuning accuracies of the same
+  seed.
 
 Everything runs in this process with the package's own functions (``run_classification``, ``run_selection``),
 the same code the CLIs run.  Writes ``OUT/results.json`` (every number), ``OUT/config.json`` (resolved

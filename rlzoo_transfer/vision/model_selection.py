@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from rlzoo_transfer.selection import (best_of_top_k, h_score, leep, lfc, lgc, logme, nce, rank_models, rsa,
-                                      spearman, trials_to_best)
+from rlzoo_transfer.selection import (best_of_top_k, domain_similarity, h_score, leep, lfc, lgc, logme, nce,
+                                      rank_models, rsa, spearman, trials_to_best)
 from rlzoo_transfer.vision.data import DataError, EvalTransform, ImageDataset, Split, open_split
 from rlzoo_transfer.vision.options import ALL_SCORES, ARCHS, SCORES
 from rlzoo_transfer.vision.resnet import (CheckpointError, ResNet, build_resnet, check_backbone_keys,
@@ -168,9 +168,12 @@ def lgc_gradients(net: ResNet, x, probes: int = 10, proj_dim: int | None = 10000
 # ------------------------------------------------------------------------------------------------ scoring
 def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[str],
                 probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
-                reference_features: np.ndarray | None = None) -> dict[str, float | None]:
+                reference_features: np.ndarray | None = None, source: tuple | None = None,
+                min_class_count: int = 5) -> dict[str, float | None]:
     """The requested scores of one pretrained network on the sampled target images ``x`` with labels ``y``;
-    ``rsa`` compares its features with ``reference_features`` (N, D'), a target-trained network's on ``x``."""
+    ``rsa`` compares its features with ``reference_features`` (N, D'), a target-trained network's on ``x``;
+    ``domain_similarity`` compares the class means of its features on the target with those on its own source
+    images, ``source = (x_source, y_source)``."""
     feats, probs = extract(net, x, has_head)
     out: dict[str, float | None] = {}
     for s in scores:
@@ -188,6 +191,11 @@ def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[
             out[s] = nce(probs.argmax(1), y)
         elif s == "lgc":
             out[s] = lgc(lgc_gradients(net, x, probes, proj_dim, seed), y, proj_dim=None)
+        elif s == "domain_similarity":
+            if source is None:
+                raise ValueError("domain_similarity needs the model's source images (--source-data)")
+            src_feats = extract(net, source[0], has_head=False)[0]
+            out[s] = domain_similarity(src_feats, source[1], feats, y, gamma=0.01, min_class_count=min_class_count)
         elif s == "rsa":
             if reference_features is None:
                 raise ValueError("rsa needs the features of a network trained on the target (--rsa-reference)")
@@ -197,9 +205,11 @@ def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[
     return out
 
 
-def parse_accuracies(items: Sequence[str], names: Sequence[str]) -> dict[str, float]:
-    """``NAME=ACC`` items -> {checkpoint as given: accuracy}; NAME is the checkpoint as given or any trailing part
-    of its path, with or without the file suffix (``src1/model.pt``, ``model``), as long as it names one only."""
+def parse_named(items: Sequence[str], names: Sequence[str], option: str = "--accuracies",
+                convert: Callable[[str], Any] = float, what: str = "a number") -> dict[str, Any]:
+    """``NAME=VALUE`` items -> {checkpoint as given: convert(VALUE)}; NAME is the checkpoint as given or any trailing
+    part of its path, with or without the file suffix (``src1/model.pt``, ``model``), as long as it names one only.
+    Given at all, every checkpoint needs a value."""
     owners: dict[str, set[str]] = {}
     for n in names:
         parts = Path(n).parts
@@ -209,22 +219,27 @@ def parse_accuracies(items: Sequence[str], names: Sequence[str]) -> dict[str, fl
                 owners.setdefault(alias, set()).add(n)
         owners.setdefault(n, set()).add(n)
     lookup = {alias: next(iter(o)) for alias, o in owners.items() if len(o) == 1}
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     for item in items:
         key, sep, val = item.rpartition("=")
         if not sep or not key:
-            raise ValueError(f"--accuracies item {item!r} is not NAME=ACCURACY")
+            raise ValueError(f"{option} item {item!r} is not NAME=VALUE")
         if key not in lookup:
             why = "names several --zoo checkpoints" if key in owners else "is not one of the --zoo checkpoints"
-            raise ValueError(f"--accuracies names {key!r}, which {why}")
+            raise ValueError(f"{option} names {key!r}, which {why}")
         try:
-            out[lookup[key]] = float(val)
+            out[lookup[key]] = convert(val)
         except ValueError:
-            raise ValueError(f"--accuracies item {item!r}: {val!r} is not a number") from None
+            raise ValueError(f"{option} item {item!r}: {val!r} is not {what}") from None
     missing = [n for n in names if n not in out]
     if out and missing:
-        raise ValueError(f"--accuracies has no value for {missing[0]!r}")
+        raise ValueError(f"{option} has no value for {missing[0]!r}")
     return out
+
+
+def parse_accuracies(items: Sequence[str], names: Sequence[str]) -> dict[str, float]:
+    """``--accuracies`` items ``NAME=ACC`` -> {checkpoint as given: accuracy} (:func:`parse_named`)."""
+    return parse_named(items, names, "--accuracies", float, "a number")
 
 
 def judge(table: dict[str, dict[str, float | None]], accuracies: dict[str, float], scores: Sequence[str],
@@ -248,12 +263,17 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
                   probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
                   accuracies: Sequence[str] = (), sha256: Sequence[str] = (), device: str = "cpu",
                   rsa_reference: str | None = None, rsa_arch: str = "resnet18", rsa_width: int = 16,
-                  rsa_sha256: str | None = None) -> dict[str, Any]:
+                  rsa_sha256: str | None = None, source_data: Sequence[str] = (),
+                  min_class_count: int = 5) -> dict[str, Any]:
     """Scores, rankings and (with accuracies) their judgement; raises DataError / CheckpointError / ValueError.
 
     ``rsa`` needs ``rsa_reference``: the state_dict of a network of ``rsa_arch`` trained on the target task (the
     paper's "small network", a ResNet-18 fine-tuned on the target; e.g. a ``classify --method scratch`` run's
     ``model.pt``); its penultimate features on the same sampled images are the reference RDM's.
+    ``domain_similarity`` (Cui et al. 2018) needs ``source_data``: ``NAME=DATA`` items naming each checkpoint's own
+    training data (a data set as ``--data``; its train split is sampled like the target's, ``per_class`` images
+    per class with ``seed``); classes with fewer than ``min_class_count`` sampled images are left out (5 in the
+    model-selection paper, App. C), gamma = 0.01 as Cui et al.
     """
     for name, a in (("--arch", arch), ("--rsa-arch", rsa_arch)):
         if a not in ARCHS:
@@ -261,6 +281,13 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     unknown = [s for s in scores if s not in ALL_SCORES]
     if unknown:
         raise ValueError(f"unknown score {unknown[0]!r}; choose from {', '.join(ALL_SCORES)}")
+    sources = parse_named(source_data, zoo, "--source-data", str, "a path")
+    if "domain_similarity" in scores and per_class < min_class_count:
+        raise ValueError(f"--per-class {per_class} is below --min-class-count {min_class_count}: domain_similarity "
+                         "would leave out every class")
+    if "domain_similarity" in scores and not sources:
+        raise ValueError("score domain_similarity needs --source-data NAME=DATA for every --zoo checkpoint (the data "
+                         "each model was trained on)")
     if "rsa" in scores and rsa_reference is None:
         raise ValueError("score rsa needs --rsa-reference: a network trained on the target task (e.g. the "
                          "model.pt of a classify --method scratch run)")
@@ -280,9 +307,16 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     if "rsa" in scores:
         ref_net, _ = load_source(rsa_reference, rsa_arch, rsa_width, rsa_sha256)
         ref = extract(ref_net.to(dev), x, has_head=False)[0]
+    source_images = {}
+    if "domain_similarity" in scores:
+        for p, d in sources.items():
+            src = sample_per_class(open_split(d, "train"), per_class, seed)
+            source_images[p] = (ImageBatches(ImageDataset(src, EvalTransform(image_size, crop_pct)), dev),
+                                np.asarray(src.labels))
     table = {}
     for p, (net, has_head) in zip(zoo, nets):
-        table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed, ref)
+        table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed, ref,
+                               source_images.get(p), min_class_count)
     rankings = {s: rank_models({n: row[s] for n, row in table.items() if row[s] is not None}) for s in scores
                 if any(row[s] is not None for row in table.values())}
     result = {"scores": table, "rankings": rankings, "n_samples": len(y), "n_classes": len(set(y.tolist())),

@@ -19,7 +19,7 @@ from rlzoo_transfer.stop import RunIncomplete, interrupted
 ARCHS = ("resnet18", "resnet50", "small")
 METHODS = ("scratch", "single", "zoo", "zoo-lite", "zoo-avg", "ensemble", "hub")
 SCORES = ("lfc", "lgc", "leep", "nce", "logme", "h_score")          # select: the model-selection scores
-REFERENCE_SCORES = ("rsa",)       # select: scores that also need a network trained on the target (--rsa-reference)
+REFERENCE_SCORES = ("rsa", "domain_similarity")   # select: scores that need more than the zoo and the target
 ALL_SCORES = SCORES + REFERENCE_SCORES
 
 

@@ -40,7 +40,7 @@ def test_every_method_and_score_is_reported(experiments):
     assert sorted(_top1s(results, 1)) == sorted(labels)
     assert all(0 <= v <= 100 for v in _top1s(results, 1).values())
     assert set(results["selection"]["0"]["scores"]) == set(SOURCES)
-    assert {"lfc", "leep", "logme", "rsa"} <= set(results["selection"]["0"]["judgement"])
+    assert {"lfc", "leep", "logme", "rsa", "domain_similarity"} <= set(results["selection"]["0"]["judgement"])
     summary = (out / "summary.md").read_text()
     assert "| hub | A, B, C |" in summary and "| logme |" in summary and "| rsa |" in summary
     assert "seeds [0, 1]" in summary

@@ -97,6 +97,38 @@ def test_select_rsa_against_a_reference_network(tiny, tmp_path, capsys):
         "lfc", "lgc", "leep", "nce", "logme", "h_score", "rsa"}
 
 
+def test_select_domain_similarity_from_the_sources_own_data(tiny, tmp_path, capsys):
+    from scipy import optimize, spatial
+
+    root, paths, _ = tiny
+    x, y = digits_images()
+    other = np.flatnonzero((y >= 4) & (y < 8))[:160]                 # another "source domain": digits 4-7
+    write_image_folder(tmp_path / "other", "train", x[other], y[other])
+    rc = main(["--data", str(root / "data"), "--zoo", *paths, "--arch", "small", "--width", "8", "--image-size", "8",
+               "--crop-pct", "1", "--per-class", "10", "--scores", "domain_similarity",
+               "--source-data", f"src0/model={root / 'data'}", *(f"src{i}/model={tmp_path / 'other'}" for i in (1, 2)),
+               "--out", str(tmp_path / "sel.json")])
+    assert rc == 0 and "ranking by domain_similarity" in capsys.readouterr().out
+    res = json.loads((tmp_path / "sel.json").read_text())
+    assert res["scores"][paths[0]]["domain_similarity"] == pytest.approx(1.0)   # its "source" is the target sample
+
+    def images(data):
+        split = sample_per_class(open_split(data, "train"), 10, seed=0)
+        return torch.stack([ImageDataset(split, EvalTransform(8, 1.0))[i][0] for i in range(len(split))]), \
+            np.asarray(split.labels)
+
+    (xs, ys), (xt, yt) = images(tmp_path / "other"), images(root / "data")
+    net = resnet_small(12, width=8)
+    net.load_state_dict(torch.load(paths[1], weights_only=True))
+    with torch.no_grad():
+        fs, ft = net.eval().embed(xs).double().numpy(), net.embed(xt).double().numpy()
+    means = lambda f, lab: np.stack([f[lab == c].mean(0) for c in np.unique(lab)])   # noqa: E731
+    cost = spatial.distance.cdist(means(fs, ys), means(ft, yt))   # 4 x 4 classes of 10 images: uniform weights
+    rows, cols = optimize.linear_sum_assignment(cost)
+    assert res["scores"][paths[1]]["domain_similarity"] == pytest.approx(np.exp(-0.01 * cost[rows, cols].mean()))
+    assert res["scores"][paths[1]]["domain_similarity"] < 1.0
+
+
 def test_select_bad_input(tiny, tmp_path, capsys):
     root, paths, _ = tiny
     base = ["--data", str(root / "data"), "--zoo", *paths, "--image-size", "8"]
@@ -109,7 +141,13 @@ def test_select_bad_input(tiny, tmp_path, capsys):
                  base + ["--arch", "small", "--width", "8", "--rsa-reference", paths[0]],     # not a resnet18
                  base + ["--arch", "small", "--width", "8", "--rsa-reference", str(tmp_path / "no.pt"),
                          "--rsa-arch", "small", "--rsa-width", "8"],
-                 base + ["--arch", "small", "--width", "8", "--rsa-reference", paths[0], "--rsa-arch", "vit"]):
+                 base + ["--arch", "small", "--width", "8", "--rsa-reference", paths[0], "--rsa-arch", "vit"],
+                 base + ["--arch", "small", "--width", "8", "--scores", "domain_similarity"],    # no source data
+                 base + ["--arch", "small", "--width", "8", "--source-data", f"src0/model={root / 'data'}"],   # 1 of 3
+                 base + ["--arch", "small", "--width", "8", "--source-data", f"src0/model={tmp_path / 'none'}",
+                         f"src1/model={root / 'data'}", f"src2/model={root / 'data'}"],
+                 base + ["--arch", "small", "--width", "8", "--per-class", "3", "--source-data",   # < 5 per class
+                         *(f"src{i}/model={root / 'data'}" for i in range(3))]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err

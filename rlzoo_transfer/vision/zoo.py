@@ -24,7 +24,10 @@ depends on the generator only and L_exploit on the models only, so this one sum 
 objectives (eq. 6).
 
 Ensemble members are trained with the sum of their losses; with plain SGD (and momentum / weight decay, all
-per parameter) that is exactly m independent fine-tunings on the same batches.
+per parameter) that is exactly m independent fine-tunings on the same batches.  Hub-Pathway's baseline is "the
+ensemble by voting of the predictions of different pre-trained models after fine-tuning" (Sec. 4.1); we read
+voting as soft voting (mean probabilities): a hard majority vote of 2-3 members ties often, and the official
+code of neither paper is available for this baseline.
 """
 from __future__ import annotations
 

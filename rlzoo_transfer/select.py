@@ -25,9 +25,9 @@ augmentation); every score is computed per model from quantities extracted once:
   one from a reference network trained on the target task (the paper trains a ResNet-18 on the target: here any
   ``--rsa-arch`` state_dict, e.g. the ``model.pt`` of ``classify --method scratch``).
 * ``domain_similarity`` (Cui et al. 2018; only with ``--source-data``): ``exp(-0.01 EMD)`` between the class
-  means of the model's features on its own source images and on the target images, each class weighted by its
-  share of the images; classes with fewer than ``--min-class-count`` (5, the paper's App. C) sampled images are
-  left out.
+  means of the model's features on its own (sampled) source images and on the target's, each class weighted by
+  its share of its data set's train split; classes with fewer than ``--min-class-count`` (5, the paper's App. C)
+  images there are left out.
 
 Checkpoints without a classifier head (e.g. MoCo or detection backbones) get ``null`` for leep, nce and lgc.
 With ``--accuracies`` (measured fine-tuning accuracies, keyed by the checkpoint as given, its file name or its
@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scores is None:
         args.scores = list(SCORES) + (["rsa"] if args.rsa_reference else []) + \
             (["domain_similarity"] if args.source_data else [])
+    for option, given, score in (("--rsa-reference", args.rsa_reference, "rsa"),
+                                 ("--source-data", args.source_data, "domain_similarity")):
+        if given and score not in args.scores:
+            print(f"note: {option} is not used: {score} is not among --scores", file=sys.stderr)
     from rlzoo_transfer.config import resolve_device
     from rlzoo_transfer.vision.data import DataError
     from rlzoo_transfer.vision.model_selection import run_selection

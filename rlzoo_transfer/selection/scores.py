@@ -27,8 +27,10 @@ References:
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
-from scipy import optimize, spatial, stats
+from scipy import optimize, sparse, spatial, stats
 
 __all__ = [
     "label_similarity",
@@ -518,7 +520,8 @@ def earth_movers_distance(cost, source_weights, target_weights) -> float:
         rows, cols = optimize.linear_sum_assignment(d)
         return float(d[rows, cols].mean())
     # variables f_ij flattened row-major; row sums = ws (m equalities), column sums = wt (n equalities)
-    a_eq = np.vstack([np.kron(np.eye(m), np.ones((1, n))), np.kron(np.ones((1, m)), np.eye(n))])
+    a_eq = sparse.vstack([sparse.kron(sparse.eye(m), np.ones((1, n))), sparse.kron(np.ones((1, m)), sparse.eye(n))],
+                         format="csr")   # (m + n, m n) with 2 m n non-zeros: dense it would not fit for 1000 classes
     b_eq = np.concatenate([ws, wt])
     result = optimize.linprog(d.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
     if not result.success:  # pragma: no cover - the transport polytope is never empty after normalisation
@@ -527,12 +530,20 @@ def earth_movers_distance(cost, source_weights, target_weights) -> float:
     return float(flow @ d.ravel() / flow.sum())
 
 
-def _class_means(f: np.ndarray, y: np.ndarray, min_count: int):
+def _class_means(f: np.ndarray, y: np.ndarray, min_count: int, domain_counts: Mapping[int, int] | None = None):
+    """Class means of ``f`` over the classes in ``y`` and their weights: the classes' numbers of samples, or of
+    images in the whole domain when ``domain_counts`` gives them (then also for the ``min_count`` rule)."""
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     sums = np.zeros((classes.size, f.shape[1]))
     np.add.at(sums, inverse, f)
+    means = sums / counts[:, None]
+    if domain_counts is not None:
+        missing = [int(c) for c in classes if int(c) not in domain_counts]
+        if missing:
+            raise ValueError(f"class {missing[0]} of the samples has no count in the domain's class counts")
+        counts = np.array([domain_counts[int(c)] for c in classes])
     keep = counts >= min_count
-    return sums[keep] / counts[keep, None], counts[keep].astype(np.float64)
+    return means[keep], counts[keep].astype(np.float64)
 
 
 def domain_similarity(
@@ -542,6 +553,8 @@ def domain_similarity(
     target_labels,
     gamma: float = 0.01,
     min_class_count: int = 1,
+    source_counts: Mapping[int, int] | None = None,
+    target_counts: Mapping[int, int] | None = None,
 ) -> float:
     """Domain similarity of Cui et al. 2018 (Sec. 4.1)::
 
@@ -550,7 +563,9 @@ def domain_similarity(
     where each domain is the set of its class-mean features g(c) (computed with the pretrained model), weighted
     by class frequency w_c = n_c / sum n_c, and the EMD uses the Euclidean ground distance
     d_ij = ||g(s_i) - g(t_j)||_2 (see ``earth_movers_distance``).  Classes with fewer than ``min_class_count``
-    samples are dropped (Deshpande et al. 2021, App. C, drop classes with < 5 images).
+    samples are dropped (Deshpande et al. 2021, App. C, drop classes with < 5 images).  When the features come
+    from a sample of each domain, ``source_counts`` / ``target_counts`` (label -> number of images of the class in
+    the whole domain) give Cui et al.'s weights and the rule's counts; otherwise the samples' own counts are used.
 
     :param source_features: ``(Ns, D)`` features of source-domain samples
     :param source_labels: ``(Ns,)`` integer source labels
@@ -558,6 +573,8 @@ def domain_similarity(
     :param target_labels: ``(Nt,)`` integer target labels
     :param gamma: temperature (0.01 in Cui et al.)
     :param min_class_count: minimum samples for a class to take part
+    :param source_counts: optional {label: images of the class in the source domain}
+    :param target_counts: optional {label: images of the class in the target domain}
     :return: similarity in (0, 1]; higher is better
     """
     fs = _as_matrix(source_features, "source_features")
@@ -568,8 +585,8 @@ def domain_similarity(
     yt = _as_labels(target_labels, ft.shape[0], "target_labels")
     if gamma < 0:
         raise ValueError(f"gamma must be non-negative, got {gamma}")
-    ms, ws = _class_means(fs, ys, min_class_count)
-    mt, wt = _class_means(ft, yt, min_class_count)
+    ms, ws = _class_means(fs, ys, min_class_count, source_counts)
+    mt, wt = _class_means(ft, yt, min_class_count, target_counts)
     if ms.shape[0] == 0 or mt.shape[0] == 0:
         raise ValueError(f"no class has at least min_class_count={min_class_count} samples in one of the domains")
     emd = earth_movers_distance(spatial.distance.cdist(ms, mt), ws, wt)

@@ -3,6 +3,7 @@ folder are described there): the papers' learning-rate schedule, top-1 / NLL eva
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -40,15 +41,17 @@ def evaluate_classifier(model: nn.Module, dataset, device: torch.device, batch_s
     """top-1 accuracy (%) and mean negative log-likelihood of ``model`` (evaluation mode) on ``dataset``.
 
     Items of shape (V, C, H, W) (``TenCropTransform``) are V views of one image: the prediction is the mean of the
-    model's V outputs (logits, or log-probabilities for ``ensemble`` / ``hub``), as the official Zoo-Tuning code's
-    sum of ten-crop logits; ``batch_size`` images then make ``V * batch_size`` forward rows.
+    model's V logits, as the official Zoo-Tuning code's sum of ten-crop logits - for an :class:`Ensemble`, whose
+    output is the log of its members' mean probabilities, the log of the mean probability over the V views too
+    (soft voting over members and views alike); ``batch_size`` images make ``V * batch_size`` forward rows.
     """
     was = model.training
     model.eval()
     correct, nll, n = 0, 0.0, 0
     for x, y in predict_batches(dataset, batch_size):
         if x.dim() == 5:   # (B, V, C, H, W)
-            out = model(x.flatten(0, 1).to(device)).unflatten(0, x.shape[:2]).mean(1)
+            views = model(x.flatten(0, 1).to(device)).unflatten(0, x.shape[:2])
+            out = views.logsumexp(1) - math.log(views.shape[1]) if isinstance(model, Ensemble) else views.mean(1)
         else:
             out = model(x.to(device))
         y = y.to(device)
@@ -88,6 +91,9 @@ def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
         raise UsageError(f"out of range: --momentum {cfg.momentum} (must be < 1)")
     if cfg.nesterov and cfg.momentum == 0:
         raise UsageError("--nesterov needs a momentum > 0 (--momentum)")
+    if cfg.ten_crop and cfg.crop_pct == 1:
+        raise UsageError("--ten-crop needs --crop-pct below 1: at 1 the image is resized to the crop size, so the "
+                         "five crops would be one")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)

@@ -144,7 +144,7 @@ def _sources_table(results: dict) -> list[str]:
 def _selection_tables(results: dict, seeds: list[int]) -> list[str]:
     """The selection scores judged per seed, per source, and seed-averaged against the single accuracies."""
     # the scores every seed has (a results.json from before rsa was scored, resumed, lacks it on its old seeds)
-    scores = [sc for sc in next(iter(results["selection"].values()))["judgement"]
+    scores = [sc for sc in results["selection"][str(seeds[0])]["judgement"]
               if all(sc in results["selection"][str(s)]["judgement"] for s in seeds)]
     lines = ["", "Model selection over the six sources, judged against the single-source fine-tuning accuracies "
              "of the same seed:", "",

@@ -35,6 +35,12 @@ def sample_per_class(split: Split, per_class: int, seed: int = 0) -> Split:
     return Split([split.paths[i] for i in keep], [split.labels[i] for i in keep], split.classes)
 
 
+def class_counts(split: Split) -> dict[int, int]:
+    """{label: number of items} of a split."""
+    labels, counts = np.unique(np.asarray(split.labels), return_counts=True)
+    return {int(c): int(n) for c, n in zip(labels, counts)}
+
+
 # ------------------------------------------------------------------------------------------------ model
 def load_source(path: str, arch: str, width: int = 16, sha256: str | None = None) -> tuple[ResNet, bool]:
     """The pretrained network of a checkpoint, with its own classifier when the file has one; (net, has_head)."""
@@ -169,11 +175,12 @@ def lgc_gradients(net: ResNet, x, probes: int = 10, proj_dim: int | None = 10000
 def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[str],
                 probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
                 reference_features: np.ndarray | None = None, source: tuple | None = None,
-                min_class_count: int = 5) -> dict[str, float | None]:
+                min_class_count: int = 5, target_counts: dict[int, int] | None = None) -> dict[str, float | None]:
     """The requested scores of one pretrained network on the sampled target images ``x`` with labels ``y``;
     ``rsa`` compares its features with ``reference_features`` (N, D'), a target-trained network's on ``x``;
     ``domain_similarity`` compares the class means of its features on the target with those on its own source
-    images, ``source = (x_source, y_source)``."""
+    images, ``source = (x_source, y_source, source class counts)``, classes weighted by the counts (the target's:
+    ``target_counts``; both {label: images in the whole domain})."""
     feats, probs = extract(net, x, has_head)
     out: dict[str, float | None] = {}
     for s in scores:
@@ -195,7 +202,8 @@ def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[
             if source is None:
                 raise ValueError("domain_similarity needs the model's source images (--source-data)")
             src_feats = extract(net, source[0], has_head=False)[0]
-            out[s] = domain_similarity(src_feats, source[1], feats, y, gamma=0.01, min_class_count=min_class_count)
+            out[s] = domain_similarity(src_feats, source[1], feats, y, gamma=0.01, min_class_count=min_class_count,
+                                       source_counts=source[2], target_counts=target_counts)
         elif s == "rsa":
             if reference_features is None:
                 raise ValueError("rsa needs the features of a network trained on the target (--rsa-reference)")
@@ -221,9 +229,11 @@ def parse_named(items: Sequence[str], names: Sequence[str], option: str = "--acc
     lookup = {alias: next(iter(o)) for alias, o in owners.items() if len(o) == 1}
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, val = item.rpartition("=")
-        if not sep or not key:
+        splits = [(item[:i], item[i + 1:]) for i, ch in enumerate(item) if ch == "="]
+        if not splits or not splits[0][0]:
             raise ValueError(f"{option} item {item!r} is not NAME=VALUE")
+        # a name or a value may hold "=" (a path like runs/lr=0.1/data): the first split with a known name wins
+        key, val = next(((k, v) for k, v in splits if k in lookup), splits[0])
         if key not in lookup:
             why = "names several --zoo checkpoints" if key in owners else "is not one of the --zoo checkpoints"
             raise ValueError(f"{option} names {key!r}, which {why}")
@@ -272,8 +282,9 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     ``model.pt``); its penultimate features on the same sampled images are the reference RDM's.
     ``domain_similarity`` (Cui et al. 2018) needs ``source_data``: ``NAME=DATA`` items naming each checkpoint's own
     training data (a data set as ``--data``; its train split is sampled like the target's, ``per_class`` images
-    per class with ``seed``); classes with fewer than ``min_class_count`` sampled images are left out (5 in the
-    model-selection paper, App. C), gamma = 0.01 as Cui et al.
+    per class with ``seed``, for the class means); each class weighs its share of its whole train split, and
+    classes with fewer than ``min_class_count`` images there are left out (5 in the model-selection paper,
+    App. C); gamma = 0.01 as Cui et al.
     """
     for name, a in (("--arch", arch), ("--rsa-arch", rsa_arch)):
         if a not in ARCHS:
@@ -282,9 +293,6 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     if unknown:
         raise ValueError(f"unknown score {unknown[0]!r}; choose from {', '.join(ALL_SCORES)}")
     sources = parse_named(source_data, zoo, "--source-data", str, "a path")
-    if "domain_similarity" in scores and per_class < min_class_count:
-        raise ValueError(f"--per-class {per_class} is below --min-class-count {min_class_count}: domain_similarity "
-                         "would leave out every class")
     if "domain_similarity" in scores and not sources:
         raise ValueError("score domain_similarity needs --source-data NAME=DATA for every --zoo checkpoint (the data "
                          "each model was trained on)")
@@ -296,7 +304,8 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     if sha256 and len(sha256) != len(zoo):
         raise ValueError(f"--sha256 needs one digest per --zoo checkpoint ({len(zoo)}), got {len(sha256)}")
     acc = parse_accuracies(accuracies, zoo)
-    split = sample_per_class(open_split(data, "train"), per_class, seed)
+    full = open_split(data, "train")
+    split = sample_per_class(full, per_class, seed)
     if len(set(split.labels)) < 2:
         raise DataError(f"{data}: the train split has fewer than 2 classes")
     ds = ImageDataset(split, EvalTransform(image_size, crop_pct))
@@ -310,13 +319,14 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     source_images = {}
     if "domain_similarity" in scores:
         for p, d in sources.items():
-            src = sample_per_class(open_split(d, "train"), per_class, seed)
+            src_full = open_split(d, "train")
+            src = sample_per_class(src_full, per_class, seed)
             source_images[p] = (ImageBatches(ImageDataset(src, EvalTransform(image_size, crop_pct)), dev),
-                                np.asarray(src.labels))
+                                np.asarray(src.labels), class_counts(src_full))
     table = {}
     for p, (net, has_head) in zip(zoo, nets):
         table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed, ref,
-                               source_images.get(p), min_class_count)
+                               source_images.get(p), min_class_count, class_counts(full))
     rankings = {s: rank_models({n: row[s] for n, row in table.items() if row[s] is not None}) for s in scores
                 if any(row[s] is not None for row in table.values())}
     result = {"scores": table, "rankings": rankings, "n_samples": len(y), "n_classes": len(set(y.tolist())),

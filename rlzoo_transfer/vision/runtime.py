@@ -14,7 +14,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -176,10 +176,12 @@ MAY_DIFFER_ON_RESUME = frozenset({"out", "resume", "sha256", "save_every", "log_
                                   "workers", "threads", "tensorboard", "progress"})
 
 
-def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, keys: Sequence[str]) -> FitState:
+def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, keys: Sequence[str],
+                defaults: dict | None = None) -> FitState:
     """Restore a run from its ``checkpoint.pt`` (read with ``weights_only=True``); ValueError if the file is not a
-    checkpoint this code wrote, or was made with another value of one of ``keys`` (a key the checkpoint lacks, from an
-    older version, is not compared)."""
+    checkpoint this code wrote, or was made with another value of one of ``keys``.  A key the checkpoint lacks (an
+    option added since it was written) counts as its value in ``defaults`` - what that older version did - and is
+    not compared when it has none there."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         missing = [k for k in CHECKPOINT_KEYS if k not in ck] + ([] if "numpy_key" in ck.get("rng", {}) else ["rng"])
@@ -188,7 +190,7 @@ def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, k
     except Exception as e:   # truncated, another format, or pickled objects the safe loader refuses
         raise ValueError(f"{path}: not a readable checkpoint of this version ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); delete it or use another --out") from None
-    saved = ck["config"]
+    saved = {k: v for k, v in (defaults or {}).items() if k in keys} | ck["config"]
     for k in keys:
         if k in saved and saved[k] != config.get(k):
             raise ValueError(f"{path}: made with {k}={saved[k]!r}, this run has {config.get(k)!r}; resume with the "
@@ -227,8 +229,9 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
     state = FitState()
     if cfg.resume and ck_path.exists():
         keys = [k for k in config if k not in MAY_DIFFER_ON_RESUME]
+        defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
         try:
-            state = resume_from(ck_path, model, optimizer, scheduler, stream, config, keys)
+            state = resume_from(ck_path, model, optimizer, scheduler, stream, config, keys, defaults)
         except ValueError as e:
             raise UsageError(str(e)) from e
     write_json(out / "config.json", {"config": config, "environment": environment()})   # after: a refusal keeps it

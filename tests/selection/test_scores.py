@@ -272,6 +272,16 @@ def test_domain_similarity_hand_cases():
     # class frequencies weight the means: target masses 1/3 at 3, 2/3 at 5 -> EMD 13/3
     value = domain_similarity(fs, [0, 0], np.array([[3.0], [5.0], [5.0]]), [0, 1, 1], gamma=1.0)
     assert value == pytest.approx(math.exp(-13 / 3))
+    # sampled features, the whole domain's class counts: target classes 0 and 1 with 30 and 10 images -> masses
+    # 3/4 at 3, 1/4 at 5 -> EMD 3.5 (the sample's own counts, 1 and 1, would give 4)
+    value = domain_similarity(fs, [0, 0], ft, [0, 1], gamma=1.0, target_counts={0: 30, 1: 10})
+    assert value == pytest.approx(math.exp(-3.5))
+    # the min-count rule counts the domain's images: class 1 with 4 < 5 leaves, class 0 alone -> EMD 3
+    value = domain_similarity(fs, [0, 0], ft, [0, 1], gamma=1.0, min_class_count=5, source_counts={0: 9},
+                              target_counts={0: 30, 1: 4})
+    assert value == pytest.approx(math.exp(-3.0))
+    with pytest.raises(ValueError, match="class 1 of the samples has no count"):
+        domain_similarity(fs, [0, 0], ft, [0, 1], target_counts={0: 30})
 
 
 def test_domain_similarity_on_digits(digits):

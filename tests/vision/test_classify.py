@@ -13,8 +13,10 @@ import rlzoo_transfer.vision.classification as classification
 from rlzoo_transfer.vision.classification import run_classification
 from rlzoo_transfer.vision.classify import ClassifyConfig, main
 from rlzoo_transfer.vision.data import (BatchStream, EvalTransform, ImageDataset, TenCropTransform, TrainTransform,
-                                        digits_images, open_split, random_resized_crop_box, write_image_folder)
+                                        digits_images, normalize, open_split, random_resized_crop_box,
+                                        write_image_folder)
 from rlzoo_transfer.vision.resnet import resnet_small
+from rlzoo_transfer.vision.zoo import Ensemble, mean_softmax_log
 
 torch.set_num_threads(1)
 SMALL = dict(arch="small", width=8, image_size=8, crop_scale=(0.7, 1.0), crop_pct=1.0, tensorboard=False,
@@ -108,6 +110,13 @@ def test_resume_after_a_crash_continues_exactly(digits, sources, tmp_path, monke
     again = run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True,
                                               **(common | {"log_every": 3, "threads": 1, "eval_every": 0})))
     assert again["iterations"] == 8
+    # a checkpoint from before --nesterov existed was made without it: resuming with it is refused, not ignored
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    del ck["config"]["nesterov"], ck["config"]["ten_crop"]
+    torch.save(ck, tmp_path / "b" / "checkpoint.pt")
+    with pytest.raises(classification.UsageError, match="made with nesterov=False, this run has True"):
+        run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True, **(common | {"nesterov": True})))
+    assert run_classification(ClassifyConfig(out=str(tmp_path / "b"), resume=True, **common))["iterations"] == 8
 
 
 def test_csv_list_format(digits, tmp_path):
@@ -128,6 +137,11 @@ def test_ten_crop_views_and_their_averaged_prediction(digits, tmp_path):
     img = torch.arange(3 * 12 * 20, dtype=torch.float32).view(3, 12, 20) % 256     # not square, all pixels differ
     views = TenCropTransform(8, crop_pct=0.8)(img)                                # shorter side 10: (10, 17)
     assert views.shape == (10, 3, 8, 8)
+    resized = EvalTransform(8, crop_pct=0.8).resized(img)
+    assert resized.shape == (3, 10, 17)
+    corners = [(0, 0), (0, 9), (2, 0), (2, 9)]                                    # top-left, top-right, ...
+    for i, (top, left) in enumerate(corners):
+        torch.testing.assert_close(views[i], normalize(resized[:, top:top + 8, left:left + 8]))
     torch.testing.assert_close(views[4], EvalTransform(8, crop_pct=0.8)(img))    # the centre view
     for i, mirror_of in enumerate([1, 0, 3, 2]):   # the mirror's corners: its top-left = mirrored top-right, ...
         torch.testing.assert_close(views[5 + i], views[mirror_of].flip(-1), atol=1e-5, rtol=0)
@@ -143,6 +157,13 @@ def test_ten_crop_views_and_their_averaged_prediction(digits, tmp_path):
     got = classification.evaluate_classifier(model, ds, torch.device("cpu"), batch_size=7)
     assert got["top1"] == pytest.approx(100.0 * float((outs.argmax(-1) == labels).float().mean()))
     assert got["nll"] == pytest.approx(float(torch.nn.functional.cross_entropy(outs, labels)), rel=1e-5)
+    torch.manual_seed(1)
+    ens = Ensemble([model, resnet_small(10, width=8)], mean_softmax_log).eval()   # soft voting over members x views
+    with torch.no_grad():
+        probs = torch.stack([torch.stack([m(ds[i][0]).softmax(-1) for m in ens.models]).mean((0, 1))
+                             for i in range(len(ds))])
+    got = classification.evaluate_classifier(ens, ds, torch.device("cpu"), batch_size=7)
+    assert got["nll"] == pytest.approx(float(torch.nn.functional.nll_loss(probs.log(), labels)), rel=1e-5)
     res = run_classification(ClassifyConfig(data=str(digits), method="scratch", iters=3, batch_size=16,
                                             nesterov=True, ten_crop=True, out=str(tmp_path / "run"),
                                             **(SMALL | {"crop_pct": 0.875})))
@@ -222,6 +243,7 @@ def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--width", "0"],
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--crop-pct", "1.5"],
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--nesterov", "--momentum", "0"],
+        ["--data", str(digits), "--method", "scratch", "--arch", "small", "--ten-crop", "--crop-pct", "1"],
     ]
     for argv in cases:
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]) == 2

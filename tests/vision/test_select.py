@@ -10,7 +10,7 @@ from rlzoo_transfer.selection import spearman, trials_to_best
 from rlzoo_transfer.vision.data import (EvalTransform, ImageDataset, Split, digits_images, open_split,
                                         write_image_folder)
 from rlzoo_transfer.vision.model_selection import (CountSketch, last_conv_name, lgc_gradients, parse_accuracies,
-                                                   probe_seed, sample_per_class, sketch_seed)
+                                                   parse_named, probe_seed, sample_per_class, sketch_seed)
 from rlzoo_transfer.vision.resnet import resnet18, resnet50, resnet_small
 
 torch.set_num_threads(1)
@@ -102,7 +102,8 @@ def test_select_domain_similarity_from_the_sources_own_data(tiny, tmp_path, caps
 
     root, paths, _ = tiny
     x, y = digits_images()
-    other = np.flatnonzero((y >= 4) & (y < 8))[:160]                 # another "source domain": digits 4-7
+    # another "source domain": digits 4-7, 60 / 40 / 20 / 12 images
+    other = np.concatenate([np.flatnonzero(y == c)[:n] for c, n in zip(range(4, 8), (60, 40, 20, 12))])
     write_image_folder(tmp_path / "other", "train", x[other], y[other])
     rc = main(["--data", str(root / "data"), "--zoo", *paths, "--arch", "small", "--width", "8", "--image-size", "8",
                "--crop-pct", "1", "--per-class", "10", "--scores", "domain_similarity",
@@ -123,10 +124,23 @@ def test_select_domain_similarity_from_the_sources_own_data(tiny, tmp_path, caps
     with torch.no_grad():
         fs, ft = net.eval().embed(xs).double().numpy(), net.embed(xt).double().numpy()
     means = lambda f, lab: np.stack([f[lab == c].mean(0) for c in np.unique(lab)])   # noqa: E731
-    cost = spatial.distance.cdist(means(fs, ys), means(ft, yt))   # 4 x 4 classes of 10 images: uniform weights
-    rows, cols = optimize.linear_sum_assignment(cost)
-    assert res["scores"][paths[1]]["domain_similarity"] == pytest.approx(np.exp(-0.01 * cost[rows, cols].mean()))
+    cost = spatial.distance.cdist(means(fs, ys), means(ft, yt))     # 4 x 4 class means of the 10-image samples
+    # each class weighs its share of its whole train split (Cui et al.), not of the sample (10 each)
+    ws = np.bincount(y[other] - 4) / len(other)
+    wt = np.bincount(y[np.flatnonzero(y < 4)[:160]]) / 160
+    assert not np.allclose(ws, 0.25)
+    a_eq = np.vstack([np.kron(np.eye(4), np.ones(4)), np.kron(np.ones(4), np.eye(4))])
+    lp = optimize.linprog(cost.ravel(), A_eq=a_eq, b_eq=np.concatenate([ws, wt]), bounds=(0, None))
+    assert res["scores"][paths[1]]["domain_similarity"] == pytest.approx(np.exp(-0.01 * lp.fun), rel=1e-7)
     assert res["scores"][paths[1]]["domain_similarity"] < 1.0
+    # --source-data alone adds domain_similarity to the default scores; with an explicit --scores it says it is unused
+    argv = ["--data", str(root / "data"), "--zoo", *paths, "--arch", "small", "--width", "8", "--image-size", "8",
+            "--per-class", "5", "--proj-dim", "64",
+            "--source-data", *(f"src{i}/model={root / 'data'}" for i in range(3))]
+    assert main(argv + ["--out", str(tmp_path / "all.json")]) == 0
+    assert "domain_similarity" in json.loads((tmp_path / "all.json").read_text())["scores"][paths[0]]
+    assert main(argv + ["--scores", "lfc"]) == 0
+    assert "note: --source-data is not used" in capsys.readouterr().err
 
 
 def test_select_bad_input(tiny, tmp_path, capsys):
@@ -146,7 +160,7 @@ def test_select_bad_input(tiny, tmp_path, capsys):
                  base + ["--arch", "small", "--width", "8", "--source-data", f"src0/model={root / 'data'}"],   # 1 of 3
                  base + ["--arch", "small", "--width", "8", "--source-data", f"src0/model={tmp_path / 'none'}",
                          f"src1/model={root / 'data'}", f"src2/model={root / 'data'}"],
-                 base + ["--arch", "small", "--width", "8", "--per-class", "3", "--source-data",   # < 5 per class
+                 base + ["--arch", "small", "--width", "8", "--min-class-count", "100", "--source-data",   # no class
                          *(f"src{i}/model={root / 'data'}" for i in range(3))]):
         assert main(argv) == 2
         err = capsys.readouterr().err
@@ -202,5 +216,8 @@ def test_helpers():
     s = sample_per_class(split, 5, seed=0)
     assert s.labels == [0] * 5 + [1] * 4
     assert parse_accuracies(["a.pt=1.5", "dir/b=2"], ["x/a.pt", "dir/b.pt"]) == {"x/a.pt": 1.5, "dir/b.pt": 2.0}
+    # "=" inside a name or a value (paths such as runs/lr=0.1/...)
+    assert parse_named(["a=runs/lr=0.1/data", "lr=2/b.pt=x=y"], ["a.pt", "lr=2/b.pt"], "--source-data", str) == {
+        "a.pt": "runs/lr=0.1/data", "lr=2/b.pt": "x=y"}
     with pytest.raises(ValueError, match="no value"):
         parse_accuracies(["a.pt=1"], ["a.pt", "b.pt"])

@@ -63,9 +63,11 @@ def _json_default(o):
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` atomically (temporary file + rename)."""
-    with interrupts_surface(), replacing(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` atomically (temporary file + rename).  Saved through a file object: given a path, torch names
+    the archive's inner folder after the file, here the temporary file's random name, so the same weights got a
+    different sha256 on every save."""
+    with interrupts_surface(), replacing(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def pick_device(device: str) -> torch.device:

@@ -83,3 +83,18 @@ def test_cli_main_prints_results_and_turns_usage_errors_into_status_2(capsys):
     assert capsys.readouterr().out.strip() == '{"seed": 3, "out": "runs/x"}'
     assert cli_main(parser, dict, run, ("seed",), ["--seed", "7"]) == 2
     assert capsys.readouterr().err.strip() == "error: seven is unlucky"
+
+
+def test_save_atomic_writes_the_same_bytes_for_the_same_weights(tmp_path):
+    """The sha256 of a saved checkpoint depends on the weights only (it was the temporary file's random name too)."""
+    import hashlib
+
+    from rlzoo_transfer.vision.runtime import save_atomic
+
+    weights = {"w": torch.arange(6.0).view(2, 3)}
+    (tmp_path / "a").mkdir()
+    save_atomic(weights, tmp_path / "a" / "model.pt")
+    save_atomic(weights, tmp_path / "model.pt")
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "a" / "model.pt", tmp_path / "model.pt")}
+    assert len(digests) == 1
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["w"], weights["w"])

@@ -137,7 +137,7 @@ def report_aggregate_section(finals: dict, methods: list[str], baseline: str, re
              "the interval would read as more certain than the data are. The pooled IQM is rliable's: "
              "`trim_mean(x, 0.25)` over all runs x games as they are, each run counting the same (a game with more "
              "seeds weighs more), the form most published aggregates use; with 3 games the two can differ much, "
-             "since a game whose HNS is far from the others' (Jamesbond's is over 10x) decides which runs straddle the "
+             "since a game whose HNS is far from the others' (Jamesbond's, here) decides which runs straddle the "
              "quartiles.", ""]
     header = ["method", "IQM HNS [95% CI]", "mean HNS [95% CI]", "pooled IQM [95% CI]", "games", "runs",
               "seeds per game"]

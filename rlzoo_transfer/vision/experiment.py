@@ -2,7 +2,7 @@
 digits, transfer them to a held-out few-shot 10-way task, compare the transfer methods side by side, and judge
 the model-selection scores against the measured fine-tuning accuracies.
 
-    python -m rlzoo_transfer.vision.experiment --out eval/vision            # 7-30 min on one CPU thread
+    python -m rlzoo_transfer.vision.experiment --out eval/vision            # 6-30 min on one CPU thread
     python -m rlzoo_transfer.vision.experiment --out eval/vision --resume   # after a kill: finished seeds stay
 
 (``scripts/vision_experiment.py``, the command eval/vision.md records, runs this module.)

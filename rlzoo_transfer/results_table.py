@@ -32,9 +32,11 @@ class MarkerError(Exception):
     """The markdown file has no (or broken) results-table markers."""
 
 
-def _iqm_cell(finals: dict, method: str, reps: int, seed: int) -> str:
+def _iqm_cell(finals: dict, method: str, reps: int, seed: int, games: Sequence[str]) -> str:
+    """The method's IQM HNS, or "-" when it lacks one of ``games`` that has human / random scores (an IQM over fewer
+    games would sit in the column as if it compared with the others)."""
     agg = aggregate.aggregate_hns(finals, method, reps, seed)
-    if agg is None:
+    if agg is None or agg["n_games"] < sum(g in scores.GAMES for g in games):
         return "-"
     return report.fmt_aggregate_ci(agg["iqm"], agg["seeds"]) if min(agg["seeds"]) >= 2 else f"{agg['iqm'][0]:.3f}"
 
@@ -48,7 +50,7 @@ def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000
     methods = [m for m in aggregate.method_order([r.method for r in runs], baseline)
                if any((g, m) in finals for g in games)]
     rows = [[f"`{m}`", *(report.fmt_final(finals.get((g, m)), seeds="{}") for g in games),
-             _iqm_cell(finals, m, reps, seed)] for m in methods]
+             _iqm_cell(finals, m, reps, seed, games)] for m in methods]
     for algo, cells in report.reference_rows(games, lambda v, g: f"{v:.1f}"):   # the report's published rows
         hns = [scores.human_normalized(scores.GAMES[g].published[algo], g) for g in games
                if g in scores.GAMES and algo in scores.GAMES[g].published]
@@ -70,7 +72,7 @@ def table_lines(runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000
     incomplete = sum(not r.complete for r in runs)
     lines = ["Final score: mean ± std over seeds of the 100-episode final evaluations, (seeds); IQM HNS: "
              "game-balanced interquartile mean of human-normalised scores, [95 % bootstrap CI] once every game has "
-             ">= 2 seeds.", ""]
+             ">= 2 seeds, - for a method that has not run every game.", ""]
     lines += report.md_table(["method", *games, "IQM HNS"], rows)
     if any(report.NARROW_MARK in cell for row in rows for cell in row):
         lines += ["", report.NARROW_NOTE]

@@ -30,7 +30,7 @@ def test_table_hand_values(runs_root):  # noqa: F811
     # game-balanced IQM: Alien's two runs weigh 1/4 each, Jamesbond's one 1/2; HNS 0.0250, 0.0539, 1.0 ->
     # middle half = 0.0539 over [0.25, 0.5] and 1.0 over [0.5, 0.75] -> 0.527; a game with 1 seed: no CI
     assert zoo[2] == "0.527"
-    assert _row(final, "`hub`") == ["70.0 (1)", "-", f"{(70 - 227.8) / (7127.7 - 227.8):.3f}"]
+    assert _row(final, "`hub`") == ["70.0 (1)", "-", "-"]   # Alien only: no IQM beside the two-game ones
     # published rows: the score per game and their game-balanced IQM (two games, one score each: their mean)
     der_hns = ((739.9 - 227.8) / (7127.7 - 227.8) + (301.6 - 29.0) / (302.8 - 29.0)) / 2
     assert _row(final, "DER (published)") == ["739.9", "301.6", f"{der_hns:.3f}"]

@@ -323,10 +323,11 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
             src = sample_per_class(src_full, per_class, seed)
             source_images[p] = (ImageBatches(ImageDataset(src, EvalTransform(image_size, crop_pct)), dev),
                                 np.asarray(src.labels), class_counts(src_full))
+    target_counts = class_counts(full)
     table = {}
     for p, (net, has_head) in zip(zoo, nets):
         table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed, ref,
-                               source_images.get(p), min_class_count, class_counts(full))
+                               source_images.get(p), min_class_count, target_counts)
     rankings = {s: rank_models({n: row[s] for n, row in table.items() if row[s] is not None}) for s in scores
                 if any(row[s] is not None for row in table.values())}
     result = {"scores": table, "rankings": rankings, "n_samples": len(y), "n_classes": len(set(y.tolist())),

@@ -34,8 +34,10 @@ With ``--accuracies`` (measured fine-tuning accuracies, keyed by the checkpoint 
 stem) each score's ranking is judged by its Spearman correlation with the accuracies, the number of models
 fine-tuned in score order before reaching the best one (trials to best, Fig. 6a), and the best accuracy among
 its top 3 (Fig. 4); a score that some model lacks (leep, nce and lgc when one checkpoint has no head) is not
-judged (``null``), since over a subset of the zoo its correlation would not compare with the other scores'.  Bad
-input is one line on stderr and exit status 2.
+judged (``null``), since over a subset of the zoo its correlation would not compare with the other scores'.  A
+score that is undefined for a degenerate model (all-zero or constant features, e.g. a collapsed network) is
+``null`` for that model in the same way, with a note on stderr saying why; the other models are still ranked.
+Bad input is one line on stderr and exit status 2.
 
 This module is the CLI (torch-free until its arguments parse: ``--help`` answers at once); the scores' inputs
 and the ranking are vision/model_selection.py's, the scores themselves selection/'s.
@@ -147,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, CheckpointError, ValueError, FileNotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    short = display_names(args.zoo)
+    for model, why in result.get("undefined", {}).items():
+        for score, reason in why.items():
+            print(f"note: {score} is undefined for {short[model]} ({reason}); shown as -, left out of its ranking",
+                  file=sys.stderr)
     print(format_table(result))
     if args.out:
         write_json(args.out, result | {"config": vars(args), "environment": environment()})

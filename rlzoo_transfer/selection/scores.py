@@ -33,6 +33,7 @@ import numpy as np
 from scipy import optimize, sparse, spatial, stats
 
 __all__ = [
+    "UndefinedScoreError",
     "label_similarity",
     "linear_kernel",
     "kernel_label_correlation",
@@ -44,6 +45,7 @@ __all__ = [
     "logme",
     "h_score",
     "rdm",
+    "rdm_entries",
     "rsa",
     "earth_movers_distance",
     "domain_similarity",
@@ -53,6 +55,12 @@ __all__ = [
 # row blocks so a (P, k) matrix never has to fit in memory).  Part of the seed -> matrix contract: changing it
 # changes the projection drawn for a given seed.
 _PROJECTION_BLOCK_ENTRIES = 1 << 22
+
+
+class UndefinedScoreError(ValueError):
+    """A score is undefined for these inputs though they are well-formed: the model is degenerate on the target
+    sample (all-zero or constant features, a constant kernel or RDM).  Callers ranking many models report such a
+    model's score as missing instead of stopping; any other ValueError is a usage error."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -145,7 +153,7 @@ def kernel_label_correlation(kernel, labels) -> float:
     k_c = k - k.mean()
     denom = np.linalg.norm(theta_c) * np.linalg.norm(k_c)
     if denom == 0.0:
-        raise ValueError("kernel is constant; its correlation with the labels is undefined")
+        raise UndefinedScoreError("kernel is constant; its correlation with the labels is undefined")
     return float(np.sum(theta_c * k_c) / denom)
 
 
@@ -172,7 +180,7 @@ def _linear_kernel_label_correlation(f: np.ndarray, y: np.ndarray) -> float:
     var_theta = theta_sq - nn * mu_theta**2
     var_k = nn - nn * mu_k**2
     if var_theta <= 1e-12 * max(theta_sq, np.finfo(float).tiny):
-        raise ValueError("the kernel F F^T is constant; its correlation with the labels is undefined")
+        raise UndefinedScoreError("the kernel F F^T is constant; its correlation with the labels is undefined")
     return float(numerator / np.sqrt(var_theta * var_k))
 
 
@@ -386,7 +394,7 @@ def logme(features, labels, tol: float = 1e-6, max_iter: int = 1000) -> float:
     n, d = f.shape
     u, s, _ = np.linalg.svd(f, full_matrices=False)
     if s.max() == 0.0:
-        raise ValueError("features are all zero; LogME is undefined")
+        raise UndefinedScoreError("features are all zero; LogME is undefined")
     s2 = s**2
     values = []
     for c in np.unique(y):
@@ -427,7 +435,7 @@ def h_score(features, labels, rtol: float = 1e-10) -> float:
     cov_between = (class_means * (counts / n)[:, None]).T @ class_means
     eigval, eigvec = np.linalg.eigh(cov_f)
     if eigval[-1] <= 0.0:
-        raise ValueError("features are constant; H-score is undefined")
+        raise UndefinedScoreError("features are constant; H-score is undefined")
     keep = eigval > rtol * eigval[-1]
     v = eigvec[:, keep]
     return float(np.sum(np.einsum("dk,de,ek->k", v, cov_between, v) / eigval[keep]))
@@ -449,7 +457,7 @@ def rdm(features) -> np.ndarray:
     fc = f - f.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(fc, axis=1)
     if np.any(norms == 0.0):
-        raise ValueError("some samples have constant features; their correlation is undefined")
+        raise UndefinedScoreError("some samples have constant features; their correlation is undefined")
     fn = fc / norms[:, None]
     return 1.0 - np.clip(fn @ fn.T, -1.0, 1.0)
 
@@ -475,15 +483,26 @@ def rsa(features, reference_features, method: str = "spearman") -> float:
         raise ValueError(f"features and reference_features must have the same N, got {a.shape[0]} and {b.shape[0]}")
     if a.shape[0] < 3:
         raise ValueError("rsa needs at least 3 samples (2 off-diagonal RDM entries)")
-    iu = np.triu_indices(a.shape[0], k=1)
-    da, db = rdm(a)[iu], rdm(b)[iu]
+    da, db = rdm_entries(a, "features"), rdm_entries(b, "reference_features")
     if method == "spearman":
         da, db = stats.rankdata(da), stats.rankdata(db)
     da, db = da - da.mean(), db - db.mean()
-    denom = np.linalg.norm(da) * np.linalg.norm(db)
-    if denom == 0.0:
-        raise ValueError("an RDM is constant; the correlation is undefined")
-    return float(da @ db / denom)
+    return float(da @ db / (np.linalg.norm(da) * np.linalg.norm(db)))
+
+
+def rdm_entries(features, name: str = "features") -> np.ndarray:
+    """The N (N - 1) / 2 entries above the diagonal of ``rdm(features)``, the vector RSA correlates.
+
+    :raises UndefinedScoreError: (naming ``name``) a sample with constant features, or all entries equal
+    """
+    f = _as_matrix(features, name)
+    try:
+        d = rdm(f)[np.triu_indices(f.shape[0], k=1)]
+    except UndefinedScoreError as e:
+        raise UndefinedScoreError(f"{name}: {e}") from None
+    if d.size and np.ptp(d) <= 1e-12:                 # entries lie in [0, 2]; below this it is rounding noise
+        raise UndefinedScoreError(f"{name}: the RDM is constant; its correlation is undefined")
+    return d
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -156,18 +156,25 @@ def _selection_tables(results: dict, seeds: list[int]) -> list[str]:
         hits = sum(t == 1 for t in ttb)
         rho_s = ", ".join("n/a" if v is None else f"{v:+.2f}" for v in rho)
         valid = [v for v in rho if v is not None]
-        lines.append(f"| {sc} | {np.mean(valid):+.3f} | {rho_s} | {ttb} | {hits}/{len(seeds)} |")
-    mean_score = {sc: {s: float(np.mean([results["selection"][str(sd)]["scores"][s][sc] for sd in seeds]))
-                       for s in SOURCES} for sc in scores}
+        rho_mean = f"{np.mean(valid):+.3f}" if valid else "n/a"
+        lines.append(f"| {sc} | {rho_mean} | {rho_s} | {ttb} | {hits}/{len(seeds)} |")
+    per_seed = {sc: {s: [results["selection"][str(sd)]["scores"][s][sc] for sd in seeds] for s in SOURCES}
+                for sc in scores}                  # None where the score was undefined for that seed's model
+    mean_score = {sc: {s: None if None in v else float(np.mean(v)) for s, v in by.items()}
+                  for sc, by in per_seed.items()}
     mean_acc = {s: float(np.mean([_top1(results, sd, f"single:{s}") for sd in seeds])) for s in SOURCES}
     lines += ["", "Mean score per source (over seeds) beside its mean single fine-tuning top-1:", "",
               "| source | " + " | ".join(scores) + " | single top-1 |", "| --- |" + " --- |" * (len(scores) + 1)]
     for s in SOURCES:
-        lines.append(f"| {s} | " + " | ".join(f"{mean_score[sc][s]:.4f}" for sc in scores) + f" | {mean_acc[s]:.2f} |")
+        lines.append(f"| {s} | " + " | ".join("-" if mean_score[sc][s] is None else f"{mean_score[sc][s]:.4f}"
+                                              for sc in scores) + f" | {mean_acc[s]:.2f} |")
     lines += ["", "Seed-mean scores against seed-mean single accuracies (less noisy than one seed):", "",
               "| score | Spearman | trials to best | ranking |", "| --- | --- | --- | --- |"]
     for sc in scores:
-        ms = mean_score[sc]
+        ms = {s: v for s, v in mean_score[sc].items() if v is not None}
+        if len(ms) < len(SOURCES):                  # judged over all six or not at all, as select's judgement
+            lines.append(f"| {sc} | n/a | n/a | undefined for {', '.join(sorted(set(SOURCES) - set(ms)))} |")
+            continue
         lines.append(f"| {sc} | {spearman(ms, mean_acc):+.3f} | {trials_to_best(ms, mean_acc)} | "
                      f"{' > '.join(rank_models(ms))} |")
     lines.append(f"| (accuracy) | | | {' > '.join(rank_models(mean_acc))} |")

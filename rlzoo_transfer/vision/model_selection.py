@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlzoo_transfer.selection import (best_of_top_k, domain_similarity, h_score, leep, lfc, lgc, logme, nce,
-                                      rank_models, rsa, spearman, trials_to_best)
+from rlzoo_transfer.selection import (UndefinedScoreError, best_of_top_k, domain_similarity, h_score, leep, lfc,
+                                      lgc, logme, nce, rank_models, rdm_entries, rsa, spearman, trials_to_best)
 from rlzoo_transfer.vision.data import DataError, EvalTransform, ImageDataset, Split, open_split
 from rlzoo_transfer.vision.options import ALL_SCORES, ARCHS, SCORES
 from rlzoo_transfer.vision.resnet import (CheckpointError, ResNet, build_resnet, check_backbone_keys,
@@ -175,42 +175,59 @@ def lgc_gradients(net: ResNet, x, probes: int = 10, proj_dim: int | None = 10000
 def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[str],
                 probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
                 reference_features: np.ndarray | None = None, source: tuple | None = None,
-                min_class_count: int = 5, target_counts: dict[int, int] | None = None) -> dict[str, float | None]:
+                min_class_count: int = 5, target_counts: dict[int, int] | None = None,
+                undefined: dict[str, str] | None = None) -> dict[str, float | None]:
     """The requested scores of one pretrained network on the sampled target images ``x`` with labels ``y``;
     ``rsa`` compares its features with ``reference_features`` (N, D'), a target-trained network's on ``x``;
     ``domain_similarity`` compares the class means of its features on the target with those on its own source
     images, ``source = (x_source, y_source, source class counts)``, classes weighted by the counts (the target's:
-    ``target_counts``; both {label: images in the whole domain})."""
+    ``target_counts``; both {label: images in the whole domain}).
+
+    A score that needs a classifier head is None for a headless model; one that is undefined for this model (
+    ``UndefinedScoreError``: e.g. all-zero or constant features, a collapsed network) is None too, and its reason
+    goes into ``undefined`` ({score: reason}) when given: one degenerate model does not stop the ranking."""
     feats, probs = extract(net, x, has_head)
     out: dict[str, float | None] = {}
     for s in scores:
-        if s in HEAD_SCORES and not has_head:
+        try:
+            out[s] = _one_score(s, net, has_head, feats, probs, x, y, probes, proj_dim, seed, reference_features,
+                                source, min_class_count, target_counts)
+        except UndefinedScoreError as e:
             out[s] = None
-        elif s == "lfc":
-            out[s] = lfc(feats, y)
-        elif s == "logme":
-            out[s] = logme(feats, y)
-        elif s == "h_score":
-            out[s] = h_score(feats, y)
-        elif s == "leep":
-            out[s] = leep(probs, y)
-        elif s == "nce":
-            out[s] = nce(probs.argmax(1), y)
-        elif s == "lgc":
-            out[s] = lgc(lgc_gradients(net, x, probes, proj_dim, seed), y, proj_dim=None)
-        elif s == "domain_similarity":
-            if source is None:
-                raise ValueError("domain_similarity needs the model's source images (--source-data)")
-            src_feats = extract(net, source[0], has_head=False)[0]
-            out[s] = domain_similarity(src_feats, source[1], feats, y, gamma=0.01, min_class_count=min_class_count,
-                                       source_counts=source[2], target_counts=target_counts)
-        elif s == "rsa":
-            if reference_features is None:
-                raise ValueError("rsa needs the features of a network trained on the target (--rsa-reference)")
-            out[s] = rsa(feats, reference_features)
-        else:
-            raise ValueError(f"unknown score {s!r}; choose from {', '.join(ALL_SCORES)}")
+            if undefined is not None:
+                undefined[s] = str(e)
     return out
+
+
+def _one_score(s: str, net: ResNet, has_head: bool, feats: np.ndarray, probs: np.ndarray | None, x, y: np.ndarray,
+               probes: int, proj_dim: int | None, seed: int, reference_features: np.ndarray | None,
+               source: tuple | None, min_class_count: int, target_counts: dict[int, int] | None) -> float | None:
+    """Score ``s`` of one model (see ``score_model``)."""
+    if s in HEAD_SCORES and not has_head:
+        return None
+    if s == "lfc":
+        return lfc(feats, y)
+    if s == "logme":
+        return logme(feats, y)
+    if s == "h_score":
+        return h_score(feats, y)
+    if s == "leep":
+        return leep(probs, y)
+    if s == "nce":
+        return nce(probs.argmax(1), y)
+    if s == "lgc":
+        return lgc(lgc_gradients(net, x, probes, proj_dim, seed), y, proj_dim=None)
+    if s == "domain_similarity":
+        if source is None:
+            raise ValueError("domain_similarity needs the model's source images (--source-data)")
+        src_feats = extract(net, source[0], has_head=False)[0]
+        return domain_similarity(src_feats, source[1], feats, y, gamma=0.01, min_class_count=min_class_count,
+                                 source_counts=source[2], target_counts=target_counts)
+    if s == "rsa":
+        if reference_features is None:
+            raise ValueError("rsa needs the features of a network trained on the target (--rsa-reference)")
+        return rsa(feats, reference_features)
+    raise ValueError(f"unknown score {s!r}; choose from {', '.join(ALL_SCORES)}")
 
 
 def parse_named(items: Sequence[str], names: Sequence[str], option: str = "--accuracies",
@@ -285,6 +302,9 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     per class with ``seed``, for the class means); each class weighs its share of its whole train split, and
     classes with fewer than ``min_class_count`` images there are left out (5 in the model-selection paper,
     App. C); gamma = 0.01 as Cui et al.
+    A score undefined for one model (constant features: see ``score_model``) is None in ``scores`` and its reason
+    is in ``undefined`` ({model: {score: reason}}, only when there is one); that model is left out of the score's
+    ranking, and the score is not judged (as leep for a headless model).
     """
     for name, a in (("--arch", arch), ("--rsa-arch", rsa_arch)):
         if a not in ARCHS:
@@ -316,6 +336,10 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     if "rsa" in scores:
         ref_net, _ = load_source(rsa_reference, rsa_arch, rsa_width, rsa_sha256)
         ref = extract(ref_net.to(dev), x, has_head=False)[0]
+        try:                                    # a degenerate reference would leave rsa undefined for every model
+            rdm_entries(ref, "its features")
+        except UndefinedScoreError as e:
+            raise ValueError(f"--rsa-reference {rsa_reference} cannot serve as RSA's reference: {e}") from None
     source_images = {}
     if "domain_similarity" in scores:
         for p, d in sources.items():
@@ -324,14 +348,17 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
             source_images[p] = (ImageBatches(ImageDataset(src, EvalTransform(image_size, crop_pct)), dev),
                                 np.asarray(src.labels), class_counts(src_full))
     target_counts = class_counts(full)
-    table = {}
+    table, undefined = {}, {}
     for p, (net, has_head) in zip(zoo, nets):
+        undefined[p] = {}
         table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed, ref,
-                               source_images.get(p), min_class_count, target_counts)
+                               source_images.get(p), min_class_count, target_counts, undefined[p])
     rankings = {s: rank_models({n: row[s] for n, row in table.items() if row[s] is not None}) for s in scores
                 if any(row[s] is not None for row in table.values())}
     result = {"scores": table, "rankings": rankings, "n_samples": len(y), "n_classes": len(set(y.tolist())),
               "per_class": per_class, "last_conv": last_conv_name(nets[0][0])}
+    if any(undefined.values()):
+        result["undefined"] = {p: why for p, why in undefined.items() if why}
     if ref is not None:
         result["rsa_reference"] = {"path": rsa_reference, "arch": rsa_arch, "feature_dim": int(ref.shape[1])}
     if acc:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from rlzoo_transfer.selection import (best_of_top_k, domain_similarity, earth_movers_distance, h_score,
-                                      kernel_label_correlation, label_similarity, leep, lfc, lgc, linear_kernel,
-                                      logme, nce, random_projection, rank_models, rdm, rsa, spearman,
-                                      trials_to_best)
+from rlzoo_transfer.selection import (UndefinedScoreError, best_of_top_k, domain_similarity, earth_movers_distance,
+                                      h_score, kernel_label_correlation, label_similarity, leep, lfc, lgc,
+                                      linear_kernel, logme, nce, random_projection, rank_models, rdm, rdm_entries,
+                                      rsa, spearman, trials_to_best)
 from rlzoo_transfer.selection.scores import _logme_evidence
 
 datasets = pytest.importorskip("sklearn.datasets")
@@ -243,6 +243,28 @@ def test_rsa_is_spearman_of_the_rdms_upper_triangles(digits, noise):
     assert abs(spearman - pearson) > 0.02
     assert rsa(x, y) == pytest.approx(spearman, abs=1e-9)
     assert rsa(x, y, method="pearson") == pytest.approx(pearson, abs=1e-9)
+
+
+def test_degenerate_features_are_undefined_not_usage_errors(digits):
+    """A collapsed model (all-zero features, one feature vector for every image) gets UndefinedScoreError, a
+    ValueError that callers ranking a zoo tell apart from bad input; rsa names the side that is degenerate."""
+    x, y = digits[0][:60], digits[1][:60]
+    zero, same = np.zeros_like(x), np.tile(x[:1], (60, 1))
+    for score, f in ((lfc, zero), (lfc, same), (logme, zero), (h_score, same), (h_score, zero)):
+        with pytest.raises(UndefinedScoreError):
+            score(f, y)
+    with pytest.raises(UndefinedScoreError, match="kernel is constant"):
+        kernel_label_correlation(np.ones((60, 60)), y)
+    with pytest.raises(UndefinedScoreError, match="^features: some samples have constant features"):
+        rsa(zero, x)
+    with pytest.raises(UndefinedScoreError, match="^reference_features: the RDM is constant"):
+        rsa(x, same)                                  # every pair of samples equally (dis)similar
+    with pytest.raises(UndefinedScoreError, match="reference_features"):
+        rdm_entries(same, "reference_features")
+    assert issubclass(UndefinedScoreError, ValueError)
+    with pytest.raises(ValueError) as bad:            # bad input stays a plain ValueError
+        lfc(x, y[:10])
+    assert not isinstance(bad.value, UndefinedScoreError)
 
 
 # ------------------------------------------------------------------------------------------------------------

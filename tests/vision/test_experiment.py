@@ -60,6 +60,33 @@ def test_resume_keeps_finished_seeds_and_matches_an_uninterrupted_run(experiment
         assert resumed["selection"]["1"]["scores"][source] == pytest.approx(scores)
 
 
+def test_summary_of_a_score_undefined_for_one_source(experiments, tmp_path):
+    """A score that select left null for a collapsed source (UndefinedScoreError) is shown as "-" in the summary,
+    and its seed-mean ranking is not judged; the other scores' rows are as before."""
+    tmp, _ = experiments
+    results = json.loads((tmp / "straight" / "out" / "results.json").read_text())
+    before = summarise_text(tmp / "straight" / "out")
+    first = next(iter(SOURCES))
+    results["selection"]["1"]["scores"][first]["rsa"] = None
+    results["selection"]["1"]["judgement"]["rsa"] = {"spearman": None, "trials_to_best": None, "best_of_top_3": None}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.json").write_text(json.dumps(results))
+    assert main(["--out", str(tmp_path / "out"), "--summarise", "--seeds", "0", "1", *TINY]) == 0
+    after = (tmp_path / "out" / "summary.md").read_text()
+    rsa_rows = [line for line in after.splitlines() if line.startswith("| rsa |")]
+    assert len(rsa_rows) == 2 and "n/a" in rsa_rows[0] and rsa_rows[1] == f"| rsa | n/a | n/a | undefined for {first} |"
+    a_row = next(line for line in after.splitlines() if line.startswith(f"| {first} | ") and line.count("|") > 5)
+    assert a_row.split(" | ")[list(results["selection"]["0"]["judgement"]).index("rsa") + 1] == "-"
+    for score in ("lfc", "logme", "leep"):
+        assert [x for x in before.splitlines() if x.startswith(f"| {score} |")] == \
+            [x for x in after.splitlines() if x.startswith(f"| {score} |")]
+
+
+def summarise_text(out):
+    assert main(["--out", str(out), "--summarise", "--seeds", "0", "1", *TINY]) == 0
+    return (out / "summary.md").read_text()
+
+
 def test_resume_refuses_other_settings_and_replaced_sources(experiments, tmp_path, capsys):
     tmp, _ = experiments
     base = ["--out", str(tmp / "resumed" / "out"), "--work", str(tmp / "resumed" / "work"), "--seeds", "0", "1"]

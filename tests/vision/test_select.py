@@ -1,5 +1,6 @@
 """python -m rlzoo_transfer.select on a tiny generated data set: scores, rankings, judgement, errors."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -141,6 +142,37 @@ def test_select_domain_similarity_from_the_sources_own_data(tiny, tmp_path, caps
     assert "domain_similarity" in json.loads((tmp_path / "all.json").read_text())["scores"][paths[0]]
     assert main(argv + ["--scores", "lfc"]) == 0
     assert "note: --source-data is not used" in capsys.readouterr().err
+
+
+def test_select_a_collapsed_model_is_left_out_not_fatal(tiny, tmp_path, capsys):
+    """A network whose features are zero for every image (all weights zero): the feature and gradient scores are
+    undefined for it, so they are null with a note and it is left out of their rankings; the others still rank.
+    The same network as rsa's reference would leave rsa undefined for everyone: that is an error."""
+    root, paths, _ = tiny
+    dead = tmp_path / "dead.pt"
+    torch.save({k: torch.ones_like(v) if k.endswith("running_var") else torch.zeros_like(v)
+                for k, v in resnet_small(3, width=8).state_dict().items()}, dead)
+    base = ["--data", str(root / "data"), "--arch", "small", "--width", "8", "--image-size", "8", "--crop-pct", "1",
+            "--per-class", "10", "--lgc-probes", "4", "--rsa-arch", "small", "--rsa-width", "8"]
+    rc = main(base + ["--zoo", *paths[:2], str(dead), "--rsa-reference", paths[1], "--out", str(tmp_path / "s.json"),
+                      "--accuracies", "src0/model=70", "src1/model=90", "dead=60"])
+    out, err = capsys.readouterr()
+    lfc_line = next(line for line in out.splitlines() if line.startswith("ranking by lfc: "))
+    assert rc == 0 and "dead" not in lfc_line and "src0" in lfc_line and "src1" in lfc_line
+    res = json.loads((tmp_path / "s.json").read_text())
+    undefined = {"lfc", "lgc", "logme", "h_score", "rsa"}
+    assert set(res["undefined"]) == {str(dead)} and set(res["undefined"][str(dead)]) == undefined
+    assert all(res["scores"][str(dead)][s] is None for s in undefined)
+    assert res["scores"][str(dead)]["leep"] is not None                   # uniform source probabilities: defined
+    assert all(res["scores"][p][s] is not None for p in paths[:2] for s in undefined)
+    for s in undefined:
+        assert sorted(res["rankings"][s]) == sorted(paths[:2]) and res["judgement"][s]["spearman"] is None
+        assert re.search(rf"note: {s} is undefined for \S*dead\.pt \(.+\); shown as -", err)
+    assert res["judgement"]["leep"]["spearman"] is not None
+    # the collapsed network as the reference: rsa would be undefined for every model
+    assert main(base + ["--zoo", *paths, "--scores", "rsa", "--rsa-reference", str(dead)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --rsa-reference") and "constant features" in err and err.count("\n") == 1
 
 
 def test_select_bad_input(tiny, tmp_path, capsys):

@@ -92,6 +92,9 @@ def render(result: dict[str, Any]) -> str:
              f"{mach['cpu']}, {mach['cpu_count']} CPUs, torch {mach['torch']}, {mach['threads']} threads"
              + (f", GPU {mach['gpu']}" if "gpu" in mach else "")
              + (f", load avg {mach['load_avg_1m']}" if "load_avg_1m" in mach else "")
+             + (f" -> {mach['load_avg_end_1m']}" if "load_avg_end_1m" in mach else "")
+             + "".join(f", {label} {mach[k]}" for k, label in (("kernel", "kernel"), ("cpu_mhz", "MHz"),
+                                                               ("cache", "cache")) if k in mach)
              + f"; {result['settings']['repeats']} interleaved repetitions, medians"
              + (" (quick)" if result["settings"]["quick"] else "") + "."]
     if "env_steps_per_s" in result:

@@ -78,19 +78,25 @@ def quartiles(xs: list[float]) -> list[float]:
 
 # ====================================================================================== machine
 def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the timings ran on.  Shared VMs all call their CPU "AMD EPYC": the kernel release, clock and cache
+    size are what tell two hosts apart, so that absolute times from different runs are not compared by mistake."""
     cpu = platform.processor() or platform.machine()
+    cpuinfo: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            cpuinfo.setdefault(key.strip(), value.strip())
     except OSError:
         pass
     info: dict[str, Any] = {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "numpy": np.__version__,
+        "cpu": cpuinfo.get("model name", cpu), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "numpy": np.__version__, "kernel": platform.release(),
     }
+    for key, name in (("cpu MHz", "cpu_mhz"), ("cache size", "cache"), ("microcode", "microcode")):
+        if key in cpuinfo:
+            info[name] = cpuinfo[key]
     try:
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
     except OSError:
@@ -588,6 +594,10 @@ def run_bench(repeats: int = 30, quick: bool = False, methods: list[str] | None 
         log("AdaAgg layers ...")
         result["adaagg"], result["adaagg_ms"] = bench_adaagg(max(3, repeats // 2), quick, dev)
     result["targets"] = evaluate_targets(result, models)
+    try:                                              # the load the timings met, not just the load they began in
+        result["machine"]["load_avg_end_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     env.close()
     return result

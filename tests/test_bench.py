@@ -167,7 +167,10 @@ def test_cli_quick_json(tmp_path):
     assert "zoo-lite-exported" in result["eval_act_ms"]
     for layer, r in result["adaagg"].items():
         assert set(r) == {"2", "5"} and all(v > 0 for v in r.values()), layer
-    assert {"cpu", "torch", "threads"} <= set(result["machine"])
+    assert {"cpu", "torch", "threads", "kernel"} <= set(result["machine"])
+    if sys.platform == "linux":                       # the host's identity beyond "AMD EPYC"
+        assert {"cpu_mhz", "cache", "load_avg_end_1m"} <= set(result["machine"])
+        assert f"kernel {result['machine']['kernel']}, MHz {result['machine']['cpu_mhz']}" in bench.render(result)
     assert result["commit"] and {"torch", "stable-baselines3", "ale-py"} <= set(result["versions"])
     assert result["commit"] in bench.render(result)
     assert result["device"] == "cpu"

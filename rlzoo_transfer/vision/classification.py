@@ -73,7 +73,8 @@ def prepare(cfg: ClassifyConfig):
     seed_everything(cfg.seed)
     template = lambda: build_resnet(cfg.arch, ncls, cfg.width)   # noqa: E731
     sources = load_zoo(cfg.zoo, cfg.sha256, template())
-    model = build_method(cfg.method, template, sources, mean_softmax_log, align=not cfg.no_align, hub_k=cfg.hub_k)
+    model = build_method(cfg.method, template, sources, mean_softmax_log, align=not cfg.no_align,
+                         align_stages=cfg.align_stages, bn_stats=cfg.bn_stats, hub_k=cfg.hub_k)
     train_ds = ImageDataset(train, TrainTransform(cfg.image_size, cfg.crop_scale, hflip=cfg.hflip))
     test_ds = ImageDataset(test, (TenCropTransform if cfg.ten_crop else EvalTransform)(cfg.image_size, cfg.crop_pct))
     return train_ds, test_ds, model

@@ -122,7 +122,8 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
         seed_everything(cfg.seed)
         template = lambda: build_landmark_net(cfg.arch, k, cfg.width, cfg.heatmap_stride)  # noqa: E731
         sources = load_zoo(cfg.zoo, cfg.sha256, template())
-        model = build_method(cfg.method, template, sources, mean_outputs, align=not cfg.no_align, hub_k=cfg.hub_k)
+        model = build_method(cfg.method, template, sources, mean_outputs, align=not cfg.no_align,
+                             align_stages=cfg.align_stages, bn_stats=cfg.bn_stats, hub_k=cfg.hub_k)
         common = dict(image_size=cfg.image_size, stride=cfg.heatmap_stride, sigma=cfg.sigma, flip_pairs=pairs,
                       rotate=cfg.rotate, scale=cfg.scale, box_scale=cfg.box_scale)
         train_ds = LandmarkDataset(train_split, train=True, **common)

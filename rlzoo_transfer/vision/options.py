@@ -18,6 +18,9 @@ from rlzoo_transfer.stop import RunIncomplete, interrupted
 
 ARCHS = ("resnet18", "resnet50", "small")
 METHODS = ("scratch", "single", "zoo", "zoo-lite", "zoo-avg", "ensemble", "hub")
+ZOO_METHODS = ("zoo", "zoo-lite", "zoo-avg")                          # the methods built of AdaAgg layers
+ALIGN_STAGES = ("all", "official")   # where the zoo methods use channel alignment T (resnet.unaligned_convs)
+BN_STATS = ("average", "reset")      # how the zoo network's BatchNorm running statistics start (resnet.zoo_resnet)
 SCORES = ("lfc", "lgc", "leep", "nce", "logme", "h_score")          # select: the model-selection scores
 REFERENCE_SCORES = ("rsa", "domain_similarity")   # select: scores that need more than the zoo and the target
 ALL_SCORES = SCORES + REFERENCE_SCORES
@@ -62,6 +65,8 @@ class FineTuneConfig:
     arch: str = "resnet50"
     width: int = 16
     no_align: bool = False
+    align_stages: str = "all"
+    bn_stats: str = "average"
     hub_k: int = 2
     hub_lambda: float = 0.1
     seed: int = 0
@@ -85,6 +90,12 @@ def add_method_args(p: argparse.ArgumentParser, d: FineTuneConfig) -> None:
     p.add_argument("--sha256", nargs="*", default=[], help="expected sha256 (or >= 8-digit prefix) per --zoo file")
     p.add_argument("--method", default=d.method, help=f"one of {', '.join(METHODS)} (default {d.method})")
     p.add_argument("--no-align", action="store_true", help="zoo methods without channel alignment (w/o T)")
+    p.add_argument("--align-stages", choices=ALIGN_STAGES, default=d.align_stages,
+                   help="zoo methods: T in every stage (all, the paper's description) or only in the stem and the "
+                   f"last two stages (official, thuml/Zoo-Tuning's ResNet-50); default {d.align_stages}")
+    p.add_argument("--bn-stats", choices=BN_STATS, default=d.bn_stats,
+                   help="zoo methods: BatchNorm running statistics averaged over the sources (average) or reset to "
+                   f"0 / 1 (reset, the official code); default {d.bn_stats}")
     p.add_argument("--hub-k", type=int, default=d.hub_k, help=f"hub: models activated per sample (default {d.hub_k})")
     p.add_argument("--hub-lambda", type=float, default=d.hub_lambda,
                    help=f"hub: explore-loss weight (default {d.hub_lambda})")
@@ -95,6 +106,13 @@ def check_choices(cfg: FineTuneConfig) -> None:
     check_method(cfg.method)
     if cfg.arch not in ARCHS:
         raise ValueError(f"unknown --arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
+    zoo_only = [flag for flag, used in (("--no-align", cfg.no_align), ("--align-stages", cfg.align_stages != "all"),
+                                        ("--bn-stats", cfg.bn_stats != "average")) if used]
+    if zoo_only and cfg.method not in ZOO_METHODS:
+        raise UsageError(f"{zoo_only[0]} applies to the zoo methods ({', '.join(ZOO_METHODS)}), not to "
+                         f"--method {cfg.method}")
+    if cfg.no_align and cfg.align_stages != "all":
+        raise UsageError("--align-stages chooses where T is used; --no-align uses it nowhere: give one of them")
 
 
 def add_run_args(p: argparse.ArgumentParser, d: FineTuneConfig) -> None:

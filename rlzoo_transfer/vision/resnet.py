@@ -14,8 +14,10 @@ backbone becomes an ``AdaAggConv2d`` over the m sources (layers/convert.py), wit
 kernels > 1 (the layer's own rule: 1x1 convs such as ``downsample.0`` and the bottleneck's ``conv1``/``conv3``
 get none) - in every stage, as the paper describes T for each AdaAgg layer; the official ResNet-50 turns it on
 only for the stem and ``layer3`` / ``layer4`` (``layer1`` / ``layer2``'s 3x3 convs have none there), a choice
-its paper does not state.  BatchNorm parameters and running statistics are averaged over the sources (the
-official code averages the affine parameters and resets the running statistics to 0 / 1), and ``gate_norm="none"``
+its paper does not state (``align_stages="official"``, ``--align-stages official``, follows it).  BatchNorm
+parameters and running statistics are averaged over the sources (the official code averages the affine
+parameters and resets the running statistics to 0 / 1: ``bn_stats="reset"``, ``--bn-stats reset``), and
+``gate_norm="none"``
 (the paper's raw sigmoid gates): with m sources the aggregated weight starts at ~0.5 * m times a source's
 scale, which the BatchNorm after every conv absorbs - the output of a conv followed by BatchNorm does not
 change when the conv's weight is scaled (in training mode; the running statistics adapt during fine-tuning).
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from rlzoo_transfer.layers import zoo_convert
-from rlzoo_transfer.vision.options import ARCHS
+from rlzoo_transfer.vision.options import ALIGN_STAGES, ARCHS, BN_STATS
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -310,8 +312,27 @@ def conv_and_linear_names(model: nn.Module, under: Sequence[str] | str = HEADS) 
             if type(m) in (nn.Conv2d, nn.Linear) and is_head_key(n, under)]
 
 
+def unaligned_convs(template: ResNet, align_stages: str = "all") -> list[str]:
+    """Module paths of the backbone convs built without T for ``align_stages``.
+
+    ``"all"``: none (every conv with a kernel > 1 gets T, as Zoo-Tuning Sec. 3.2 describes each AdaAgg layer);
+    ``"official"``: every conv outside the stem and the last two stages, the rule of the official thuml/Zoo-Tuning
+    ResNet-50 (T in ``conv1``, ``layer3``, ``layer4`` only), applied to any depth (``small``: ``conv1``,
+    ``layer2``, ``layer3``).  1x1 convs get no T either way (AdaAgg's own rule).
+    """
+    if align_stages not in ALIGN_STAGES:
+        raise ValueError(f"align_stages must be one of {', '.join(ALIGN_STAGES)}, got {align_stages!r}")
+    if align_stages == "all":
+        return []
+    n = len(template.blocks)
+    aligned = {"conv1", *(f"layer{i + 1}" for i in range(max(0, n - 2), n))}
+    return [name for name, mod in template.named_modules()
+            if type(mod) is nn.Conv2d and name.split(".")[0] not in aligned and not is_head_key(name)]
+
+
 def zoo_resnet(template: nn.Module, sources: Sequence[Mapping[str, torch.Tensor]], mode: str = "adaptive",
-               align: bool = True, head: Sequence[str] | str = HEADS, gate_norm: str = "none") -> nn.Module:
+               align: bool = True, head: Sequence[str] | str = HEADS, gate_norm: str = "none",
+               align_stages: str = "all", bn_stats: str = "average") -> nn.Module:
     """Zoo-Tuning form of ``template`` over the sources' backbones (module docstring for the choices).
 
     :param template: the target network (e.g. ``resnet50(num_target_classes)``); its head initialises the head
@@ -320,10 +341,22 @@ def zoo_resnet(template: nn.Module, sources: Sequence[Mapping[str, torch.Tensor]
     :param align: channel alignment (kernels > 1 only); False is the "w/o T" ablation
     :param head: module paths of the task heads (kept plain, from the template; ``fc`` and ``head``)
     :param gate_norm: ``"none"`` (paper, with BatchNorm) or ``"sum"``
+    :param align_stages: ``"all"`` or ``"official"`` (:func:`unaligned_convs`); only with ``align``
+    :param bn_stats: the backbone BatchNorms' running statistics: ``"average"`` of the sources' (ours) or
+        ``"reset"`` to mean 0 / variance 1 with no batches counted (the official code); affine parameters are
+        averaged either way
     """
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats must be one of {', '.join(BN_STATS)}, got {bn_stats!r}")
     sds = [backbone_state(template, sd, head) for sd in sources]
-    return zoo_convert(template, sds, mode=mode, align=align, gate_norm=gate_norm,
-                       keep_plain=conv_and_linear_names(template, head))
+    net = zoo_convert(template, sds, mode=mode, align=align, gate_norm=gate_norm,
+                      keep_plain=conv_and_linear_names(template, head),
+                      no_align=unaligned_convs(template, align_stages) if align else ())
+    if bn_stats == "reset":
+        for name, mod in net.named_modules():
+            if isinstance(mod, nn.BatchNorm2d) and not is_head_key(name, head):
+                mod.reset_running_stats()
+    return net
 
 
 def count_params(model: nn.Module, where: Callable[[str], bool] | None = None) -> int:

@@ -77,7 +77,8 @@ def pathway_generator(backbone: ResNet, m: int, width: int = 16) -> ResNet:
 
 def build_method(method: str, template: Callable[[], nn.Module], sources: Sequence[Mapping[str, torch.Tensor]],
                  combine: Callable[[list[torch.Tensor]], torch.Tensor] = mean_softmax_log, *,
-                 align: bool = True, hub_k: int = 2, hub_width: int = 16) -> nn.Module:
+                 align: bool = True, align_stages: str = "all", bn_stats: str = "average", hub_k: int = 2,
+                 hub_width: int = 16) -> nn.Module:
     """The network of ``method`` (module docstring).
 
     :param method: one of METHODS
@@ -86,6 +87,7 @@ def build_method(method: str, template: Callable[[], nn.Module], sources: Sequen
     :param sources: the m source state_dicts (torchvision format; heads ignored); single takes exactly one
     :param combine: how an ensemble combines its members' outputs in evaluation
     :param align: channel alignment in the zoo methods (False: "w/o T")
+    :param align_stages, bn_stats: the zoo methods' T placement and BatchNorm statistics (resnet.zoo_resnet)
     :param hub_k: models activated per sample (capped at m)
     :param hub_width: base width of the pathway generator
     :raises UnknownMethodError, ValueError: unknown method, wrong number of sources
@@ -103,7 +105,8 @@ def build_method(method: str, template: Callable[[], nn.Module], sources: Sequen
             raise ValueError(f"single fine-tunes one checkpoint, got {m}; run once per source")
         return load_backbone(template(), sources[0])
     if method in ZOO_MODES:
-        return zoo_resnet(template(), sources, mode=ZOO_MODES[method], align=align)
+        return zoo_resnet(template(), sources, mode=ZOO_MODES[method], align=align, align_stages=align_stages,
+                          bn_stats=bn_stats)
     members = [load_backbone(template(), sd) for sd in sources]
     if method == "ensemble":
         return Ensemble(members, combine)

@@ -73,6 +73,41 @@ def test_every_method_fine_tunes(digits, sources, tmp_path, method):
         assert any(k.startswith("gate/layer1.0.conv1/") for k in res["gates"])
 
 
+def test_official_zoo_recipe_options_reach_the_network(digits, tmp_path, monkeypatch, capsys):
+    """--align-stages official and --bn-stats reset build the network they name and are recorded in the run."""
+    out, zoo = tmp_path / "official", []
+    for i in range(2):                                # sources with running statistics of their own
+        torch.manual_seed(i)
+        src = resnet_small(3, width=8)
+        src.train()(torch.randn(16, 3, 8, 8) * (i + 2) + i)
+        zoo.append(str(tmp_path / f"src{i}.pt"))
+        torch.save(src.state_dict(), zoo[-1])
+    argv = ["--data", str(digits), "--zoo", *zoo, "--method", "zoo", "--arch", "small", "--width", "8",
+            "--image-size", "8", "--crop-pct", "1", "--iters", "3", "--batch-size", "8", "--out", str(out),
+            "--no-progress", "--no-tensorboard", "--align-stages", "official", "--bn-stats", "reset"]
+    built = {}
+    real = classification.build_method
+
+    def keep(*args, **kwargs):                     # the real builder; its network kept as built, before training
+        net = real(*args, **kwargs)
+        built["net"] = net
+        built["running_var"] = [m.running_var.clone() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        return net
+
+    monkeypatch.setattr(classification, "build_method", keep)
+    assert main(argv) == 0
+    net = built["net"]
+    assert net.layer1[0].conv1.align is None and net.layer2[0].conv1.align is not None
+    assert len(built["running_var"]) == 9 and all(torch.equal(v, torch.ones_like(v)) for v in built["running_var"])
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["align_stages"] == "official" and cfg["bn_stats"] == "reset"
+    capsys.readouterr()
+    assert main(argv[:-2] + ["--bn-stats", "average", "--resume", "--iters", "4"]) == 2   # another network: refused
+    assert "bn_stats" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--out", str(tmp_path / "average")]) == 0     # the default: the sources' average
+    assert not any(torch.equal(v, torch.ones_like(v)) for v in built["running_var"])
+
+
 def test_resume_after_a_crash_continues_exactly(digits, sources, tmp_path, monkeypatch):
     common = dict(data=str(digits), zoo=sources, method="zoo-lite", iters=8, batch_size=16, milestones=[3, 6],
                   save_every=4, **SMALL)
@@ -244,6 +279,12 @@ def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--crop-pct", "1.5"],
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--nesterov", "--momentum", "0"],
         ["--data", str(digits), "--method", "scratch", "--arch", "small", "--ten-crop", "--crop-pct", "1"],
+        ["--data", str(digits), "--method", "single", "--arch", "small", "--width", "8", "--zoo", sources[0],
+         "--bn-stats", "reset"],                                            # zoo methods only
+        ["--data", str(digits), "--method", "hub", "--arch", "small", "--width", "8", "--zoo", *sources,
+         "--no-align"],
+        ["--data", str(digits), "--method", "zoo", "--arch", "small", "--width", "8", "--zoo", *sources,
+         "--no-align", "--align-stages", "official"],                       # contradictory
     ]
     for argv in cases:
         assert main(argv + ["--out", str(tmp_path / "o"), "--no-progress", "--no-tensorboard"]) == 2

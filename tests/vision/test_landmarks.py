@@ -148,6 +148,10 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
     res = json.loads((tmp_path / "zoo" / "results.json").read_text())
     assert res["iterations"] == 4 and np.isfinite(res["nme"])
     assert main(argv + ["--method", "hub", "--zoo", *paths, "--out", str(tmp_path / "hub")]) == 0
+    assert main(argv + ["--method", "zoo-lite", "--zoo", *paths, "--out", str(tmp_path / "official"),
+                        "--align-stages", "official", "--bn-stats", "reset"]) == 0     # the official zoo recipe
+    cfg = json.loads((tmp_path / "official" / "config.json").read_text())["config"]
+    assert (cfg["align_stages"], cfg["bn_stats"]) == ("official", "reset")
     capsys.readouterr()
     assert main(argv + ["--method", "single", "--zoo", paths[0], "--arch", "resnet18",
                         "--out", str(tmp_path / "bad")]) == 2
@@ -161,7 +165,8 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
                            (["--flip-pairs", "300w"], "--flip-pairs 300w is the mirror map of 68 landmarks, the data "
                                                       "have 5"),
                            (["--arch", "resnet34"], "unknown --arch 'resnet34'; choose from resnet18, resnet50, "
-                                                    "small")):
+                                                    "small"),
+                           (["--bn-stats", "reset"], "--bn-stats applies to the zoo methods")):
         assert main(argv + ["--method", "scratch", "--out", str(tmp_path / "bad3"), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, err

@@ -133,6 +133,37 @@ def test_zoo_form_of_resnet50_follows_the_official_code():
     assert torch.equal(net.layer4[2].conv3.weight[1], sources[1]["layer4.2.conv3.weight"])
 
 
+def test_official_alignment_stages_and_reset_batchnorm_statistics():
+    """--align-stages official: T only in the stem and the last two stages (thuml/Zoo-Tuning's ResNet-50 rule);
+    --bn-stats reset: running statistics 0 / 1 with no batch counted, affine parameters still averaged."""
+    torch.manual_seed(0)
+    sources = [fake_checkpoint(torchvision_resnet18_keys(), seed=i) for i in range(2)]
+    net = zoo_resnet(resnet18(7), sources, align_stages="official", bn_stats="reset")
+    spatial = {n for n, m in resnet18().named_modules() if type(m) is nn.Conv2d and m.kernel_size != (1, 1)}
+    aligned = {n for n, m in net.named_modules() if isinstance(m, AdaAggConv2d) and m.align is not None}
+    assert aligned == {n for n in spatial if n == "conv1" or n.startswith(("layer3.", "layer4."))}
+    assert "layer2.1.conv2" in spatial - aligned and "layer3.0.conv1" in aligned
+    default = zoo_resnet(resnet18(7), sources)
+    assert {n for n, m in default.named_modules() if isinstance(m, AdaAggConv2d) and m.align is not None} == spatial
+    bns = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 20
+    for n, m in bns:
+        assert torch.equal(m.running_mean, torch.zeros_like(m.running_mean)), n
+        assert torch.equal(m.running_var, torch.ones_like(m.running_var)) and int(m.num_batches_tracked) == 0, n
+        assert torch.allclose(m.weight, (sources[0][f"{n}.weight"] + sources[1][f"{n}.weight"]) / 2), n
+    mean = (sources[0]["layer2.0.bn1.running_mean"] + sources[1]["layer2.0.bn1.running_mean"]) / 2
+    assert torch.allclose(default.layer2[0].bn1.running_mean, mean)          # the default still averages
+    small = zoo_resnet(resnet_small(4, width=8), [resnet_small(4, width=8).state_dict()] * 2, align_stages="official")
+    assert small.layer1[0].conv1.align is None and small.conv1.align is not None
+    assert small.layer2[0].conv1.align is not None and small.layer3[0].conv2.align is not None
+    noalign = zoo_resnet(resnet18(7), sources, align=False, align_stages="official")
+    assert not any(isinstance(m, AdaAggConv2d) and m.align is not None for m in noalign.modules())
+    with pytest.raises(ValueError, match="align_stages"):
+        zoo_resnet(resnet18(7), sources, align_stages="late")
+    with pytest.raises(ValueError, match="bn_stats"):
+        zoo_resnet(resnet18(7), sources, bn_stats="zero")
+
+
 def test_zoo_of_identical_sources_reproduces_the_source():
     """average aggregation of m copies is the source itself; lite (shared gate) equals it up to BN's eps in
     training mode, where BatchNorm absorbs the gates' scale (the reason for gate_norm='none')."""

@@ -3,7 +3,9 @@ lists, the crop / rotation / scale / flip geometry, the training and test data s
 
 Coordinates: (x, y) = (column, row) in pixels, pixel centres at integers (0-based).  NME is computed in the frame
 of the test crop: it is invariant to the similarity transform between crop and original image.  The face box is
-the landmarks' bounding box enlarged by ``box_scale`` (square, same centre), since no separate boxes are read.
+the landmarks' bounding box enlarged by ``box_scale`` (square, same centre); for the test split, face boxes of
+their own (e.g. a detector's: ``--test-boxes``, :func:`attach_boxes`) may replace it, so that no test crop is
+placed with the ground truth it is scored against.
 
 Data (``--data`` of vision/landmarks.py):
 
@@ -123,10 +125,60 @@ def write_pts(path: str | Path, points: np.ndarray) -> None:
 @dataclass
 class LandmarkSplit:
     paths: list[Path]
-    points: np.ndarray          # (N, K, 2)
+    points: np.ndarray                  # (N, K, 2)
+    boxes: np.ndarray | None = None     # (N, 4) face boxes x0, y0, x1, y1; None: the landmarks' bounding boxes
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def read_boxes(path: str | Path) -> dict[Path, np.ndarray]:
+    """Face boxes, one CSV row ``image,x0,y0,x1,y1`` per image (header and ``#`` lines skipped; pixels, (x0, y0)
+    the top-left and (x1, y1) the bottom-right corner; image paths relative to the file's folder) ->
+    {image path: (4,) box}."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such face-box file")
+    boxes: dict[Path, np.ndarray] = {}
+    with open(path, newline="") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if not row or row[0].startswith("#") or (i == 0 and row[0].strip().lower() in ("path", "image")):
+                continue
+            if len(row) != 5:
+                raise DataError(f"{path}:{i + 1}: expected image,x0,y0,x1,y1, got {len(row)} fields")
+            try:
+                box = np.array([float(v) for v in row[1:]], dtype=np.float64)
+            except ValueError:
+                raise DataError(f"{path}:{i + 1}: non-numeric box coordinate") from None
+            if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+                raise DataError(f"{path}:{i + 1}: the box needs x1 > x0 and y1 > y0, got {row[1:]}")
+            image = Path(row[0].strip())
+            image = image if image.is_absolute() else path.parent / image
+            if image in boxes:
+                raise DataError(f"{path}:{i + 1}: a second box for {image}")
+            boxes[image] = box
+    return boxes
+
+
+def attach_boxes(split: LandmarkSplit, boxes_file: str | Path) -> LandmarkSplit:
+    """``split`` with the face box of each of its images from ``boxes_file`` (:func:`read_boxes`), matched by path,
+    or by file name where the file lists each name once; DataError naming the first image without a box.  Rows
+    for other images (e.g. the train split's) are ignored."""
+    boxes = read_boxes(boxes_file)
+    resolved = {p.resolve(): b for p, b in boxes.items()}
+    names: dict[str, list[np.ndarray]] = {}
+    for p, b in boxes.items():
+        names.setdefault(p.name, []).append(b)
+    out = []
+    for p in split.paths:
+        box = resolved.get(p.resolve())
+        if box is None and len(names.get(p.name, [])) == 1:
+            box = names[p.name][0]
+        if box is None:
+            why = "several rows name" if len(names.get(p.name, [])) > 1 else "no row names"
+            raise DataError(f"{boxes_file}: {why} the image {p} (give its path relative to the box file's folder)")
+        out.append(box)
+    return LandmarkSplit(split.paths, split.points, np.stack(out))
 
 
 def read_landmark_csv(path: str | Path, split: str) -> LandmarkSplit:
@@ -176,11 +228,12 @@ def open_landmark_split(data: str | Path, split: str) -> LandmarkSplit:
 
 
 def crop_transform(points: np.ndarray, out_size: int, box_scale: float = 1.25, rotate_deg: float = 0.0,
-                   scale: float = 1.0, flip: bool = False) -> np.ndarray:
-    """3x3 matrix mapping original image coordinates to the ``out_size`` crop: the square box (landmarks' bounding
-    box x ``box_scale``) around their centre, scaled by ``scale``, rotated by ``rotate_deg`` about the centre,
-    mirrored when ``flip``."""
-    lo, hi = np.nanmin(points, 0), np.nanmax(points, 0)
+                   scale: float = 1.0, flip: bool = False, box: np.ndarray | None = None) -> np.ndarray:
+    """3x3 matrix mapping original image coordinates to the ``out_size`` crop: the square box (the face box, by
+    default the landmarks' bounding box, x ``box_scale`` on its longer side) around its centre, scaled by ``scale``,
+    rotated by ``rotate_deg`` about the centre, mirrored when ``flip``.  ``box``: (x0, y0, x1, y1) instead of the
+    landmarks' bounding box."""
+    lo, hi = (np.nanmin(points, 0), np.nanmax(points, 0)) if box is None else (np.asarray(box[:2]), np.asarray(box[2:]))
     centre = (lo + hi) / 2
     box = max(float(np.max(hi - lo)) * box_scale, 1.0)
     s = out_size / box * scale
@@ -237,9 +290,14 @@ class LandmarkDataset(torch.utils.data.Dataset):
             self._images[i] = load_image(self.split.paths[i])
         return self._images[i]
 
+    def test_crop(self, i: int) -> np.ndarray:
+        """The evaluation crop of face ``i``: around its face box when the split has boxes, else its landmarks'."""
+        box = None if self.split.boxes is None else self.split.boxes[i]
+        return crop_transform(self.split.points[i], self.size, self.box_scale, box=box)
+
     def transform(self, i: int, generator: torch.Generator | None = None) -> tuple[np.ndarray, bool]:
         if not self.train:
-            return crop_transform(self.split.points[i], self.size, self.box_scale), False
+            return self.test_crop(i), False
         u = torch.rand(3, generator=generator).tolist()
         rot = (2 * u[0] - 1) * self.rotate
         sc = self.scale[0] + u[1] * (self.scale[1] - self.scale[0])
@@ -248,8 +306,7 @@ class LandmarkDataset(torch.utils.data.Dataset):
 
     def points(self, i: int) -> np.ndarray:
         """(K, 2) ground truth in the test crop's frame."""
-        return apply_transform(crop_transform(self.split.points[i], self.size, self.box_scale),
-                               self.split.points[i])
+        return apply_transform(self.test_crop(i), self.split.points[i])
 
     def __getitem__(self, i: int):
         m, flipped = self.transform(i)

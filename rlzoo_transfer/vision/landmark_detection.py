@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from rlzoo_transfer.vision.data import BatchStream, DataError
-from rlzoo_transfer.vision.faces import (EYES_300W, EYES_SYNTHETIC, LandmarkDataset, nme, open_landmark_split,
-                                         parse_flip_pairs)
+from rlzoo_transfer.vision.faces import (EYES_300W, EYES_SYNTHETIC, LandmarkDataset, attach_boxes, nme,
+                                         open_landmark_split, parse_flip_pairs)
 from rlzoo_transfer.vision.heatmaps import decode_heatmaps, heatmap_to_image
 from rlzoo_transfer.vision.options import UsageError, check_choices, check_ranges
 from rlzoo_transfer.vision.resnet import ResNet, build_resnet, count_params
@@ -114,6 +114,8 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
     try:
         check_choices(cfg)
         train_split, test_split = open_landmark_split(cfg.data, "train"), open_landmark_split(cfg.data, "test")
+        if cfg.test_boxes is not None:
+            test_split = attach_boxes(test_split, cfg.test_boxes)
         k = train_split.points.shape[1]
         if test_split.points.shape[1] != k:
             raise DataError(f"{cfg.data}: train has {k} landmarks, test {test_split.points.shape[1]}")

@@ -15,7 +15,11 @@ Choices the papers leave to their references (HRNet's facial-landmark code, Sun 
 sub-pixel location), mean squared error; the head on a ResNet backbone is SimpleBaseline's (Xiao et al. 2018):
 ``ConvTranspose2d(4x4, stride 2) + BN + ReLU`` blocks (256 channels) from the backbone's stride down to the
 heatmap stride, then a 1x1 conv to K maps.  The face box is the landmarks' bounding box enlarged by
-``--box-scale`` 1.25 (square, same centre), since no separate boxes are read.
+``--box-scale`` 1.25 (square, same centre; the papers do not say how they place their crops), so the test crops
+are placed with the ground truth; ``--test-boxes FILE`` (CSV ``image,x0,y0,x1,y1``, e.g. a face
+detector's boxes, as 300W ships them) places each test crop around its own box instead (enlarged by ``--box-scale``
+all the same), so that nothing the test is scored against decides where the face is.  Training crops keep the
+landmarks' boxes (augmented by rotation and scale).
 
 This module is the CLI and its settings (torch-free: ``--help`` answers at once); the network and the run are
 vision/landmark_detection.py's, the data, its geometry and NME vision/faces.py's, heatmap frames and decoding
@@ -53,6 +57,7 @@ class LandmarkConfig(FineTuneConfig):
     box_scale: float = 1.25
     flip_pairs: str = "300w"
     eyes: list | None = None             # None: 300W's (36, 45) for 68 points, synthetic (0, 1) for 5, else error
+    test_boxes: str | None = None        # CSV image,x0,y0,x1,y1: the test crops' face boxes (None: the landmarks')
     out: str = "runs/landmarks"
 
 
@@ -80,6 +85,8 @@ def build_parser() -> OneLineParser:
                    help="300w (68 points) | synthetic (5) | none | 'i-j,k-l,...' | a file of 'i j' lines "
                         "(default 300w)")
     p.add_argument("--eyes", type=int, nargs=2, default=None, help="inter-ocular landmark indices for NME")
+    p.add_argument("--test-boxes", default=None, help="CSV image,x0,y0,x1,y1 of face boxes (e.g. a detector's) for "
+                   "the test crops, instead of the landmarks' bounding boxes")
     add_run_args(p, d)
     return p
 

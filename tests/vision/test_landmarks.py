@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from rlzoo_transfer.vision.data import BatchStream
+from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.faces import (EYES_SYNTHETIC, FLIP_PAIRS_300W, FLIP_PAIRS_SYNTHETIC, LandmarkDataset,
-                                         apply_transform, crop_transform, flip_permutation, nme,
+                                         apply_transform, attach_boxes, crop_transform, flip_permutation, nme,
                                          open_landmark_split, parse_flip_pairs, read_pts, synthetic_faces,
                                          write_landmark_folder, write_pts)
 from rlzoo_transfer.vision.heatmaps import decode_heatmaps, gaussian_heatmaps, heatmap_to_image, image_to_heatmap
@@ -86,6 +86,43 @@ def test_pts_and_csv_readers(tmp_path, faces):
     assert len(csv_split) == 10 and np.allclose(csv_split.points, split.points[:10], atol=1e-3)
 
 
+def test_test_crops_from_face_boxes(faces, tmp_path):
+    """--test-boxes: each test crop is placed around its own face box (x box_scale on the longer side) instead of
+    its landmarks' bounding box; rows are matched by path or by a unique file name; gaps are clear errors."""
+    split = open_landmark_split(faces, "test")
+    lo, hi = split.points.min(1), split.points.max(1)
+    rows = ["image,x0,y0,x1,y1"] + [f"../{faces.name}/test/{p.name},{a[0]},{a[1]},{b[0]},{b[1]}"
+                                    for p, a, b in zip(split.paths, lo, hi)]
+    (tmp_path / "same.csv").write_text("\n".join(rows) + "\n")         # the landmarks' boxes: the same crops
+    plain = LandmarkDataset(split, 32, 2, box_scale=2.0)
+    same = LandmarkDataset(attach_boxes(split, tmp_path / "same.csv"), 32, 2, box_scale=2.0)
+    assert same.split.boxes.shape == (40, 4)
+    for i in (0, 7):
+        assert np.allclose(same.points(i), plain.points(i)) and torch.allclose(same[i][0], plain[i][0])
+    # a detector-like box: shifted right by 3 px and 1.5x as large -> the points move left and shrink in the crop
+    centre, side = (lo + hi) / 2 + [3.0, 0.0], (hi - lo).max(1, keepdims=True) * 1.5
+    shifted = [f"{p.name},{c[0] - s[0] / 2},{c[1] - s[0] / 2},{c[0] + s[0] / 2},{c[1] + s[0] / 2}"
+               for p, c, s in zip(split.paths, centre, side)]
+    (faces / "test" / "det.csv").write_text("\n".join(shifted) + "\n")   # by file name, beside the images
+    det = LandmarkDataset(attach_boxes(split, faces / "test" / "det.csv"), 32, 2, box_scale=2.0)
+    for i in (0, 7):
+        q, r = det.points(i), plain.points(i)
+        assert np.allclose(q - q.mean(0), (r - r.mean(0)) / 1.5, atol=1e-9)       # 1.5x the box: 1/1.5 the size
+        k = 32 / (side[i, 0] * 2.0)                                                 # crop pixels per image pixel
+        assert np.allclose(q.mean(0) - 15.5, (split.points[i].mean(0) - centre[i]) * k)
+    # errors: an image without a box, a malformed row, an empty box
+    (tmp_path / "part.csv").write_text("\n".join(rows[:5]) + "\n")
+    with pytest.raises(DataError, match="no row names the image"):
+        attach_boxes(split, tmp_path / "part.csv")
+    for bad, message in (("a.png,1,2,3\n", "expected image,x0,y0,x1,y1"), ("a.png,1,2,x,4\n", "non-numeric"),
+                         ("a.png,5,2,3,4\n", "x1 > x0"), ("a.png,1,2,3,4\na.png,1,2,3,4\n", "a second box")):
+        (tmp_path / "bad.csv").write_text(bad)
+        with pytest.raises(DataError, match=message):
+            attach_boxes(split, tmp_path / "bad.csv")
+    with pytest.raises(DataError, match="no such face-box file"):
+        attach_boxes(split, tmp_path / "none.csv")
+
+
 def test_flips_swap_left_and_right():
     assert parse_flip_pairs("300w", 68) == FLIP_PAIRS_300W and len(FLIP_PAIRS_300W) == 29
     assert parse_flip_pairs("0-1,3-4", 5) == FLIP_PAIRS_SYNTHETIC
@@ -152,6 +189,14 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
                         "--align-stages", "official", "--bn-stats", "reset"]) == 0     # the official zoo recipe
     cfg = json.loads((tmp_path / "official" / "config.json").read_text())["config"]
     assert (cfg["align_stages"], cfg["bn_stats"]) == ("official", "reset")
+    test = open_landmark_split(faces, "test")                              # face boxes for the test crops
+    lo, hi = test.points.min(1), test.points.max(1)
+    (tmp_path / "boxes.csv").write_text("".join(f"{p},{a[0] - 2},{a[1]},{b[0] + 2},{b[1] + 1}\n"
+                                                for p, a, b in zip(test.paths, lo, hi)))
+    assert main(argv + ["--method", "scratch", "--out", str(tmp_path / "boxed"), "--test-boxes",
+                        str(tmp_path / "boxes.csv")]) == 0
+    assert json.loads((tmp_path / "boxed" / "config.json").read_text())["config"]["test_boxes"] == \
+        str(tmp_path / "boxes.csv")
     capsys.readouterr()
     assert main(argv + ["--method", "single", "--zoo", paths[0], "--arch", "resnet18",
                         "--out", str(tmp_path / "bad")]) == 2
@@ -166,7 +211,8 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
                                                       "have 5"),
                            (["--arch", "resnet34"], "unknown --arch 'resnet34'; choose from resnet18, resnet50, "
                                                     "small"),
-                           (["--bn-stats", "reset"], "--bn-stats applies to the zoo methods")):
+                           (["--bn-stats", "reset"], "--bn-stats applies to the zoo methods"),
+                           (["--test-boxes", str(tmp_path / "none.csv")], "no such face-box file")):
         assert main(argv + ["--method", "scratch", "--out", str(tmp_path / "bad3"), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, err

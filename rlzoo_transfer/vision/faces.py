@@ -134,8 +134,8 @@ class LandmarkSplit:
 
 def read_boxes(path: str | Path) -> dict[Path, np.ndarray]:
     """Face boxes, one CSV row ``image,x0,y0,x1,y1`` per image (header and ``#`` lines skipped; pixels, (x0, y0)
-    the top-left and (x1, y1) the bottom-right corner; image paths relative to the file's folder) ->
-    {image path: (4,) box}."""
+    the top-left and (x1, y1) the bottom-right corner; image paths relative to the file's folder, or bare file
+    names) -> {image path as resolved against the file's folder: (4,) box}."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such face-box file")
@@ -162,13 +162,16 @@ def read_boxes(path: str | Path) -> dict[Path, np.ndarray]:
 
 def attach_boxes(split: LandmarkSplit, boxes_file: str | Path) -> LandmarkSplit:
     """``split`` with the face box of each of its images from ``boxes_file`` (:func:`read_boxes`), matched by path,
-    or by file name where the file lists each name once; DataError naming the first image without a box.  Rows
-    for other images (e.g. the train split's) are ignored."""
+    or, for rows that give a bare file name, by file name where only one such row has it (a row with a folder,
+    e.g. ``train/0001.png``, never stands for ``test/0001.png``); DataError naming the first image without a box.
+    Rows for other images (e.g. the train split's) are ignored."""
+    boxes_file = Path(boxes_file)
     boxes = read_boxes(boxes_file)
     resolved = {p.resolve(): b for p, b in boxes.items()}
     names: dict[str, list[np.ndarray]] = {}
     for p, b in boxes.items():
-        names.setdefault(p.name, []).append(b)
+        if p.parent == boxes_file.parent:                # written as a bare name (or beside the file)
+            names.setdefault(p.name, []).append(b)
     out = []
     for p in split.paths:
         box = resolved.get(p.resolve())

@@ -114,6 +114,12 @@ def test_test_crops_from_face_boxes(faces, tmp_path):
     (tmp_path / "part.csv").write_text("\n".join(rows[:5]) + "\n")
     with pytest.raises(DataError, match="no row names the image"):
         attach_boxes(split, tmp_path / "part.csv")
+    # a train image of the same file name is not a test image's box (train and test both have 0000.png)
+    train0 = open_landmark_split(faces, "train").paths[0]
+    assert train0.name == split.paths[0].name
+    (faces / "train_only.csv").write_text(f"train/{train0.name},1,2,3,4\n" + "\n".join(rows[2:]) + "\n")
+    with pytest.raises(DataError, match=f"no row names the image {split.paths[0]}"):
+        attach_boxes(split, faces / "train_only.csv")
     for bad, message in (("a.png,1,2,3\n", "expected image,x0,y0,x1,y1"), ("a.png,1,2,x,4\n", "non-numeric"),
                          ("a.png,5,2,3,4\n", "x1 > x0"), ("a.png,1,2,3,4\na.png,1,2,3,4\n", "a second box")):
         (tmp_path / "bad.csv").write_text(bad)

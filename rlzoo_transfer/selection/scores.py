@@ -500,7 +500,7 @@ def rdm_entries(features, name: str = "features") -> np.ndarray:
         d = rdm(f)[np.triu_indices(f.shape[0], k=1)]
     except UndefinedScoreError as e:
         raise UndefinedScoreError(f"{name}: {e}") from None
-    if d.size and np.ptp(d) <= 1e-12:                 # entries lie in [0, 2]; below this it is rounding noise
+    if d.size > 1 and np.ptp(d) <= 1e-12:                 # entries lie in [0, 2]; below this it is rounding noise
         raise UndefinedScoreError(f"{name}: the RDM is constant; its correlation is undefined")
     return d
 

@@ -158,6 +158,10 @@ def _selection_tables(results: dict, seeds: list[int]) -> list[str]:
         valid = [v for v in rho if v is not None]
         rho_mean = f"{np.mean(valid):+.3f}" if valid else "n/a"
         lines.append(f"| {sc} | {rho_mean} | {rho_s} | {ttb} | {hits}/{len(seeds)} |")
+    undefined = [f"seed {sd}, {src}: {sc} ({why})" for sd in seeds
+                 for src, by in results["selection"][str(sd)].get("undefined", {}).items() for sc, why in by.items()]
+    if undefined:
+        lines += ["", "Scores undefined for a source (null, not judged): " + "; ".join(undefined) + "."]
     per_seed = {sc: {s: [results["selection"][str(sd)]["scores"][s][sc] for sd in seeds] for s in SOURCES}
                 for sc in scores}                  # None where the score was undefined for that seed's model
     mean_score = {sc: {s: None if None in v else float(np.mean(v)) for s, v in by.items()}
@@ -332,4 +336,6 @@ def run_seed(args, data: dict, seed: int, work: Path, ckpts: dict) -> tuple[dict
     selection = {"scores": {rename[k]: v for k, v in sel["scores"].items()},
                  "rankings": {k: [rename[n] for n in v] for k, v in sel["rankings"].items()},
                  "judgement": sel["judgement"], "n_samples": sel["n_samples"]}
+    if "undefined" in sel:                            # why a score is null for a source (select's note)
+        selection["undefined"] = {rename[k]: v for k, v in sel["undefined"].items()}
     return runs, selection

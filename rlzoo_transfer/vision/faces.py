@@ -162,15 +162,16 @@ def read_boxes(path: str | Path) -> dict[Path, np.ndarray]:
 
 def attach_boxes(split: LandmarkSplit, boxes_file: str | Path) -> LandmarkSplit:
     """``split`` with the face box of each of its images from ``boxes_file`` (:func:`read_boxes`), matched by path,
-    or, for rows that give a bare file name, by file name where only one such row has it (a row with a folder,
-    e.g. ``train/0001.png``, never stands for ``test/0001.png``); DataError naming the first image without a box.
-    Rows for other images (e.g. the train split's) are ignored."""
+    or by file name for rows whose path names no existing file (e.g. bare names in a file kept elsewhere) where
+    only one such row has it: a row that names an image (``train/0001.png``) never stands for another one
+    (``test/0001.png``); DataError naming the first image without a box.  Rows for other images (e.g. the train
+    split's) are ignored."""
     boxes_file = Path(boxes_file)
     boxes = read_boxes(boxes_file)
     resolved = {p.resolve(): b for p, b in boxes.items()}
     names: dict[str, list[np.ndarray]] = {}
     for p, b in boxes.items():
-        if p.parent == boxes_file.parent:                # written as a bare name (or beside the file)
+        if not p.is_file():
             names.setdefault(p.name, []).append(b)
     out = []
     for p in split.paths:
@@ -179,7 +180,8 @@ def attach_boxes(split: LandmarkSplit, boxes_file: str | Path) -> LandmarkSplit:
             box = names[p.name][0]
         if box is None:
             why = "several rows name" if len(names.get(p.name, [])) > 1 else "no row names"
-            raise DataError(f"{boxes_file}: {why} the image {p} (give its path relative to the box file's folder)")
+            raise DataError(f"{boxes_file}: {why} the image {p} (give its path relative to the box file's folder; a "
+                            "bare name counts only where no file of that path exists)")
         out.append(box)
     return LandmarkSplit(split.paths, split.points, np.stack(out))
 

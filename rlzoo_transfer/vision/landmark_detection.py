@@ -17,7 +17,7 @@ from rlzoo_transfer.vision.faces import (EYES_300W, EYES_SYNTHETIC, LandmarkData
                                          open_landmark_split, parse_flip_pairs)
 from rlzoo_transfer.vision.heatmaps import decode_heatmaps, heatmap_to_image
 from rlzoo_transfer.vision.options import UsageError, check_choices, check_ranges
-from rlzoo_transfer.vision.resnet import ResNet, build_resnet, count_params
+from rlzoo_transfer.vision.resnet import ResNet, build_resnet, count_params, sha256_of
 from rlzoo_transfer.vision.runtime import (USER_ERRORS, load_zoo, pick_device, save_atomic, seed_everything,
                                            train_run, write_json)
 from rlzoo_transfer.vision.zoo import Ensemble, build_method, inference_model, mean_outputs, objective
@@ -139,6 +139,8 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
         [round(iters * m / cfg.epochs) for m in cfg.milestones_epochs]
     config = asdict(cfg) | {"iterations": iters, "milestones": milestones, "num_points": k, "eyes_used": eyes,
                             "flip_pairs_used": pairs, "n_train": len(train_ds), "n_test": len(test_ds)}
+    if cfg.test_boxes is not None:                    # the boxes themselves, not just their path, decide the crops
+        config["test_boxes_sha256"] = sha256_of(cfg.test_boxes)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.gamma)
     stream = BatchStream(train_ds, cfg.batch_size, seed=cfg.seed, workers=cfg.workers)

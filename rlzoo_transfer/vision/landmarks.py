@@ -16,9 +16,10 @@ sub-pixel location), mean squared error; the head on a ResNet backbone is Simple
 ``ConvTranspose2d(4x4, stride 2) + BN + ReLU`` blocks (256 channels) from the backbone's stride down to the
 heatmap stride, then a 1x1 conv to K maps.  The face box is the landmarks' bounding box enlarged by
 ``--box-scale`` 1.25 (square, same centre; the papers do not say how they place their crops), so the test crops
-are placed with the ground truth; ``--test-boxes FILE`` (CSV ``image,x0,y0,x1,y1``, e.g. a face
-detector's boxes, as 300W ships them) places each test crop around its own box instead (enlarged by ``--box-scale``
-all the same), so that nothing the test is scored against decides where the face is.  Training crops keep the
+are placed with the ground truth; ``--test-boxes FILE`` (CSV ``image,x0,y0,x1,y1``, e.g. a face detector's
+boxes: 300W ships such boxes as .mat files, to be written out as CSV) places each test crop around its own box
+instead (enlarged by ``--box-scale`` all the same), so that nothing the test is scored against decides where the
+face is; the file's sha256 is recorded with the run (and checked on ``--resume``).  Training crops keep the
 landmarks' boxes (augmented by rotation and scale).
 
 This module is the CLI and its settings (torch-free: ``--help`` answers at once); the network and the run are

@@ -185,10 +185,17 @@ def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[
 
     A score that needs a classifier head is None for a headless model; one that is undefined for this model (
     ``UndefinedScoreError``: e.g. all-zero or constant features, a collapsed network) is None too, and its reason
-    goes into ``undefined`` ({score: reason}) when given: one degenerate model does not stop the ranking."""
+    goes into ``undefined`` ({score: reason}) when given, and so is every score of a model whose features or
+    outputs are not finite (a diverged network): one degenerate model does not stop the ranking."""
     feats, probs = extract(net, x, has_head)
     out: dict[str, float | None] = {}
+    diverged = not np.all(np.isfinite(feats)) or (probs is not None and not np.all(np.isfinite(probs)))
     for s in scores:
+        if diverged and not (s in HEAD_SCORES and not has_head):
+            out[s] = None
+            if undefined is not None:
+                undefined[s] = "its features or outputs contain NaN or inf: a diverged network"
+            continue
         try:
             out[s] = _one_score(s, net, has_head, feats, probs, x, y, probes, proj_dim, seed, reference_features,
                                 source, min_class_count, target_counts)

@@ -312,7 +312,7 @@ def conv_and_linear_names(model: nn.Module, under: Sequence[str] | str = HEADS) 
             if type(m) in (nn.Conv2d, nn.Linear) and is_head_key(n, under)]
 
 
-def unaligned_convs(template: ResNet, align_stages: str = "all") -> list[str]:
+def unaligned_convs(template: ResNet, align_stages: str = "all", head: Sequence[str] | str = HEADS) -> list[str]:
     """Module paths of the backbone convs built without T for ``align_stages``.
 
     ``"all"``: none (every conv with a kernel > 1 gets T, as Zoo-Tuning Sec. 3.2 describes each AdaAgg layer);
@@ -327,7 +327,7 @@ def unaligned_convs(template: ResNet, align_stages: str = "all") -> list[str]:
     n = len(template.blocks)
     aligned = {"conv1", *(f"layer{i + 1}" for i in range(max(0, n - 2), n))}
     return [name for name, mod in template.named_modules()
-            if type(mod) is nn.Conv2d and name.split(".")[0] not in aligned and not is_head_key(name)]
+            if type(mod) is nn.Conv2d and name.split(".")[0] not in aligned and not is_head_key(name, head)]
 
 
 def zoo_resnet(template: nn.Module, sources: Sequence[Mapping[str, torch.Tensor]], mode: str = "adaptive",
@@ -351,7 +351,7 @@ def zoo_resnet(template: nn.Module, sources: Sequence[Mapping[str, torch.Tensor]
     sds = [backbone_state(template, sd, head) for sd in sources]
     net = zoo_convert(template, sds, mode=mode, align=align, gate_norm=gate_norm,
                       keep_plain=conv_and_linear_names(template, head),
-                      no_align=unaligned_convs(template, align_stages) if align else ())
+                      no_align=unaligned_convs(template, align_stages, head) if align else ())
     if bn_stats == "reset":
         for name, mod in net.named_modules():
             if isinstance(mod, nn.BatchNorm2d) and not is_head_key(name, head):

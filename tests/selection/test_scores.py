@@ -261,6 +261,9 @@ def test_degenerate_features_are_undefined_not_usage_errors(digits):
         rsa(x, same)                                  # every pair of samples equally (dis)similar
     with pytest.raises(UndefinedScoreError, match="reference_features"):
         rdm_entries(same, "reference_features")
+    assert rdm_entries(x[:2]).shape == (1,)            # one entry has no spread to lack: rsa's own N >= 3 rule
+    with pytest.raises(ValueError, match="at least 3 samples"):
+        rsa(x[:2], x[:2])
     assert issubclass(UndefinedScoreError, ValueError)
     with pytest.raises(ValueError) as bad:            # bad input stays a plain ValueError
         lfc(x, y[:10])

@@ -69,6 +69,7 @@ def test_summary_of_a_score_undefined_for_one_source(experiments, tmp_path):
     first = next(iter(SOURCES))
     results["selection"]["1"]["scores"][first]["rsa"] = None
     results["selection"]["1"]["judgement"]["rsa"] = {"spearman": None, "trials_to_best": None, "best_of_top_3": None}
+    results["selection"]["1"]["undefined"] = {first: {"rsa": "features: the RDM is constant"}}
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.json").write_text(json.dumps(results))
     assert main(["--out", str(tmp_path / "out"), "--summarise", "--seeds", "0", "1", *TINY]) == 0
@@ -77,6 +78,7 @@ def test_summary_of_a_score_undefined_for_one_source(experiments, tmp_path):
     assert len(rsa_rows) == 2 and "n/a" in rsa_rows[0] and rsa_rows[1] == f"| rsa | n/a | n/a | undefined for {first} |"
     a_row = next(line for line in after.splitlines() if line.startswith(f"| {first} | ") and line.count("|") > 5)
     assert a_row.split(" | ")[list(results["selection"]["0"]["judgement"]).index("rsa") + 1] == "-"
+    assert f"undefined for a source (null, not judged): seed 1, {first}: rsa (features: the RDM is constant)." in after
     for score in ("lfc", "logme", "leep"):
         assert [x for x in before.splitlines() if x.startswith(f"| {score} |")] == \
             [x for x in after.splitlines() if x.startswith(f"| {score} |")]

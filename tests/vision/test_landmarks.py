@@ -120,6 +120,8 @@ def test_test_crops_from_face_boxes(faces, tmp_path):
     (faces / "train_only.csv").write_text(f"train/{train0.name},1,2,3,4\n" + "\n".join(rows[2:]) + "\n")
     with pytest.raises(DataError, match=f"no row names the image {split.paths[0]}"):
         attach_boxes(split, faces / "train_only.csv")
+    (tmp_path / "bare.csv").write_text("\n".join(shifted) + "\n")     # bare names, kept elsewhere: by name
+    assert np.array_equal(attach_boxes(split, tmp_path / "bare.csv").boxes, det.split.boxes)
     for bad, message in (("a.png,1,2,3\n", "expected image,x0,y0,x1,y1"), ("a.png,1,2,x,4\n", "non-numeric"),
                          ("a.png,5,2,3,4\n", "x1 > x0"), ("a.png,1,2,3,4\na.png,1,2,3,4\n", "a second box")):
         (tmp_path / "bad.csv").write_text(bad)
@@ -201,8 +203,14 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
                                                 for p, a, b in zip(test.paths, lo, hi)))
     assert main(argv + ["--method", "scratch", "--out", str(tmp_path / "boxed"), "--test-boxes",
                         str(tmp_path / "boxes.csv")]) == 0
-    assert json.loads((tmp_path / "boxed" / "config.json").read_text())["config"]["test_boxes"] == \
-        str(tmp_path / "boxes.csv")
+    boxed = json.loads((tmp_path / "boxed" / "config.json").read_text())["config"]
+    assert boxed["test_boxes"] == str(tmp_path / "boxes.csv") and len(boxed["test_boxes_sha256"]) == 64
+    with open(tmp_path / "boxes.csv", "a") as f:                             # other boxes, same path: no resume
+        f.write("extra.png,1,2,3,4\n")
+    capsys.readouterr()
+    assert main(argv + ["--method", "scratch", "--out", str(tmp_path / "boxed"), "--test-boxes",
+                        str(tmp_path / "boxes.csv"), "--resume"]) == 2
+    assert "test_boxes_sha256" in capsys.readouterr().err
     capsys.readouterr()
     assert main(argv + ["--method", "single", "--zoo", paths[0], "--arch", "resnet18",
                         "--out", str(tmp_path / "bad")]) == 2

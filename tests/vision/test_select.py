@@ -169,6 +169,18 @@ def test_select_a_collapsed_model_is_left_out_not_fatal(tiny, tmp_path, capsys):
         assert sorted(res["rankings"][s]) == sorted(paths[:2]) and res["judgement"][s]["spearman"] is None
         assert re.search(rf"note: {s} is undefined for \S*dead\.pt \(.+\); shown as -", err)
     assert res["judgement"]["leep"]["spearman"] is not None
+    # a diverged network (NaN weights): every score null, the others still ranked
+    nan = tmp_path / "nan.pt"
+    sd = resnet_small(3, width=8).state_dict()
+    sd["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(sd, nan)
+    assert main(base + ["--zoo", *paths[:2], str(nan), "--scores", "lfc", "leep", "logme", "--out",
+                        str(tmp_path / "n.json")]) == 0
+    res = json.loads((tmp_path / "n.json").read_text())
+    assert res["scores"][str(nan)] == {"lfc": None, "leep": None, "logme": None}
+    assert set(res["undefined"][str(nan)]) == {"lfc", "leep", "logme"} and "NaN" in res["undefined"][str(nan)]["lfc"]
+    assert sorted(res["rankings"]["leep"]) == sorted(paths[:2])
+    assert "note: leep is undefined for" in capsys.readouterr().err
     # the collapsed network as the reference: rsa would be undefined for every model
     assert main(base + ["--zoo", *paths, "--scores", "rsa", "--rsa-reference", str(dead)]) == 2
     err = capsys.readouterr().err

@@ -67,7 +67,7 @@ def main(work: Path) -> None:
             d = round(float((v - base).mean()), 2) + 0.0          # + 0.0: no "-0.00"
             diff = "" if variant == "paper (default)" else f"{d:+.2f} ({int((v > base).sum())} / " \
                 f"{int((v < base).sum())})"
-            spread = f" +- {v.std(ddof=1):.2f}" if len(v) > 1 else ""
+            spread = f" +- {v.std():.2f}" if len(v) > 1 else ""      # std with 1/n, as eval/vision.md's
             rows.append(f"| {method} | {variant} | {v.mean():.2f}{spread} | "
                         f"{', '.join(f'{x:.2f}' for x in v)} | {diff} |")
     seconds = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 """Evaluation curves, final scores and aggregate statistics of a set of runs.
 
     python -m rlzoo_transfer.curves runs/ --out eval/ [--reps 2000] [--seed 0] [--band std|ci] [--baseline scratch]
-                                   [--readme README.md] [--confirm eval/confirm/*.yml]
+                                   [--readme README.md] [--confirm eval/confirm/*.yml] [--seeds 0 1 2 3 4]
 
 Reads every run folder ``<root>/<Game>/<method>/seed<k>/`` below the given roots (the layout written by
 ``python -m rlzoo_transfer.train``) and writes into ``--out``:
@@ -34,6 +34,10 @@ The work is in four modules: :mod:`rlzoo_transfer.rundata` reads the runs, :mod:
 computes the statistics, :mod:`rlzoo_transfer.plots` draws and :mod:`rlzoo_transfer.report` writes ``report.md``;
 this module writes the CSVs and runs them.  Every file is written atomically (:mod:`rlzoo_transfer.atomic`): an
 interrupted run of the command leaves the previous version in place, never half a file.
+
+``--seeds`` keeps only the run folders of those seeds (every output, ``runs.csv`` included): with as many seeds
+of every game and method, the pooled IQM (rliable's, each run counting the same) compares across methods the way
+published aggregates do, instead of following how many seeds each game happens to have.
 
 Exit status: 0 on success, 1 when no run folder is found, 2 for a missing root, an unreadable run file or
 registration, or a --readme file without its markers.
@@ -113,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'<!-- results-table:end -->' markers of this markdown file (e.g. README.md)")
     p.add_argument("--confirm", nargs="+", type=Path, default=[], metavar="YML",
                    help="pre-registered tests (python -m rlzoo_transfer.confirm register) to evaluate in report.md")
+    p.add_argument("--seeds", nargs="+", type=seed_arg, default=None, metavar="K",
+                   help="only the runs of these seeds (e.g. 0 1 2 3 4: equal seeds per game for the pooled IQM)")
     return p
 
 
@@ -129,6 +135,11 @@ def run_report(args) -> Path:
     all_runs = load_runs(args.roots)
     if not all_runs:
         raise NoRunsError(f"no run folders (<Game>/<method>/seed<k>/) found under {', '.join(map(str, args.roots))}")
+    if args.seeds is not None:
+        all_runs = [r for r in all_runs if r.seed in set(args.seeds)]
+        if not all_runs:
+            raise NoRunsError(f"no run folder of seed(s) {', '.join(map(str, args.seeds))} under "
+                              f"{', '.join(map(str, args.roots))}")
     runs = [r for r in all_runs if not any(reg.covers(r) for reg in registrations)]   # the exploratory runs
     if not runs:
         raise NoRunsError("every run found belongs to a pre-registered test (--confirm): python -m "

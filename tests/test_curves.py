@@ -325,6 +325,22 @@ def test_probability_of_improvement_ci_needs_two_seeds_a_side(runs_root, tmp_pat
     assert not report._poi_has_ci([[1.0, 2.0]], [[3.0]]) and report._poi_has_ci([[1.0, 2.0]], [[3.0, 4.0]])
 
 
+def test_seeds_keeps_only_those_run_folders(runs_root, tmp_path, capsys):
+    """--seeds 0: Alien's seed-1 and seed-2 folders are left out of every output; the same files as giving the
+    seed-0 folders one by one."""
+    assert curves.main([str(runs_root), "--out", str(tmp_path / "s0"), "--reps", "50", "--seeds", "0"]) == 0
+    seed0 = [d for d in sorted(runs_root.glob("*/*/seed0"))]
+    assert curves.main([*map(str, seed0), "--out", str(tmp_path / "by_hand"), "--reps", "50"]) == 0
+    for name in ("runs.csv", "curves.csv"):
+        assert (tmp_path / "s0" / name).read_text() == (tmp_path / "by_hand" / name).read_text()
+    runs_csv = (tmp_path / "s0" / "runs.csv").read_text()
+    assert "seed1" not in runs_csv and "seed2" not in runs_csv and runs_csv.count("seed0") == 5
+    capsys.readouterr()
+    assert curves.main([str(runs_root), "--out", str(tmp_path / "none"), "--seeds", "7"]) == 1
+    assert "no run folder of seed(s) 7" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 def test_cli_no_incomplete(tmp_path):
     root = tmp_path / "runs"
     make_run(root, "Gopher", "scratch", 0, [(10000, 300.0)], final_mean=257.6)

@@ -333,6 +333,7 @@ def test_seeds_keeps_only_those_run_folders(runs_root, tmp_path, capsys):
     assert curves.main([*map(str, seed0), "--out", str(tmp_path / "by_hand"), "--reps", "50"]) == 0
     for name in ("runs.csv", "curves.csv"):
         assert (tmp_path / "s0" / name).read_text() == (tmp_path / "by_hand" / name).read_text()
+    assert f"curves {runs_root} --out {tmp_path / 's0'} --seeds 0`" in (tmp_path / "s0" / "report.md").read_text()
     runs_csv = (tmp_path / "s0" / "runs.csv").read_text()
     assert "seed1" not in runs_csv and "seed2" not in runs_csv and runs_csv.count("seed0") == 5
     capsys.readouterr()

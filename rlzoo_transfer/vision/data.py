@@ -22,6 +22,7 @@ Grayscale and palette images are converted to RGB (3 channels), so torchvision w
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -74,17 +75,33 @@ def _folder_split(root: Path, split: str, classes: Sequence[str] | None) -> Spli
     return Split(paths, labels, list(classes))
 
 
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of a data file; DataError naming it when it is not text (``str(UnicodeDecodeError)`` says
+    neither which file nor what was expected)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
+
+
+def csv_rows(path: str | Path) -> list[list[str]]:
+    """The rows of a UTF-8 CSV file (csv module dialect); DataError naming it when it is not text or not CSV."""
+    try:
+        return list(csv.reader(io.StringIO(read_text(path), newline="")))
+    except csv.Error as e:                            # e.g. a field over csv's size limit: not a ValueError
+        raise DataError(f"{path}: not a CSV file ({e})") from None
+
+
 def _read_csv(path: Path) -> list[tuple[str, str, str]]:
     rows = []
-    with open(path, newline="") as f:
-        for i, row in enumerate(csv.reader(f)):
-            if not row or row[0].startswith("#"):
-                continue
-            if i == 0 and [c.strip().lower() for c in row[:3]] == ["path", "label", "split"]:
-                continue
-            if len(row) < 3:
-                raise DataError(f"{path}:{i + 1}: expected 'path,label,split', got {row!r}")
-            rows.append((row[0].strip(), row[1].strip(), row[2].strip()))
+    for i, row in enumerate(csv_rows(path)):
+        if not row or row[0].startswith("#"):
+            continue
+        if i == 0 and [c.strip().lower() for c in row[:3]] == ["path", "label", "split"]:
+            continue
+        if len(row) < 3:
+            raise DataError(f"{path}:{i + 1}: expected 'path,label,split', got {row!r}")
+        rows.append((row[0].strip(), row[1].strip(), row[2].strip()))
     return rows
 
 

@@ -15,7 +15,6 @@ Data (``--data`` of vision/landmarks.py):
 """
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 from torch.nn import functional as F
 
 from rlzoo_transfer.atomic import write_atomic
-from rlzoo_transfer.vision.data import IMAGE_EXTENSIONS, DataError, check_split, load_image, normalize
+from rlzoo_transfer.vision.data import (IMAGE_EXTENSIONS, DataError, check_split, csv_rows, load_image, normalize,
+                                        read_text)
 from rlzoo_transfer.vision.heatmaps import gaussian_heatmaps, image_to_heatmap
 
 # 300W / iBUG 68-point mirror pairs (0-based; 1-based: jaw 1-17, brows 18-27, nose 28-36, eyes 37-48, mouth 49-68)
@@ -79,7 +79,7 @@ def parse_flip_pairs(spec: str | None, k: int | None = None) -> list[tuple[int, 
         pairs = list(pairs)
     elif Path(spec).is_file():
         pairs = []
-        for line in Path(spec).read_text().splitlines():
+        for line in read_text(spec).splitlines():
             line = line.split("#")[0].replace(",", " ").replace("-", " ").split()
             if line:
                 pairs.append((int(line[0]), int(line[1])))
@@ -104,7 +104,7 @@ def flip_permutation(k: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
 
 def read_pts(path: str | Path) -> np.ndarray:
     """A 300W-style ``.pts`` file -> (K, 2) float array."""
-    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in read_text(path).splitlines() if ln.strip()]
     try:
         n = next(int(ln.split(":")[1]) for ln in lines if ln.lower().startswith("n_points"))
         start = lines.index("{") + 1
@@ -140,23 +140,22 @@ def read_boxes(path: str | Path) -> dict[Path, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: no such face-box file")
     boxes: dict[Path, np.ndarray] = {}
-    with open(path, newline="") as f:
-        for i, row in enumerate(csv.reader(f)):
-            if not row or row[0].startswith("#") or (i == 0 and row[0].strip().lower() in ("path", "image")):
-                continue
-            if len(row) != 5:
-                raise DataError(f"{path}:{i + 1}: expected image,x0,y0,x1,y1, got {len(row)} fields")
-            try:
-                box = np.array([float(v) for v in row[1:]], dtype=np.float64)
-            except ValueError:
-                raise DataError(f"{path}:{i + 1}: non-numeric box coordinate") from None
-            if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-                raise DataError(f"{path}:{i + 1}: the box needs x1 > x0 and y1 > y0, got {row[1:]}")
-            image = Path(row[0].strip())
-            image = image if image.is_absolute() else path.parent / image
-            if image in boxes:
-                raise DataError(f"{path}:{i + 1}: a second box for {image}")
-            boxes[image] = box
+    for i, row in enumerate(csv_rows(path)):
+        if not row or row[0].startswith("#") or (i == 0 and row[0].strip().lower() in ("path", "image")):
+            continue
+        if len(row) != 5:
+            raise DataError(f"{path}:{i + 1}: expected image,x0,y0,x1,y1, got {len(row)} fields")
+        try:
+            box = np.array([float(v) for v in row[1:]], dtype=np.float64)
+        except ValueError:
+            raise DataError(f"{path}:{i + 1}: non-numeric box coordinate") from None
+        if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+            raise DataError(f"{path}:{i + 1}: the box needs x1 > x0 and y1 > y0, got {row[1:]}")
+        image = Path(row[0].strip())
+        image = image if image.is_absolute() else path.parent / image
+        if image in boxes:
+            raise DataError(f"{path}:{i + 1}: a second box for {image}")
+        boxes[image] = box
     return boxes
 
 
@@ -190,21 +189,20 @@ def read_landmark_csv(path: str | Path, split: str) -> LandmarkSplit:
     """Rows ``path,split,x0,y0,...,x{K-1},y{K-1}`` (header optional) of ``split``."""
     path = Path(path)
     paths, pts = [], []
-    with open(path, newline="") as f:
-        for i, row in enumerate(csv.reader(f)):
-            if not row or row[0].startswith("#") or (i == 0 and row[0].strip().lower() == "path"):
-                continue
-            if len(row) < 4 or (len(row) - 2) % 2:
-                raise DataError(f"{path}:{i + 1}: expected path,split,x0,y0,..., got {len(row)} fields")
-            if row[1].strip() != split:
-                continue
-            try:
-                xy = np.array([float(v) for v in row[2:]], dtype=np.float64).reshape(-1, 2)
-            except ValueError:
-                raise DataError(f"{path}:{i + 1}: non-numeric coordinate") from None
-            p = Path(row[0].strip())
-            paths.append(p if p.is_absolute() else path.parent / p)
-            pts.append(xy)
+    for i, row in enumerate(csv_rows(path)):
+        if not row or row[0].startswith("#") or (i == 0 and row[0].strip().lower() == "path"):
+            continue
+        if len(row) < 4 or (len(row) - 2) % 2:
+            raise DataError(f"{path}:{i + 1}: expected path,split,x0,y0,..., got {len(row)} fields")
+        if row[1].strip() != split:
+            continue
+        try:
+            xy = np.array([float(v) for v in row[2:]], dtype=np.float64).reshape(-1, 2)
+        except ValueError:
+            raise DataError(f"{path}:{i + 1}: non-numeric coordinate") from None
+        p = Path(row[0].strip())
+        paths.append(p if p.is_absolute() else path.parent / p)
+        pts.append(xy)
     if pts and len({len(p) for p in pts}) != 1:
         raise DataError(f"{path}: rows of split {split!r} have different numbers of landmarks")
     return LandmarkSplit(paths, np.stack(pts) if pts else np.zeros((0, 0, 2)))

@@ -12,9 +12,9 @@ import torch
 import rlzoo_transfer.vision.classification as classification
 from rlzoo_transfer.vision.classification import run_classification
 from rlzoo_transfer.vision.classify import ClassifyConfig, main
-from rlzoo_transfer.vision.data import (BatchStream, EvalTransform, ImageDataset, TenCropTransform, TrainTransform,
-                                        digits_images, normalize, open_split, random_resized_crop_box,
-                                        write_image_folder)
+from rlzoo_transfer.vision.data import (BatchStream, DataError, EvalTransform, ImageDataset, TenCropTransform,
+                                        TrainTransform, digits_images, normalize, open_split,
+                                        random_resized_crop_box, write_image_folder)
 from rlzoo_transfer.vision.resnet import resnet_small
 from rlzoo_transfer.vision.zoo import Ensemble, mean_softmax_log
 
@@ -166,6 +166,12 @@ def test_csv_list_format(digits, tmp_path):
     res = run_classification(ClassifyConfig(data=str(digits / "list.csv"), method="scratch", iters=3,
                                             batch_size=16, out=str(tmp_path / "run"), **SMALL))
     assert res["iterations"] == 3
+    # a list that is not text, or not CSV: the file named, not a decoder's message
+    (tmp_path / "binary.csv").write_bytes(bytes(range(128, 256)))
+    (tmp_path / "huge.csv").write_text("a.png,0,train\n" + "x" * 200_000 + ",1,test\n")   # csv.Error, no ValueError
+    for name, message in (("binary.csv", "not a UTF-8 text file"), ("huge.csv", "not a CSV file")):
+        with pytest.raises(DataError, match=f"{name}: {message}"):
+            open_split(tmp_path / name, "train")
 
 
 def test_ten_crop_views_and_their_averaged_prediction(digits, tmp_path):

@@ -129,6 +129,12 @@ def test_test_crops_from_face_boxes(faces, tmp_path):
             attach_boxes(split, tmp_path / "bad.csv")
     with pytest.raises(DataError, match="no such face-box file"):
         attach_boxes(split, tmp_path / "none.csv")
+    binary = tmp_path / "binary.csv"                                   # not text: the file named
+    binary.write_bytes(bytes(range(128, 256)))
+    for read in (lambda: attach_boxes(split, binary), lambda: open_landmark_split(binary, "test"),
+                 lambda: read_pts(binary), lambda: parse_flip_pairs(str(binary), 5)):
+        with pytest.raises(DataError, match="binary.csv: not a UTF-8 text file"):
+            read()
 
 
 def test_flips_swap_left_and_right():

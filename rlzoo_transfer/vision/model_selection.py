@@ -183,10 +183,10 @@ def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[
     images, ``source = (x_source, y_source, source class counts)``, classes weighted by the counts (the target's:
     ``target_counts``; both {label: images in the whole domain}).
 
-    A score that needs a classifier head is None for a headless model; one that is undefined for this model (
-    ``UndefinedScoreError``: e.g. all-zero or constant features, a collapsed network) is None too, and its reason
-    goes into ``undefined`` ({score: reason}) when given, and so is every score of a model whose features or
-    outputs are not finite (a diverged network): one degenerate model does not stop the ranking."""
+    None marks a score this model cannot have: one that needs a classifier head, for a headless model; one that is
+    undefined for it (``UndefinedScoreError``: all-zero or constant features, a collapsed network); and every
+    score of a model whose features or outputs are not finite (a diverged network).  The last two put their
+    reason into ``undefined`` ({score: reason}) when given: one degenerate model does not stop the ranking."""
     feats, probs = extract(net, x, has_head)
     out: dict[str, float | None] = {}
     diverged = not np.all(np.isfinite(feats)) or (probs is not None and not np.all(np.isfinite(probs)))
@@ -345,7 +345,7 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
         ref = extract(ref_net.to(dev), x, has_head=False)[0]
         try:                                    # a degenerate reference would leave rsa undefined for every model
             rdm_entries(ref, "its features")
-        except UndefinedScoreError as e:
+        except ValueError as e:                 # UndefinedScoreError, or features with NaN / inf
             raise ValueError(f"--rsa-reference {rsa_reference} cannot serve as RSA's reference: {e}") from None
     source_images = {}
     if "domain_similarity" in scores:

@@ -181,6 +181,9 @@ def test_select_a_collapsed_model_is_left_out_not_fatal(tiny, tmp_path, capsys):
     assert set(res["undefined"][str(nan)]) == {"lfc", "leep", "logme"} and "NaN" in res["undefined"][str(nan)]["lfc"]
     assert sorted(res["rankings"]["leep"]) == sorted(paths[:2])
     assert "note: leep is undefined for" in capsys.readouterr().err
+    assert main(base + ["--zoo", *paths, "--scores", "rsa", "--rsa-reference", str(nan)]) == 2   # a diverged one
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --rsa-reference {nan} cannot serve") and "NaN" in err and err.count("\n") == 1
     # the collapsed network as the reference: rsa would be undefined for every model
     assert main(base + ["--zoo", *paths, "--scores", "rsa", "--rsa-reference", str(dead)]) == 2
     err = capsys.readouterr().err

@@ -9,19 +9,17 @@ avgpool, fc``), so a torchvision-format ``state_dict`` saved to a local file loa
 an ``nn.Identity``, so the names stay torchvision's) and three stages of BasicBlocks with widths w, 2w, 4w
 (default w = 16, one block per stage; ``blocks=(3, 3, 3)`` is ResNet-20).  It works on inputs from 8x8 up.
 
-Zoo form (:func:`zoo_resnet`, Zoo-Tuning Sec. 3 and the official thuml/Zoo-Tuning code): every conv of the
-backbone becomes an ``AdaAggConv2d`` over the m sources (layers/convert.py), with channel alignment only for
-kernels > 1 (the layer's own rule: 1x1 convs such as ``downsample.0`` and the bottleneck's ``conv1``/``conv3``
-get none) - in every stage, as the paper describes T for each AdaAgg layer; the official ResNet-50 turns it on
-only for the stem and ``layer3`` / ``layer4`` (``layer1`` / ``layer2``'s 3x3 convs have none there), a choice
-its paper does not state (``align_stages="official"``, ``--align-stages official``, follows it).  BatchNorm
-parameters and running statistics are averaged over the sources (the official code averages the affine
-parameters and resets the running statistics to 0 / 1: ``bn_stats="reset"``, ``--bn-stats reset``), and
-``gate_norm="none"``
-(the paper's raw sigmoid gates): with m sources the aggregated weight starts at ~0.5 * m times a source's
-scale, which the BatchNorm after every conv absorbs - the output of a conv followed by BatchNorm does not
-change when the conv's weight is scaled (in training mode; the running statistics adapt during fine-tuning).
-The task head (``fc``) stays a plain layer.
+Zoo form (:func:`zoo_resnet`, Zoo-Tuning Sec. 3 and the official thuml/Zoo-Tuning code): every conv of the backbone
+becomes an ``AdaAggConv2d`` over the m sources (layers/convert.py), with channel alignment only for kernels > 1 (the
+layer's own rule: 1x1 convs such as ``downsample.0`` and the bottleneck's ``conv1``/``conv3`` get none) - in every
+stage, as the paper describes T for each AdaAgg layer; the official ResNet-50 turns it on only for the stem and
+``layer3`` / ``layer4`` (``layer1`` / ``layer2``'s 3x3 convs have none there), a choice its paper does not state
+(``align_stages="official"``, ``--align-stages official``, follows it).  BatchNorm parameters and running statistics
+are averaged over the sources (the official code averages the affine parameters and resets the running statistics to
+0 / 1: ``bn_stats="reset"``, ``--bn-stats reset``), and ``gate_norm="none"`` (the paper's raw sigmoid gates): with m
+sources the aggregated weight starts at ~0.5 * m times a source's scale, which the BatchNorm after every conv
+absorbs - the output of a conv followed by BatchNorm does not change when the conv's weight is scaled (in training
+mode; the running statistics adapt during fine-tuning).  The task head (``fc``) stays a plain layer.
 """
 from __future__ import annotations
 

@@ -36,9 +36,18 @@ def run_module(module: str, *args: str, **kw) -> subprocess.CompletedProcess:
 def child(cmd: list[str], cwd: Path | None = None, env: dict | None = None,
           stdout=subprocess.PIPE) -> Iterator[subprocess.Popen]:
     """Start ``cmd`` (environment ``os.environ`` + ``env``, text pipes) and kill it on leaving the block if it is
-    still running, so that a failed assertion never leaves a training process behind."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=stdout,
-                            stderr=subprocess.PIPE, text=True)
+    still running, so that a failed assertion never leaves a training process behind.
+
+    The child gets SIGINT's default disposition even when this process ignores it (a test run started with ``&``
+    from a script: such a shell ignores SIGINT in its background jobs, and an ignored signal stays ignored across
+    exec, so the child's Python would never raise KeyboardInterrupt): a handled signal is reset to the default in
+    the child at exec, so SIGINT is handled here while the child starts."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=stdout,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         yield proc
     finally:

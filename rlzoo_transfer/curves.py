@@ -136,7 +136,8 @@ def run_report(args) -> Path:
     if not all_runs:
         raise NoRunsError(f"no run folders (<Game>/<method>/seed<k>/) found under {', '.join(map(str, args.roots))}")
     if args.seeds is not None:
-        all_runs = [r for r in all_runs if r.seed in set(args.seeds)]
+        keep = set(args.seeds)
+        all_runs = [r for r in all_runs if r.seed in keep]
         if not all_runs:
             raise NoRunsError(f"no run folder of seed(s) {', '.join(map(str, args.seeds))} under "
                               f"{', '.join(map(str, args.roots))}")

@@ -7,13 +7,15 @@ Scores (higher = better model to fine-tune): ``lfc``, ``lgc`` (Deshpande et al. 
 Evaluation against measured accuracies: ``rank_models``, ``spearman``, ``trials_to_best``, ``best_of_top_k``.
 """
 from rlzoo_transfer.selection.ranking import best_of_top_k, rank_models, spearman, trials_to_best
-from rlzoo_transfer.selection.scores import (UndefinedScoreError, domain_similarity, earth_movers_distance, h_score,
-                                             kernel_label_correlation, label_similarity, leep, lfc, lgc,
-                                             linear_kernel, logme, nce, random_projection, rdm, rdm_entries, rsa)
+from rlzoo_transfer.selection.scores import (UndefinedScoreError, correlate_rdms, domain_similarity,
+                                             earth_movers_distance, h_score, kernel_label_correlation,
+                                             label_similarity, leep, lfc, lgc, linear_kernel, logme, nce,
+                                             random_projection, rdm, rdm_entries, rsa)
 
 __all__ = [
     "UndefinedScoreError",
     "best_of_top_k",
+    "correlate_rdms",
     "domain_similarity",
     "earth_movers_distance",
     "h_score",

@@ -46,6 +46,7 @@ __all__ = [
     "h_score",
     "rdm",
     "rdm_entries",
+    "correlate_rdms",
     "rsa",
     "earth_movers_distance",
     "domain_similarity",
@@ -483,7 +484,16 @@ def rsa(features, reference_features, method: str = "spearman") -> float:
         raise ValueError(f"features and reference_features must have the same N, got {a.shape[0]} and {b.shape[0]}")
     if a.shape[0] < 3:
         raise ValueError("rsa needs at least 3 samples (2 off-diagonal RDM entries)")
-    da, db = rdm_entries(a, "features"), rdm_entries(b, "reference_features")
+    return correlate_rdms(rdm_entries(a, "features"), rdm_entries(b, "reference_features"), method)
+
+
+def correlate_rdms(da: np.ndarray, db: np.ndarray, method: str = "spearman") -> float:
+    """RSA's correlation of two RDMs' upper triangles (:func:`rdm_entries`, the same N): so that a reference RDM
+    compared with many models is computed once.  ``method`` as in :func:`rsa`."""
+    if da.shape != db.shape or da.ndim != 1:
+        raise ValueError(f"the RDM entries must be two vectors of one length, got {da.shape} and {db.shape}")
+    if da.size < 2:
+        raise ValueError("rsa needs at least 3 samples (2 off-diagonal RDM entries)")
     if method == "spearman":
         da, db = stats.rankdata(da), stats.rankdata(db)
     da, db = da - da.mean(), db - db.mean()

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlzoo_transfer.selection import (UndefinedScoreError, best_of_top_k, domain_similarity, h_score, leep, lfc,
-                                      lgc, logme, nce, rank_models, rdm_entries, rsa, spearman, trials_to_best)
+from rlzoo_transfer.selection import (UndefinedScoreError, best_of_top_k, correlate_rdms, domain_similarity,
+                                      h_score, leep, lfc, lgc, logme, nce, rank_models, rdm_entries, spearman,
+                                      trials_to_best)
 from rlzoo_transfer.vision.data import DataError, EvalTransform, ImageDataset, Split, open_split
 from rlzoo_transfer.vision.options import ALL_SCORES, ARCHS, SCORES
 from rlzoo_transfer.vision.resnet import (CheckpointError, ResNet, build_resnet, check_backbone_keys,
@@ -174,11 +175,12 @@ def lgc_gradients(net: ResNet, x, probes: int = 10, proj_dim: int | None = 10000
 # ------------------------------------------------------------------------------------------------ scoring
 def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[str],
                 probes: int = 10, proj_dim: int | None = 10000, seed: int = 0,
-                reference_features: np.ndarray | None = None, source: tuple | None = None,
+                reference_rdm: np.ndarray | None = None, source: tuple | None = None,
                 min_class_count: int = 5, target_counts: dict[int, int] | None = None,
                 undefined: dict[str, str] | None = None) -> dict[str, float | None]:
     """The requested scores of one pretrained network on the sampled target images ``x`` with labels ``y``;
-    ``rsa`` compares its features with ``reference_features`` (N, D'), a target-trained network's on ``x``;
+    ``rsa`` compares its features' RDM with ``reference_rdm`` (the upper triangle of a target-trained network's
+    RDM on ``x``, :func:`~rlzoo_transfer.selection.rdm_entries`, computed once for the whole zoo);
     ``domain_similarity`` compares the class means of its features on the target with those on its own source
     images, ``source = (x_source, y_source, source class counts)``, classes weighted by the counts (the target's:
     ``target_counts``; both {label: images in the whole domain}).
@@ -197,7 +199,7 @@ def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[
                 undefined[s] = "its features or outputs contain NaN or inf: a diverged network"
             continue
         try:
-            out[s] = _one_score(s, net, has_head, feats, probs, x, y, probes, proj_dim, seed, reference_features,
+            out[s] = _one_score(s, net, has_head, feats, probs, x, y, probes, proj_dim, seed, reference_rdm,
                                 source, min_class_count, target_counts)
         except UndefinedScoreError as e:
             out[s] = None
@@ -207,7 +209,7 @@ def score_model(net: ResNet, has_head: bool, x, y: np.ndarray, scores: Sequence[
 
 
 def _one_score(s: str, net: ResNet, has_head: bool, feats: np.ndarray, probs: np.ndarray | None, x, y: np.ndarray,
-               probes: int, proj_dim: int | None, seed: int, reference_features: np.ndarray | None,
+               probes: int, proj_dim: int | None, seed: int, reference_rdm: np.ndarray | None,
                source: tuple | None, min_class_count: int, target_counts: dict[int, int] | None) -> float | None:
     """Score ``s`` of one model (see ``score_model``)."""
     if s in HEAD_SCORES and not has_head:
@@ -231,9 +233,9 @@ def _one_score(s: str, net: ResNet, has_head: bool, feats: np.ndarray, probs: np
         return domain_similarity(src_feats, source[1], feats, y, gamma=0.01, min_class_count=min_class_count,
                                  source_counts=source[2], target_counts=target_counts)
     if s == "rsa":
-        if reference_features is None:
+        if reference_rdm is None:
             raise ValueError("rsa needs the features of a network trained on the target (--rsa-reference)")
-        return rsa(feats, reference_features)
+        return correlate_rdms(rdm_entries(feats, "features"), reference_rdm)
     raise ValueError(f"unknown score {s!r}; choose from {', '.join(ALL_SCORES)}")
 
 
@@ -339,12 +341,12 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     dev = pick_device(device)
     x, y = ImageBatches(ds, dev), np.asarray(split.labels)
     nets = [load_source(p, arch, width, sha256[i] if sha256 else None) for i, p in enumerate(zoo)]
-    ref = None
+    ref = ref_rdm = None
     if "rsa" in scores:
         ref_net, _ = load_source(rsa_reference, rsa_arch, rsa_width, rsa_sha256)
         ref = extract(ref_net.to(dev), x, has_head=False)[0]
         try:                                    # a degenerate reference would leave rsa undefined for every model
-            rdm_entries(ref, "its features")
+            ref_rdm = rdm_entries(ref, "its features")
         except ValueError as e:                 # UndefinedScoreError, or features with NaN / inf
             raise ValueError(f"--rsa-reference {rsa_reference} cannot serve as RSA's reference: {e}") from None
     source_images = {}
@@ -358,7 +360,7 @@ def run_selection(data: str, zoo: Sequence[str], arch: str, *, width: int = 16, 
     table, undefined = {}, {}
     for p, (net, has_head) in zip(zoo, nets):
         undefined[p] = {}
-        table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed, ref,
+        table[p] = score_model(net.to(dev), has_head, x, y, scores, probes, proj_dim, seed, ref_rdm,
                                source_images.get(p), min_class_count, target_counts, undefined[p])
     rankings = {s: rank_models({n: row[s] for n, row in table.items() if row[s] is not None}) for s in scores
                 if any(row[s] is not None for row in table.values())}

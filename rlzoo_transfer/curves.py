@@ -58,7 +58,7 @@ from rlzoo_transfer.confirm import ConfirmError, load_registration
 from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.plots import plot_all_games, plot_diagnostics, plot_game, safe_name
 from rlzoo_transfer.report import write_report
-from rlzoo_transfer.results_table import MarkerError, update_markdown
+from rlzoo_transfer.results_table import MarkerError, check_markdown, update_markdown
 from rlzoo_transfer.rundata import NoRunsError, Run, RunFolderError, load_runs
 from rlzoo_transfer.stop import one_line_interrupt
 
@@ -185,6 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reps < 1:
         print("error: --reps must be >= 1", file=sys.stderr)
         return 2
+    if args.readme is not None:
+        try:
+            check_markdown(args.readme)
+        except MarkerError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         path = run_report(args)
     except (RunFolderError, BaselineError, ConfirmError) as err:

@@ -106,6 +106,21 @@ def splice(text: str, block: Sequence[str], source: str = "the file") -> str:
     return "\n".join(lines[:starts[0] + 1] + list(block) + lines[ends[0]:])
 
 
+def check_markdown(path: Path) -> None:
+    """Check, before any work, that :func:`update_markdown` can rewrite ``path``: it exists, is text and has its
+    marker lines.  ``curves`` calls it right after parsing, so a wrong ``--readme`` costs no report run.
+
+    :raises MarkerError: a missing or unreadable file, or its markers missing, repeated or out of order
+    """
+    if not path.is_file():
+        raise MarkerError(f"{path} does not exist (--readme names the markdown file to update)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MarkerError(f"{path} cannot be read as text ({err})") from None
+    splice(text, [], str(path))
+
+
 def update_markdown(path: Path, runs: Sequence[Run], baseline: str = "scratch", reps: int = 2000,
                     seed: int = 0, confirm_paths: Sequence[Path] = (), all_runs: Sequence[Run] | None = None) -> None:
     """Rewrite the results table of the markdown file ``path`` in place, atomically.

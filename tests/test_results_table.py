@@ -79,6 +79,11 @@ def test_cli_readme_without_markers_is_a_clear_error(runs_root, tmp_path, capsys
     rc = curves.main([str(runs_root), "--out", str(tmp_path / "eval"), "--reps", "50",
                       "--readme", str(tmp_path / "missing.md")])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    readme.write_bytes(f"{START}\n\xff\xfe\n{END}\n".encode("latin-1"))       # not UTF-8
+    rc = curves.main([str(runs_root), "--out", str(tmp_path / "eval"), "--reps", "50", "--readme", str(readme)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot be read as text" in err and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()            # checked right after parsing: no report was made first
 
 
 def test_an_interval_over_a_game_with_two_seeds_is_marked_narrow(tmp_path):

@@ -59,7 +59,7 @@ from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.plots import plot_all_games, plot_diagnostics, plot_game, safe_name
 from rlzoo_transfer.report import write_report
 from rlzoo_transfer.results_table import MarkerError, check_markdown, update_markdown
-from rlzoo_transfer.rundata import NoRunsError, Run, RunFolderError, load_runs
+from rlzoo_transfer.rundata import NoRunsError, Run, RunFolderError, load_runs, protocol_differences
 from rlzoo_transfer.stop import one_line_interrupt
 
 
@@ -155,6 +155,9 @@ def run_report(args) -> Path:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise BaselineError(f"--baseline {args.baseline!r} is not a method of these runs.{hint} "
                             f"Methods: {', '.join(methods)}")
+    mixed = protocol_differences(runs)
+    for line in mixed:
+        print(f"warning: {line}: averaged as one method (report.md says so)", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = aggregate_curves(runs)
     write_curves_csv(rows, args.out / "curves.csv")
@@ -170,7 +173,7 @@ def run_report(args) -> Path:
         plot_all_games(games_of(runs), rows, runs, method_order([r.method for r in runs], args.baseline),
                        args.out / "curves_all.png", args.band)
     diagnostics = plot_diagnostics(runs, args.out)
-    path = write_report(runs, args.out, curve_files, diagnostics, args, all_runs)
+    path = write_report(runs, args.out, curve_files, diagnostics, args, all_runs, mixed)
     if args.readme is not None:
         update_markdown(args.readme, runs, args.baseline, args.reps, args.seed, args.confirm, all_runs)
     return path

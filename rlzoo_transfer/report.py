@@ -301,9 +301,10 @@ def report_incomplete_section(runs: list[Run]) -> list[str]:
 
 
 def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagnostics: list, args,
-                 all_runs: list[Run] | None = None) -> Path:
+                 all_runs: list[Run] | None = None, mixed: Sequence[str] = ()) -> Path:
     """Assemble ``report.md`` from the (exploratory) runs and the figures already written into ``out``;
-    ``all_runs`` adds the runs of the ``args.confirm`` registrations, which only their own section reports."""
+    ``all_runs`` adds the runs of the ``args.confirm`` registrations, which only their own section reports;
+    ``mixed`` (:func:`rlzoo_transfer.rundata.protocol_differences`) is listed under the header as a warning."""
     finals = final_scores(runs)
     games = games_of(runs)
     methods = method_order([r.method for r in runs], args.baseline)
@@ -318,6 +319,10 @@ def write_report(runs: list[Run], out: Path, curve_files: dict[str, str], diagno
                 if all_runs and len(all_runs) > len(runs) else "") + ". "
              f"{commits_summary(commits)}. Per-run numbers and commits: `runs.csv`; "
              "curves: `curves.csv`. Published rows: REFERENCE.md (SPR paper table for DER, rliable data for SPR).", ""]
+    if mixed:
+        lines += ["**Warning: runs made differently are averaged as one method below** (different protocol or "
+                  "hyperparameters; give `curves` the roots or run folders of one experiment):", ""]
+        lines += [f"- {line}" for line in mixed] + [""]
     lines += report_final_section(finals, games, methods)
     lines += report_aggregate_section(finals, methods, args.baseline, args.reps, args.seed)
     lines += report_difference_section(finals, games, methods, args.baseline)

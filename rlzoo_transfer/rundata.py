@@ -233,3 +233,31 @@ def load_runs(roots: Iterable[Path]) -> list[Run]:
             else:
                 warnings.warn(f"{run_dir}: duplicate of {other.path}, ignored")
     return list(kept.values())
+
+
+PROTOCOL_KEYS = ("steps", "eval_freq", "eval_episodes", "final_eval_episodes", "n_envs")
+_NOT_PROTOCOL = frozenset({"compile", "zoo_dir"})  # how a run was computed or where its zoo lay, not what it ran
+
+
+def protocol_differences(runs: Sequence[Run]) -> list[str]:
+    """One line per (game, method) whose runs were not made the same way, naming the settings that differ.
+
+    Compared: the evaluation protocol (``config.yml``'s ``steps``, ``eval_freq``, ``eval_episodes``,
+    ``final_eval_episodes``, ``n_envs``) and every hyperparameter that all of the group's configs record (a key
+    added to ``agents/`` after some runs were made is not a difference; ``compile`` and ``zoo_dir`` are not
+    compared).  ``curves`` averages a group's runs as one method, so such a group mixes experiments.
+    """
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.config:
+            groups.setdefault((run.game, run.method), []).append(run)
+    lines = []
+    for (game, method), group in sorted(groups.items()):
+        settings = [dict({k: r.config.get(k) for k in PROTOCOL_KEYS}, **(r.config.get("hyperparams") or {}))
+                    for r in group]
+        shared = set.intersection(*(set(s) for s in settings)) - _NOT_PROTOCOL
+        differ = sorted(k for k in shared if len({repr(s[k]) for s in settings}) > 1)
+        if differ:
+            values = "; ".join(f"{k}: {', '.join(sorted({str(s[k]) for s in settings}))}" for k in differ)
+            lines.append(f"{game}/{method}: its {len(group)} runs differ in {values}")
+    return lines

@@ -342,6 +342,39 @@ def test_seeds_keeps_only_those_run_folders(runs_root, tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+def test_runs_made_differently_are_flagged_not_silently_averaged(tmp_path, capsys):
+    """Two zoo seeds of 20k steps and one of 300 (or with another gate_norm) are one method to curves: it says so on
+    stderr and under report.md's header; scratch's runs, which differ only in a key one of them lacks, are not
+    flagged."""
+    root = tmp_path / "runs"
+    make_run(root, "Alien", "zoo", 0, [(10000, 300.0)], final_mean=400.0)
+    make_run(root, "Alien", "zoo", 1, [(10000, 320.0)], final_mean=420.0)
+    odd = make_run(root, "Alien", "zoo", 2, [(150, 200.0)], final_mean=250.0, steps=300)
+    for seed in (0, 1):
+        make_run(root, "Alien", "scratch", seed, [(10000, 310.0)], final_mean=410.0)
+    config = odd / "config.yml"
+    config.write_text(config.read_text().replace("hyperparams: {}", "hyperparams: {gate_norm: softmax, lr: 1}"))
+    scratch = root / "Alien" / "scratch" / "seed1" / "config.yml"
+    scratch.write_text(scratch.read_text().replace("hyperparams: {}", "hyperparams: {generator: torso}"))
+    differ = rundata.protocol_differences(rundata.load_runs([root]))
+    assert differ == ["Alien/zoo: its 3 runs differ in steps: 20000, 300"]
+    assert curves.main([str(root), "--out", str(tmp_path / "o"), "--reps", "50"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: Alien/zoo: its 3 runs differ in steps: 20000, 300" in err and "scratch" not in err
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "runs made differently are averaged" in report and "- Alien/zoo: its 3 runs differ in steps" in report
+    for seed in (0, 1):                                   # the same hyperparameter in every zoo config, one value
+        c = root / "Alien" / "zoo" / f"seed{seed}" / "config.yml"
+        c.write_text(c.read_text().replace("steps: 20000", "steps: 300").replace("hyperparams: {}",
+                                                                               "hyperparams: {gate_norm: sum}"))
+    assert rundata.protocol_differences(rundata.load_runs([root])) == ["Alien/zoo: its 3 runs differ in gate_norm: "
+                                                                       "softmax, sum"]
+    assert curves.main([str(root), "--out", str(tmp_path / "o2"), "--reps", "50"]) == 0
+    assert "differ in gate_norm" in (tmp_path / "o2" / "report.md").read_text()
+    assert curves.main([str(root / "Alien" / "scratch"), "--out", str(tmp_path / "o3"), "--reps", "50"]) == 0
+    assert "Warning" not in (tmp_path / "o3" / "report.md").read_text()
+
+
 def test_cli_no_incomplete(tmp_path):
     root = tmp_path / "runs"
     make_run(root, "Gopher", "scratch", 0, [(10000, 300.0)], final_mean=257.6)

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.curves", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("roots", nargs="+", type=Path, help="run roots (e.g. runs/) or run folders seed<k>/")
-    p.add_argument("--out", type=Path, default=Path("eval"), help="output folder (default: eval)")
+    p.add_argument("--out", type=Path, default=Path("eval"),
+                   help="output folder (default: eval, the repository's committed results; give your own)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (default: 2000)")
     p.add_argument("--seed", type=seed_arg, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--band", choices=("std", "ci"), default="std",

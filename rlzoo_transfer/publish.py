@@ -58,7 +58,8 @@ def publish(src_root: Path, dst_root: Path, finished_only: bool = False, withdra
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.publish", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="?", default="runs")
-    p.add_argument("--out", default="eval/runs")
+    p.add_argument("--out", default="eval/runs",
+                   help="where the run folders go (default: eval/runs, the repository's published runs)")
     p.add_argument("--finished", action="store_true",
                    help="leave out runs still in progress (no final.json) that are not published yet")
     p.add_argument("--withdraw", action="store_true",

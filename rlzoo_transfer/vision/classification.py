@@ -17,8 +17,8 @@ from rlzoo_transfer.vision.data import (BatchStream, DataError, EvalTransform, I
                                         TrainTransform, open_split, predict_batches)
 from rlzoo_transfer.vision.options import UsageError, check_choices, check_ranges
 from rlzoo_transfer.vision.resnet import build_resnet, count_params
-from rlzoo_transfer.vision.runtime import (USER_ERRORS, load_zoo, pick_device, save_atomic, seed_everything,
-                                           train_run, write_json)
+from rlzoo_transfer.vision.runtime import (USER_ERRORS, finished_results, load_zoo, pick_device, save_atomic,
+                                           seed_everything, train_run, write_json)
 from rlzoo_transfer.vision.zoo import Ensemble, build_method, inference_model, mean_softmax_log, objective
 
 if TYPE_CHECKING:
@@ -81,7 +81,8 @@ def prepare(cfg: ClassifyConfig):
 
 
 def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
-    """Fine-tune ``cfg.method`` on ``cfg.data``; writes the run folder and returns the results dict."""
+    """Fine-tune ``cfg.method`` on ``cfg.data``; writes the run folder and returns the results dict - with
+    ``cfg.resume`` on a finished run, its results.json, the folder left as it is."""
     check_ranges(cfg, positive=("iters", "lr", "batch_size", "width", "image_size", "log_every", "gamma", "crop_pct",
                                 "hub_k"),
                  non_negative=("momentum", "weight_decay", "save_every", "eval_every", "workers", "threads",
@@ -111,8 +112,11 @@ def run_classification(cfg: ClassifyConfig) -> dict[str, Any]:
     stream = BatchStream(train_ds, cfg.batch_size, seed=cfg.seed, workers=cfg.workers)
     eval_batch = 25 if cfg.ten_crop else 256   # images per evaluation batch (x 10 views with --ten-crop)
     loss_fn = lambda net, x, y: objective(net, net(x), y, cross_entropy_per_sample, cfg.hub_lambda)  # noqa: E731
-    state, metrics = train_run(cfg, config, model, optimizer, scheduler, stream, cfg.iters, loss_fn, device,
-                               lambda: evaluate_classifier(model, test_ds, device, eval_batch))
+    ran = train_run(cfg, config, model, optimizer, scheduler, stream, cfg.iters, loss_fn, device,
+                    lambda: evaluate_classifier(model, test_ds, device, eval_batch))
+    if ran is None:                                    # --resume of a finished run: left as it is
+        return finished_results(cfg.out)
+    state, metrics = ran
     infer = inference_model(model)
     results = {
         "method": cfg.method, "arch": cfg.arch, "data": cfg.data, "zoo": list(cfg.zoo), "seed": cfg.seed,

@@ -21,8 +21,12 @@ their classifier heads are ignored.  ``--method``: scratch | single | zoo | zoo-
 The run folder ``--out`` gets ``config.json`` (resolved configuration, package versions, git commit),
 ``tb/`` (tensorboard: losses, learning rate, gates / pathway weights, test accuracy), ``checkpoint.pt``
 (every ``--save-every`` iterations and at the end; ``--resume`` continues from it - exactly, with
-``--workers 0``), ``model.pt`` (the final weights) and ``results.json`` (written atomically).  Bad input (missing
-data, a checkpoint of another architecture, an unknown method) is one line on stderr and exit status 2.
+``--workers 0``), ``model.pt`` (the final weights) and ``results.json`` (written atomically).  An ``--out`` that
+already holds a run (results.json, model.pt, checkpoint.pt or config.json) is refused without ``--resume``, before
+anything is read or written; ``--resume`` continues an unfinished run and leaves a finished one as it is (exit
+status 0, its results printed again).  A missing or empty folder, or one with only other files, is free.  Bad
+input (missing data, a checkpoint of another architecture, an unknown method, a used ``--out``) is one line on
+stderr and exit status 2.
 
 This module is the CLI and its settings (torch-free: ``--help`` answers at once); the run is
 vision/classification.py's, its training loop and run plumbing vision/runtime.py's, shared with

@@ -18,8 +18,8 @@ from rlzoo_transfer.vision.faces import (EYES_300W, EYES_SYNTHETIC, LandmarkData
 from rlzoo_transfer.vision.heatmaps import decode_heatmaps, heatmap_to_image
 from rlzoo_transfer.vision.options import UsageError, check_choices, check_ranges
 from rlzoo_transfer.vision.resnet import ResNet, build_resnet, count_params, sha256_of
-from rlzoo_transfer.vision.runtime import (USER_ERRORS, load_zoo, pick_device, save_atomic, seed_everything,
-                                           train_run, write_json)
+from rlzoo_transfer.vision.runtime import (USER_ERRORS, finished_results, load_zoo, pick_device, save_atomic,
+                                           seed_everything, train_run, write_json)
 from rlzoo_transfer.vision.zoo import Ensemble, build_method, inference_model, mean_outputs, objective
 
 if TYPE_CHECKING:
@@ -104,7 +104,8 @@ def _eyes_for(k: int, eyes: Sequence[int] | None) -> tuple[int, int]:
 
 
 def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
-    """Fine-tune ``cfg.method`` for landmark detection on ``cfg.data``; writes the run folder, returns results."""
+    """Fine-tune ``cfg.method`` for landmark detection on ``cfg.data``; writes the run folder, returns results - with
+    ``cfg.resume`` on a finished run, its results.json, the folder left as it is."""
     check_ranges(cfg, positive=("epochs", "lr", "batch_size", "width", "image_size", "heatmap_stride", "sigma",
                                 "box_scale", "log_every", "gamma", "hub_k"),
                  non_negative=("iters", "rotate", "save_every", "eval_every", "workers", "threads", "hub_lambda"))
@@ -145,8 +146,11 @@ def run_landmarks(cfg: LandmarkConfig) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.gamma)
     stream = BatchStream(train_ds, cfg.batch_size, seed=cfg.seed, workers=cfg.workers)
     loss_fn = lambda net, x, y: objective(net, net(x), y, heatmap_mse, cfg.hub_lambda)  # noqa: E731
-    state, metrics = train_run(cfg, config, model, optimizer, scheduler, stream, iters, loss_fn, device,
-                               lambda: evaluate_landmarks(model, test_ds, eyes, device))
+    ran = train_run(cfg, config, model, optimizer, scheduler, stream, iters, loss_fn, device,
+                    lambda: evaluate_landmarks(model, test_ds, eyes, device))
+    if ran is None:                                    # --resume of a finished run: left as it is
+        return finished_results(cfg.out)
+    state, metrics = ran
     results = {
         "method": cfg.method, "arch": cfg.arch, "data": cfg.data, "zoo": list(cfg.zoo), "seed": cfg.seed,
         "nme": metrics["nme"], "nme_percent": 100 * metrics["nme"], "failure_rate": metrics["failure_rate"],

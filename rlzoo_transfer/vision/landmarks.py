@@ -24,7 +24,8 @@ landmarks' boxes (augmented by rotation and scale).
 
 This module is the CLI and its settings (torch-free: ``--help`` answers at once); the network and the run are
 vision/landmark_detection.py's, the data, its geometry and NME vision/faces.py's, heatmap frames and decoding
-vision/heatmaps.py's.
+vision/heatmaps.py's.  The run folder ``--out`` and ``--resume`` are classify's (vision/classify.py): a folder
+that already holds a run is refused without ``--resume``, and a finished one is never retrained or overwritten.
 
 Data (``--data``):
 

@@ -119,8 +119,9 @@ def add_run_args(p: argparse.ArgumentParser, d: FineTuneConfig) -> None:
     """The options of a vision fine-tuning run's life (seed, run folder, checkpoints, logging, device), with ``d``'s
     defaults."""
     p.add_argument("--seed", type=seed_arg, default=d.seed)
-    p.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--out", default=d.out, help=f"run folder (default {d.out}); one that holds a run needs --resume")
+    p.add_argument("--resume", action="store_true", help="continue OUT's run from OUT/checkpoint.pt if it exists "
+                   "(a finished run is left as it is)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint period in iterations")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="test-set evaluation period (0: at the end)")
@@ -131,15 +132,39 @@ def add_run_args(p: argparse.ArgumentParser, d: FineTuneConfig) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+#: The files a vision run writes in its folder ``--out`` (besides ``tb/``): any of them there means a run started
+#: there, ``results.json`` (written last) that it finished.
+RUN_FILES = ("results.json", "model.pt", "checkpoint.pt", "config.json")
+
+
+def check_run_folder(out: str | Path, resume: bool) -> bool:
+    """Whether ``out`` holds a finished run (``results.json``); without ``resume``, UsageError if it holds any run
+    (one of :data:`RUN_FILES`), finished or not, so that a re-run never replaces one.  A missing or empty folder, or
+    one with only other files (notes, a ``tb/`` alone), is free.  Reads only (torch-free, before any work)."""
+    out = Path(out)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    finished = "results.json" in held
+    if held and not resume:
+        if finished:
+            raise UsageError(f"{out} already holds a finished run (results.json); choose another --out")
+        raise UsageError(f"{out} holds an unfinished run ({', '.join(held)}); continue it with --resume, or use "
+                         "another --out")
+    return finished
+
+
 def cli_main(parser: argparse.ArgumentParser, make_config: Callable[[dict], Any], run: Callable[[Any], dict],
              keys: Sequence[str], argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run, print the results' ``keys`` as one JSON line; a UsageError is one line on stderr and
-    exit status 2, a stop by a signal (:class:`~rlzoo_transfer.stop.RunIncomplete`) one line and 128 + its number, a
-    second Ctrl-C one line and 130.  ``run`` imports the training stack itself, after the parse."""
+    """Parse ``argv``, run, print the results' ``keys`` as one JSON line; a UsageError (among them an ``--out``
+    holding a run, without ``--resume``: :func:`check_run_folder`) is one line on stderr and exit status 2, a stop by
+    a signal (:class:`~rlzoo_transfer.stop.RunIncomplete`) one line and 128 + its number, a second Ctrl-C one line
+    and 130.  ``--resume`` on a finished run trains and writes nothing (``run`` returns its results.json, once its
+    checkpoint agrees with the settings): a ``done:`` line on stderr, its results' line, status 0.  ``run`` imports
+    the training stack itself, after the parse."""
     args = parser.parse_args(argv)
     check_outputs(parser, args, folders=("out",))
     cfg = make_config(vars(args))
     try:
+        finished = check_run_folder(args.out, args.resume)
         results = run(cfg)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -148,7 +173,9 @@ def cli_main(parser: argparse.ArgumentParser, make_config: Callable[[dict], Any]
         print(str(e), file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:
-        ck_path = Path(cfg.out) / "checkpoint.pt"
+        ck_path = Path(args.out) / "checkpoint.pt"
         return interrupted([ck_path] if ck_path.exists() else [])
+    if finished:
+        print(f"done: {args.out} already holds a finished run (results.json): nothing to resume", file=sys.stderr)
     print(json.dumps({k: results[k] for k in keys}))
     return 0

@@ -3,7 +3,10 @@ run record (versions, commit), atomic files, and the training loop with its chec
 driver, which must not import torch, are vision/options.py's.
 
 A run folder ``--out`` gets ``config.json`` (resolved configuration + :func:`environment`), ``tb/``
-(tensorboard), ``checkpoint.pt`` (every ``--save-every`` iterations and at the end) and what the CLI adds.
+(tensorboard), ``checkpoint.pt`` (every ``--save-every`` iterations and at the end) and what the CLI adds; the
+CLIs refuse an ``--out`` that holds a run unless ``--resume`` (``options.check_run_folder``), and ``--resume`` of a
+finished run writes nothing.  Called directly (the digits experiment, eval/diagnostics), a run without ``resume``
+replaces the folder's files.
 ``checkpoint.pt`` holds only tensors, numbers, strings and containers of them - model, optimiser and scheduler
 state_dicts, the batch stream's position, the RNG states (numpy's as a tensor) and the configuration - so
 ``--resume`` reads it with ``torch.load(weights_only=True)`` and never unpickles code.
@@ -209,6 +212,17 @@ def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, k
     return FitState(ck["iteration"], list(ck["history"]), float(ck["seconds"]))
 
 
+def finished_results(out: str | Path) -> dict[str, Any]:
+    """The ``results.json`` of the finished run in ``out`` (:func:`train_run` returned None); UsageError if it is
+    unreadable."""
+    path = Path(out) / "results.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is unreadable ({type(e).__name__}: {e}); restore it, or run again into another "
+                         "--out") from None
+
+
 def open_writer(out: Path, enabled: bool):
     if not enabled:
         return None
@@ -218,13 +232,17 @@ def open_writer(out: Path, enabled: bool):
 
 
 def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, stream: BatchStream, iters: int,
-              loss_fn: Callable, device: torch.device, evaluate_model: Callable[[], dict]) -> tuple[FitState, dict]:
+              loss_fn: Callable, device: torch.device,
+              evaluate_model: Callable[[], dict]) -> tuple[FitState, dict] | None:
     """The common life of a fine-tuning run in ``cfg.out``: resume from ``checkpoint.pt`` (``cfg.resume``; every key
     of ``config`` but :data:`MAY_DIFFER_ON_RESUME` must match the checkpoint's), write ``config.json``, :func:`fit`
     to ``iters`` with checkpoints and test evaluations (``evaluate_model()`` -> metrics, logged as ``test/<name>``),
     a last checkpoint and the final evaluation.  SIGINT / SIGTERM (:mod:`rlzoo_transfer.stop`) end the run after the
     iteration in progress with a checkpoint there and raise :class:`RunIncomplete`; ``--resume`` continues it
-    exactly.  Returns the fit state and the final metrics."""
+    exactly.  Returns the fit state and the final metrics, or None when ``cfg.resume`` finds the run finished
+    (``results.json``; its checkpoint, if any, checked as above): nothing is trained or written then.  Without
+    ``cfg.resume`` the folder's files are replaced: the CLIs refuse a folder that holds a run before calling this
+    (``options.check_run_folder``)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ck_path = out / "checkpoint.pt"
@@ -236,6 +254,8 @@ def train_run(cfg: Any, config: dict, model: nn.Module, optimizer, scheduler, st
             state = resume_from(ck_path, model, optimizer, scheduler, stream, config, keys, defaults)
         except ValueError as e:
             raise UsageError(str(e)) from e
+    if cfg.resume and (out / "results.json").exists():
+        return None   # finished: its model.pt, results.json and config.json stay as they are
     write_json(out / "config.json", {"config": config, "environment": environment()})   # after: a refusal keeps it
     checkpoint = make_checkpointer(ck_path, model, optimizer, scheduler, stream, config)
     writer = open_writer(out, cfg.tensorboard)

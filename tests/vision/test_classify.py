@@ -306,3 +306,64 @@ def test_bad_input_is_one_line_and_exit_2(digits, sources, tmp_path, capsys):
                            "--method", "fancy"], capture_output=True, text=True, timeout=60,
                           env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown method" in proc.stderr
+
+
+def _bytes(folder):
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_used_out_is_refused_without_resume_and_a_finished_run_is_kept(digits, tmp_path, capsys):
+    """Re-running into the --out of a finished run replaced its model.pt, results.json, config.json and checkpoint;
+    now it is one line and exit 2 (a finished run or a started one alike), the folder untouched; --resume continues a
+    stopped run and leaves a finished one as it is (exit 0, its results printed again)."""
+    argv = ["--data", str(digits), "--method", "scratch", "--arch", "small", "--width", "8", "--image-size", "8",
+            "--crop-pct", "1", "--iters", "2", "--batch-size", "16", "--no-progress", "--no-tensorboard"]
+    done = tmp_path / "done"
+    assert main(argv + ["--out", str(done)]) == 0
+    line = capsys.readouterr().out
+    before = _bytes(done)
+    assert {"results.json", "model.pt", "config.json", "checkpoint.pt"} <= set(before)
+    assert main(argv + ["--out", str(done), "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {done} already holds a finished run (results.json); choose another --out\n", err
+    assert _bytes(done) == before
+    assert main(argv + ["--out", str(done), "--resume"]) == 0                # finished: nothing trained or written
+    captured = capsys.readouterr()
+    assert captured.out == line and captured.err == f"done: {done} already holds a finished run (results.json): " \
+        "nothing to resume\n", captured
+    assert _bytes(done) == before
+    stopped = tmp_path / "stopped"                                          # as a Ctrl-C leaves it: no results yet
+    stopped.mkdir()
+    for name in ("checkpoint.pt", "config.json"):
+        (stopped / name).write_bytes(before[name])
+    for folder, held in ((stopped, "checkpoint.pt, config.json"), (tmp_path / "started", "config.json")):
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_bytes(before["config.json"])
+        kept = _bytes(folder)
+        assert main(argv + ["--out", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {folder} holds an unfinished run ({held}); continue it with --resume, or use another " \
+            "--out\n", err
+        assert _bytes(folder) == kept
+    assert main(argv + ["--out", str(stopped), "--resume"]) == 0             # the stopped run continues
+    assert json.loads((stopped / "results.json").read_text())["iterations"] == 2
+    (tmp_path / "free").mkdir()                                             # empty, or other files only: free
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("my notes")
+    for folder in ("free", "notes"):
+        assert main(argv + ["--out", str(tmp_path / folder)]) == 0
+        assert (tmp_path / folder / "results.json").exists()
+    assert (tmp_path / "notes" / "README.txt").read_text() == "my notes"
+
+
+def test_resume_of_a_finished_run_with_other_settings_is_refused_and_writes_nothing(digits, tmp_path, capsys):
+    """A finished run resumed with another training setting is refused as an unfinished one is, the folder left as
+    it is."""
+    common = dict(data=str(digits), method="scratch", iters=2, batch_size=16, **SMALL)
+    run_classification(ClassifyConfig(out=str(tmp_path / "r"), **common))
+    before = _bytes(tmp_path / "r")
+    with pytest.raises(classification.UsageError, match="made with lr=0.01, this run has 0.5"):
+        run_classification(ClassifyConfig(out=str(tmp_path / "r"), resume=True, **(common | {"lr": 0.5})))
+    again = run_classification(ClassifyConfig(out=str(tmp_path / "r"), resume=True, **common))
+    assert again["top1"] == json.loads(before["results.json"])["top1"] and _bytes(tmp_path / "r") == before

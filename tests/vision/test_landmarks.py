@@ -237,3 +237,38 @@ def test_landmark_cli_with_a_zoo(faces, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, err
     assert not (tmp_path / "bad3").exists()
+
+
+def _bytes(folder):
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_used_out_is_refused_without_resume_and_a_finished_run_is_kept(faces, tmp_path, capsys):
+    """Re-running into a finished run's --out replaced its files; now it is one line and exit 2, as for a stopped
+    run, the folder untouched; --resume of the finished run exits 0 and writes nothing."""
+    argv = ["--data", str(faces), "--method", "scratch", "--arch", "small", "--width", "8", "--image-size", "32",
+            "--heatmap-stride", "2", "--flip-pairs", "synthetic", "--box-scale", "2", "--iters", "2",
+            "--batch-size", "8", "--no-progress", "--no-tensorboard"]
+    done = tmp_path / "done"
+    assert main(argv + ["--out", str(done)]) == 0
+    line = capsys.readouterr().out
+    before = _bytes(done)
+    assert main(argv + ["--out", str(done)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {done} already holds a finished run (results.json); choose another --out\n", err
+    assert _bytes(done) == before
+    assert main(argv + ["--out", str(done), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == line and captured.err.startswith(f"done: {done} already holds a finished run"), captured
+    assert _bytes(done) == before
+    stopped = tmp_path / "stopped"                                          # checkpoint and config, no results yet
+    stopped.mkdir()
+    for name in ("checkpoint.pt", "config.json"):
+        (stopped / name).write_bytes(before[name])
+    assert main(argv + ["--out", str(stopped)]) == 2
+    assert capsys.readouterr().err == f"error: {stopped} holds an unfinished run (checkpoint.pt, config.json); " \
+        "continue it with --resume, or use another --out\n"
+    assert sorted(_bytes(stopped)) == ["checkpoint.pt", "config.json"]
+    assert main(argv + ["--out", str(stopped), "--resume"]) == 0
+    assert json.loads((stopped / "results.json").read_text())["iterations"] == 2

@@ -26,8 +26,17 @@ folder being ``<log dir>/<Game>/<method folder>/seed<k>/`` exactly as train writ
 * A live table (rich) shows each run's status (pending / running / done / failed / skipped) and the last
   evaluation step found in its ``evaluations.csv``.
 
-``--confirm YML`` runs the game, methods and seeds of a pre-registered test (:mod:`rlzoo_transfer.confirm`) and
-refuses to start until the registration is committed (:func:`take_registration`).
+* Train's arguments after ``--`` are checked before any run starts, as train would check them (exit 2, not one
+  failed run per seed): unknown options, ``-p`` keys and values for every method swept, each method's zoo sources
+  against the zoo's ``zoo.yml`` (torch-free), and - only where ``-p`` sets a network setting (``hidden``, hub's
+  ``k``, zoo's ``gate_norm`` ...) - the network itself, built once per (game, method, source) as train builds it
+  (this alone loads torch).  The options the sweep sets itself (``--game``, ``--method``, ``--source``, ``--seed``,
+  ``--log-dir``, ``--steps``, ``--resume``) are refused there, naming the sweep option to use.
+
+``--confirm YML`` runs the game, methods and seeds of a pre-registered test (:mod:`rlzoo_transfer.confirm`), each
+arm with its registered protocol (``--steps``, ``--eval-freq``, ``--eval-episodes``, ``--final-eval-episodes``, and
+``-p`` for each hyperparameter off the method's defaults: :func:`registered_arguments`), and refuses to start until
+the registration is committed (:func:`take_registration`).
 
 Exit status: 0 when no run failed, 1 when one did (the summary lists them and their logs), 2 for bad arguments
 or a missing Ray; 130 on Ctrl-C (the runs started are terminated; rerun the same command to resume them).
@@ -43,11 +52,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from types import SimpleNamespace
+from typing import Mapping, Sequence
+
+import yaml
 
 from rlzoo_transfer.backends import (BackendError, LocalBackend, RayBackend, other_training_processes,
                                      threads_per_run)
-from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.config import AGENTS_DIR, seed_arg
 from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.scores import maybe_canonical_game
 
@@ -186,11 +198,14 @@ def train_args(spec: RunSpec, log_dir: Path, steps: int | None, extra: Sequence[
 
 
 def plan(games: Sequence[str], methods: Sequence[str], seeds: Sequence[int], log_dir: Path,
-         steps: int | None = None, extra: Sequence[str] = (), module: str = "rlzoo_transfer.train") -> list[Job]:
+         steps: int | None = None, extra: Sequence[str] = (), module: str = "rlzoo_transfer.train",
+         method_extra: Mapping[tuple[str, str | None], Sequence[str]] | None = None) -> list[Job]:
     """One job per combination (duplicates removed), with skip / resume decided from the folders.
 
     Seed-major order - every game x method of seed 0, then of seed 1, ... - so a sweep stopped part-way (a budget,
     a session's end) leaves every (game, method) with the same number of seeds, i.e. a comparable picture.
+    ``method_extra`` maps a parsed method ``(name, source)`` to train arguments of its runs alone, put before
+    ``extra`` (``--confirm``: each arm's registered protocol).
     """
     parsed = [parse_method(m) for m in methods]
     games = [canonical_game_name(g) for g in games]
@@ -200,7 +215,8 @@ def plan(games: Sequence[str], methods: Sequence[str], seeds: Sequence[int], log
         run_dir = spec.run_dir(log_dir)
         finished = (run_dir / "final.json").is_file()
         resume = run_dir.is_dir() and not finished
-        job = Job(spec, run_dir, train_args(spec, log_dir, steps, extra, resume, module), resume=resume)
+        own = [*(method_extra or {}).get((spec.method, spec.source), ()), *extra]
+        job = Job(spec, run_dir, train_args(spec, log_dir, steps, own, resume, module), resume=resume)
         if finished:
             job.status, job.note = SKIPPED, "final.json exists"
         jobs.append(job)
@@ -208,14 +224,15 @@ def plan(games: Sequence[str], methods: Sequence[str], seeds: Sequence[int], log
 
 
 def lockstep_groups(jobs: list[Job], size: int, log_dir: Path, steps: int | None, extra: Sequence[str],
-                    sample_threads: int | None = None) -> None:
+                    sample_threads: int | None = None,
+                    method_extra: Mapping[tuple[str, str | None], Sequence[str]] | None = None) -> None:
     """Merge pending jobs into lock-step groups of at most ``size`` runs (in place).
 
     Runs can share a group when their networks have one shape: the same method (and source) and games with the
     same number of actions (Alien and Jamesbond: 18; Gopher: 8).  Hub and kflow runs stay single.  The first job
     of a group leads it: its command is ``-m rlzoo_transfer.lockstep --runs ... --resume`` and its ``train.log``
     holds the group's output.  ``sample_threads`` goes to the groups' ``lockstep --sample-threads`` only (train
-    has no such option, so the runs left single never see it).
+    has no such option, so the runs left single never see it); ``method_extra`` as in :func:`plan`.
     """
     from rlzoo_transfer.games import action_meanings
     from rlzoo_transfer.rl.registry import get_method
@@ -238,7 +255,8 @@ def lockstep_groups(jobs: list[Job], size: int, log_dir: Path, steps: int | None
                               str(j.spec.seed)]) for j in chunk]
             lead.args = ["-m", "rlzoo_transfer.lockstep", "--runs", *runs, "--log-dir", str(log_dir),
                          *(["--steps", str(steps)] if steps is not None else []), "--resume",
-                         *(["--sample-threads", str(sample_threads)] if sample_threads is not None else []), *extra]
+                         *(["--sample-threads", str(sample_threads)] if sample_threads is not None else []),
+                         *(method_extra or {}).get((lead.spec.method, lead.spec.source), ()), *extra]
             lead.members = chunk
             for j in chunk[1:]:
                 j.led, j.note = True, f"lock-step with {lead.spec.name}"
@@ -406,9 +424,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = build_parser()
     own, extra = split_extra(argv)
     args = parser.parse_args(own)
-    args.extra = extra
-    if not args.dry_run:
-        check_outputs(parser, args, folders=("log_dir",))
+    args.extra, args.method_extra = extra, {}
+    check_outputs(parser, args, folders=("log_dir",))   # a dry run too: it shows what a real run would do
     if args.confirm is not None:
         take_registration(args, parser)
     elif not (args.games and args.methods and args.seeds):
@@ -439,44 +456,180 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if source and not method.needs_source:
             parser.error(f"method {name} takes no source ({text!r}); only finetune does")
     if args.train_module == "rlzoo_transfer.train":
-        check_train_arguments(parser, args.extra, [parse_method(text)[0] for text in args.methods])
+        check_train_arguments(parser, args.extra, args.methods, args.method_extra)
     return args
 
 
-def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str], methods: Sequence[str]) -> None:
-    """``parser.error`` (exit 2) for train arguments after ``--`` that every run would reject - an unknown option,
-    a bad ``-p`` key or value for one of ``methods`` - before the first run starts: a sweep of 90 runs otherwise
-    starts 90 processes that each fail into their own train.log."""
-    from rlzoo_transfer.config import ConfigError, load_config, parse_overrides
-    from rlzoo_transfer.rl.registry import get_method
+#: train options the sweep sets itself, refused after ``--`` (train would take the last one given, and the runs would
+#: then not be the ones the sweep plans, skips, resumes and reports): option dest -> (option, what to use instead).
+SWEEP_OWNED = {
+    "game": ("--game", "use the sweep's --games"),
+    "method": ("--method", "use the sweep's --methods"),
+    "source": ("--source", "use the sweep's --methods NAME:SOURCE (e.g. finetune:Seaquest)"),
+    "seed": ("--seed", "use the sweep's --seeds"),
+    "log_dir": ("--log-dir", "use the sweep's --log-dir (where it looks for the runs)"),
+    "steps": ("--steps", "use the sweep's --steps"),
+    "resume": ("--resume", "the sweep resumes each interrupted run (a folder without final.json) by itself"),
+}
+
+
+def train_options(prog: str, unset: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """train's options (abbreviations resolve as train resolves them), those of :data:`SWEEP_OWNED` and the dests
+    ``unset`` defaulting to None so that giving one shows."""
     from rlzoo_transfer.train import add_run_options
 
-    own = argparse.ArgumentParser(prog=f"{parser.prog} (train arguments after --)", add_help=False)
+    own = argparse.ArgumentParser(prog=prog, add_help=False)
+    for flag in ("--game", "--method", "--source", "--seed"):
+        own.add_argument(flag)
     add_run_options(own)
-    given = own.parse_args(extra)
-    try:
-        overrides = parse_overrides(given.hyperparams)
-    except ConfigError as err:
-        parser.error(f"after --: {err}")
-    for name in dict.fromkeys(methods):
+    own.set_defaults(**dict.fromkeys([*SWEEP_OWNED, *unset]))
+    return own
+
+
+def run_overrides(arguments: Sequence[str], prog: str = "train") -> dict:
+    """The ``-p`` overrides of train ``arguments`` (``config.parse_overrides``; raises its ConfigError)."""
+    from rlzoo_transfer.config import parse_overrides
+
+    return parse_overrides(train_options(prog).parse_args(arguments).hyperparams)
+
+
+def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str], methods: Sequence[str],
+                          method_extra: Mapping[tuple[str, str | None], Sequence[str]] | None = None) -> None:
+    """``parser.error`` (exit 2) for train arguments after ``--`` that every run would reject - an unknown option, one
+    the sweep sets itself (:data:`SWEEP_OWNED`), a bad ``-p`` key or value for one of ``methods``, a zoo source
+    missing from the zoo (:func:`check_sources`) - before the first run starts: a sweep of 90 runs otherwise starts
+    90 processes that each fail into their own train.log.  ``method_extra``: see :func:`plan`."""
+    from rlzoo_transfer.config import ConfigError, load_config
+    from rlzoo_transfer.rl.registry import get_method
+
+    prog = f"{parser.prog} (train arguments after --)"
+    given = train_options(prog).parse_args(extra)
+    for dest, (flag, advice) in SWEEP_OWNED.items():
+        if getattr(given, dest) is not None:
+            parser.error(f"after --: {flag} is set by the sweep itself: {advice}")
+    for text in dict.fromkeys(methods):
+        name, source = parse_method(text)
+        method = get_method(name)
         try:
-            load_config(get_method(name).config_file, overrides)
+            overrides = run_overrides([*(method_extra or {}).get((name, source), ()), *extra], prog)
+            config = load_config(method.config_file, overrides)
         except ConfigError as err:
             parser.error(f"after --: {err} (method {name})")
+        try:
+            check_sources(method, source, config)
+        except SweepError as err:
+            parser.error(f"method {text}: {err}")
 
 
-#: train options that would change a pre-registered protocol (``confirm``): refused with ``--confirm``.
-PROTOCOL_FLAGS = ("-p", "--hyperparams", "--steps", "--eval-freq", "--eval-episodes", "--final-eval-episodes",
-                  "--n-envs")
+#: The shipped zoo (``zoo.DEFAULT_ZOO``, whose module comes with torch).
+DEFAULT_ZOO = AGENTS_DIR.parent / "pretrain"
+
+
+def check_sources(method, source: str | None, config: dict) -> None:
+    """SweepError unless every zoo source ``method`` starts from (finetune's ``source``, the ``sources`` setting of
+    the others) is listed in its zoo's ``zoo.yml`` (``-p zoo_dir``, default ``pretrain/``), read without torch: train
+    refuses such a source only once its run has started.  A manifest that cannot be read is judged by
+    ``zoo.read_manifest`` itself (with torch, on that error path only)."""
+    names = method.sources(source, config)
+    if not method.from_zoo:
+        return
+    if not names:
+        raise SweepError("no sources named: set -p sources=A,B to sources listed in the zoo's zoo.yml")
+    zoo_dir = Path(config.get("zoo_dir") or DEFAULT_ZOO)
+    listed = zoo_source_names(zoo_dir)
+    missing = [n for n in names if n not in listed]
+    if missing:
+        raise SweepError(f"source {missing[0]!r} is not in {zoo_dir / 'zoo.yml'} (it has {', '.join(listed)})")
+
+
+def zoo_source_names(zoo_dir: Path) -> list[str]:
+    """The source names of ``zoo_dir/zoo.yml``.
+
+    :raises SweepError: no readable manifest listing sources, with ``zoo.read_manifest``'s message
+    """
+    try:
+        data = yaml.safe_load((zoo_dir / "zoo.yml").read_text())
+        sources = data["sources"]
+        if isinstance(sources, dict) and sources:
+            return [str(name) for name in sources]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+        pass
+    from rlzoo_transfer.zoo import ZooError, read_manifest
+
+    try:
+        return list(read_manifest(zoo_dir))
+    except ZooError as err:
+        raise SweepError(str(err)) from None
+
+
+#: The observation train's networks are built for (envs.py: 4 stacked 84 x 84 frames); only its shape is read.
+OBSERVATION = SimpleNamespace(shape=(4, 84, 84))
+
+
+def check_networks(jobs: Sequence[Job], extra: Sequence[str],
+                   method_extra: Mapping[tuple[str, str | None], Sequence[str]] | None = None) -> None:
+    """SweepError for a ``-p`` value a pending run's network would reject (hub's ``k`` above its number of sources,
+    zoo's ``gate_norm=foo``, a ``hidden`` the zoo's sources do not have): the methods check those values only when
+    they build the network, so each (game, method, source) whose ``-p`` sets a network setting is built once here,
+    as train builds it.  That needs torch, which planning loads for nothing else; without such a ``-p`` the values
+    are the method's shipped ones, already judged by ``load_config`` and :func:`check_sources`."""
+    seen = set()
+    for job in jobs:
+        key = (job.spec.game, job.spec.method, job.spec.source)
+        if job.status == PENDING and key not in seen:
+            seen.add(key)
+            build_network(job.spec, run_overrides([*(method_extra or {}).get(key[1:], ()), *extra]))
+
+
+def build_network(spec: RunSpec, overrides: dict) -> None:
+    """Build ``spec``'s network with ``overrides`` as ``run.build_model`` does (same builder, same arguments, same
+    message), when they set one of its settings (``config.NETWORK_KEYS`` or the method's own); on a machine without
+    torch, nothing (the runs check).
+
+    :raises SweepError: the zoo or the network rejects the settings
+    """
+    from rlzoo_transfer.config import NETWORK_KEYS, load_config, split_config
+    from rlzoo_transfer.rl.registry import get_method
+
+    method = get_method(spec.method)
+    _, net, run = split_config(load_config(method.config_file, overrides))
+    if not set(overrides) & {*NETWORK_KEYS, *run["method"]}:
+        return
+    try:
+        from rlzoo_transfer.games import action_meanings
+        from rlzoo_transfer.zoo import ZooError
+
+        builder, builder_kwargs = method.network(spec.game, spec.source, run["method"])
+    except ImportError:
+        return
+    kwargs = {**{k: v for k, v in net.items() if k not in ("n_atoms", "v_min", "v_max")}, **builder_kwargs}
+    try:
+        builder(OBSERVATION, len(action_meanings(spec.game)), n_atoms=net["n_atoms"], **kwargs)
+    except ZooError as err:
+        raise SweepError(f"{spec.game}/{spec.folder}: {err}") from None
+    except (ValueError, TypeError) as err:
+        files = "agents/der.yml" + (f" + agents/{method.config_file}.yml" if method.config_file else "")
+        raise SweepError(f"{spec.game}/{spec.folder}: --method {spec.method} cannot be built with these settings: "
+                         f"{err} (check the -p overrides and {files})") from None
+
+
+#: What a registration's protocol fixes (``confirm.PROTOCOL_KEYS``) -> the train option that sets it; ``-p`` sets
+#: its hyperparameters.  With ``--confirm`` the sweep passes them itself, and refuses them after ``--``.
+PROTOCOL_OPTIONS = {"steps": "--steps", "eval_freq": "--eval-freq", "eval_episodes": "--eval-episodes",
+                    "final_eval_episodes": "--final-eval-episodes", "hyperparams": "-p"}
+#: Protocol settings train has no option for, and the value its runs record.
+TRAIN_FIXED = {"n_envs": 1}
 
 
 def take_registration(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Fill ``args.games / methods / seeds`` from the registration ``args.confirm``.
+    """Fill ``args.games / methods / seeds`` from the registration ``args.confirm``, and ``args.method_extra`` with
+    each arm's registered protocol as train arguments (:func:`registered_arguments`).
 
-    Refused (``parser.error``, exit 2): --games / --methods / --seeds given too, --steps or a protocol-changing
-    train option after ``--`` (the runs would be deviations), an unreadable registration, or one that HEAD does
-    not contain (commit it first: each run records HEAD, and a run made at a commit without the registration counts
-    as a deviation).  Where git cannot tell (no ``.git``), a note says so and the sweep goes on.
+    Refused (``parser.error``, exit 2): --games / --methods / --seeds given too, --steps or a protocol option after
+    ``--`` (the runs would be deviations), an unreadable registration, a protocol this code cannot run, or a
+    registration that HEAD does not contain (commit it first: each run records HEAD, and a run made at a commit
+    without the registration counts as a deviation).  Where git cannot tell (no ``.git``), a note says so and the
+    sweep goes on.
     """
     from rlzoo_transfer.confirm import ConfirmError, load_registration
     from rlzoo_transfer.provenance import file_in_commit, git_head
@@ -484,13 +637,15 @@ def take_registration(args: argparse.Namespace, parser: argparse.ArgumentParser)
     if args.games or args.methods or args.seeds:
         parser.error("--confirm takes the game, methods and seeds from the registration: drop --games, --methods "
                      "and --seeds")
-    changing = [a for a in args.extra if a.split("=")[0] in PROTOCOL_FLAGS]
+    given = train_options(f"{parser.prog} (train arguments after --)", PROTOCOL_OPTIONS).parse_args(args.extra)
+    changing = [flag for dest, flag in PROTOCOL_OPTIONS.items() if getattr(given, dest) is not None]
     if args.steps is not None or changing:
         parser.error(f"--confirm runs the registered protocol: {' '.join(changing) or '--steps'} would change it")
     try:
         reg = load_registration(args.confirm)
-    except ConfirmError as err:
-        parser.error(str(err))
+        args.method_extra = {parse_method(arm): registered_arguments(reg, arm) for arm in reg.arms}
+    except (ConfirmError, SweepError) as err:
+        parser.error(f"{args.confirm}: {err}" if isinstance(err, SweepError) else str(err))
     committed = file_in_commit(git_head() or "", args.confirm)
     if committed is False:
         parser.error(f"{args.confirm} is not in the commit checked out (HEAD): commit it before its runs start "
@@ -499,6 +654,51 @@ def take_registration(args: argparse.Namespace, parser: argparse.ArgumentParser)
         print(f"note: git cannot tell whether {args.confirm} is committed here; commit it before the runs start",
               file=sys.stderr)
     args.games, args.methods, args.seeds = [reg.game], [reg.method, reg.baseline], list(reg.seeds)
+
+
+def registered_arguments(reg, arm: str) -> list[str]:
+    """The train arguments that make a run of ``arm`` follow ``reg``'s protocol, as ``confirm check`` judges it
+    (``confirm.protocol_differences``): ``--steps``, ``--eval-freq``, ``--eval-episodes``, ``--final-eval-episodes``
+    as registered and ``-p key=value`` for each hyperparameter whose registered value is not the method's default.
+
+    :raises SweepError: a protocol this code cannot reproduce - a setting train has no option for at another value
+        (``n_envs``), or hyperparameters ``agents/*.yml`` no longer has, or has gained, since the registration
+    """
+    from rlzoo_transfer.config import ConfigError, load_config, parse_overrides
+    from rlzoo_transfer.confirm import IGNORED_HYPERPARAMS, PROTOCOL_KEYS, protocol_differences
+    from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
+
+    protocol = reg.protocol[arm] if isinstance(reg.protocol[arm], dict) else {}
+    out = []
+    for key in PROTOCOL_KEYS:
+        value = protocol.get(key)
+        if key in PROTOCOL_OPTIONS and type(value) is int:
+            out += [PROTOCOL_OPTIONS[key], str(value)]
+        elif key in PROTOCOL_OPTIONS or value not in (None, TRAIN_FIXED.get(key)):
+            raise SweepError(f"{arm}'s registered {key} {value!r} is not one train can run")
+    try:
+        method = get_method(parse_method(arm)[0])
+        defaults = load_config(method.config_file)
+    except (UnknownMethodError, ConfigError) as err:
+        raise SweepError(f"arm {arm}: {err}") from None
+    registered = {k: v for k, v in (protocol.get("hyperparams") or {}).items() if k not in IGNORED_HYPERPARAMS}
+    overrides = [override_text(k, v) for k, v in registered.items() if k in defaults and v != defaults[k]]
+    try:
+        resolved = load_config(method.config_file, parse_overrides(overrides))
+    except ConfigError as err:
+        raise SweepError(f"{arm}'s registered hyperparameters: {err}") from None
+    resolved = {k: v for k, v in resolved.items() if k not in IGNORED_HYPERPARAMS}
+    differences = protocol_differences({"hyperparams": registered}, {"hyperparams": resolved})
+    if differences:
+        raise SweepError(f"{arm}'s runs cannot follow the registered hyperparameters with this code (registered -> "
+                         f"what a run would record: {'; '.join(differences)}): agents/*.yml has changed since")
+    return out + (["-p", *overrides] if overrides else [])
+
+
+def override_text(key: str, value) -> str:
+    """``key=value`` with the value as a YAML scalar, read back as ``value`` by ``config.parse_overrides``."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
+    return f"{key}={text.removesuffix('...').strip()}"
 
 
 def _run_with_display(jobs: list[Job], backend, parallel: int, no_live: bool) -> None:
@@ -523,9 +723,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 a run failed, 2 bad arguments / no Ray, 130 Ctrl-C)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        jobs = plan(args.games, args.methods, args.seeds, args.log_dir, args.steps, args.extra, args.train_module)
+        jobs = plan(args.games, args.methods, args.seeds, args.log_dir, args.steps, args.extra, args.train_module,
+                    args.method_extra)
+        if args.train_module == "rlzoo_transfer.train":
+            check_networks(jobs, args.extra, args.method_extra)
         if args.lockstep > 1:
-            lockstep_groups(jobs, args.lockstep, args.log_dir, args.steps, args.extra, args.sample_threads)
+            lockstep_groups(jobs, args.lockstep, args.log_dir, args.steps, args.extra, args.sample_threads,
+                            args.method_extra)
         if args.dry_run:
             try:
                 print(dry_run_text(jobs), flush=True)

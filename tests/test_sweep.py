@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlzoo_transfer import backends, curves, sweep
 from rlzoo_transfer.confirm import load_registration
@@ -463,3 +464,175 @@ def test_planning_does_not_load_the_rl_stack(module, argv, tmp_path):
         assert "rlzoo_transfer.lockstep --runs Alien:scratch:0 Jamesbond:scratch:0" in proc.stderr   # 18 actions
         assert "Gopher/finetune-Seaquest/seed1: lock-step with Gopher/finetune-Seaquest/seed0" in proc.stderr
         assert "--game Jamesbond --method hub --seed 1" in proc.stderr
+
+
+# ------------------------------------------------------------------ checks before any run (walkthrough findings)
+
+
+def explore_run(root: Path, method: str, seed: int, final: float, overrides: dict, source: str | None = None,
+                **protocol) -> None:
+    """A complete exploratory run folder as train writes it: the method's resolved hyperparameters (``overrides``
+    applied), steps / evaluation settings (``protocol``), evaluations.csv and final.json."""
+    from rlzoo_transfer.config import load_config
+    from rlzoo_transfer.rl.registry import get_method
+
+    folder = f"{method}-{source}" if source else method
+    d = root / "Alien" / folder / f"seed{seed}"
+    d.mkdir(parents=True)
+    config = dict(game="Alien", method=method, source=source, seed=seed, **protocol,
+                  hyperparams=load_config(get_method(method).config_file, overrides), commit="abc", command="test",
+                  started="2026-01-01 00:00:00")
+    (d / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (d / "evaluations.csv").write_text(f"step,mean,std,n_episodes,returns\n{protocol['steps']},{final},0.0,1,{final}\n")
+    (d / "final.json").write_text(json.dumps(dict(game="Alien", method=folder, seed=seed, steps=protocol["steps"],
+                                                  mean=final, std=0.0, n_episodes=1, returns=[final])))
+
+
+TINY = dict(steps=150, eval_freq=150, eval_episodes=1, final_eval_episodes=1, n_envs=1)
+TINY_HYPER = {"learning_starts": 100, "batch_size": 8, "learning_rate": 2.5e-05}
+
+
+def register_tiny(tmp_path: Path, capsys, **protocol) -> Path:
+    """``confirm register`` of finetune-Seaquest vs scratch on Alien from exploratory runs made with a tiny
+    protocol and non-default hyperparameters; returns the registration (outside the repository: git cannot tell
+    whether it is committed, so ``sweep --confirm`` notes that and goes on)."""
+    from rlzoo_transfer import confirm
+
+    root = tmp_path / "explore"
+    for seed, (fine, scratch) in enumerate([(300.0, 200.0), (320.0, 210.0)]):
+        explore_run(root, "finetune", seed, fine, TINY_HYPER, source="Seaquest", **{**TINY, **protocol})
+        explore_run(root, "scratch", seed, scratch, TINY_HYPER, **{**TINY, **protocol})
+    out = tmp_path / "reg.yml"
+    assert confirm.main(["register", "--game", "Alien", "--method", "finetune-Seaquest", "--seeds", "100", "101",
+                         "--runs", str(root), "--log-dir", str(tmp_path / "live"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+def test_confirm_passes_each_arm_its_registered_protocol(tmp_path, capsys):
+    """``sweep --confirm`` ran train's default protocol (100k steps, evaluations every 10k, 10 / 100 episodes, the
+    default hyperparameters), so every confirmatory run deviated from the registration it was meant to test; now
+    each run gets the registered steps, evaluation settings and ``-p`` for the hyperparameters off the defaults,
+    and what train makes of that command is the registered protocol (``confirm.protocol_differences``: none)."""
+    from rlzoo_transfer import train
+    from rlzoo_transfer.config import load_config, parse_overrides
+    from rlzoo_transfer.confirm import IGNORED_HYPERPARAMS, protocol_differences
+    from rlzoo_transfer.rl.registry import get_method
+
+    reg_path = register_tiny(tmp_path, capsys)
+    reg = load_registration(reg_path)
+    assert sweep.main(["--confirm", str(reg_path), "--log-dir", str(tmp_path / "live"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        assert "--steps 150 --eval-freq 150 --eval-episodes 1 --final-eval-episodes 1 -p " in line
+        argv = line.split(" >> ")[0].split(" -m rlzoo_transfer.train ")[1].split()
+        args = train.parser().parse_args(argv)
+        arm = f"{args.method}-{args.source}" if args.source else args.method
+        hyper = load_config(get_method(args.method).config_file, parse_overrides(args.hyperparams))
+        recorded = dict(steps=args.steps, eval_freq=args.eval_freq, eval_episodes=args.eval_episodes,
+                        final_eval_episodes=args.final_eval_episodes, n_envs=1,
+                        hyperparams={k: v for k, v in hyper.items() if k not in IGNORED_HYPERPARAMS})
+        assert protocol_differences(reg.protocol[arm], recorded) == [], line
+        assert set(parse_overrides(args.hyperparams)) == set(TINY_HYPER), line   # only what differs is passed
+
+
+def test_confirm_refuses_a_protocol_it_cannot_run(tmp_path, capsys):
+    """A registered setting train has no option for (n_envs 4), or protocol options after ``--`` however spelt."""
+    reg_path = register_tiny(tmp_path, capsys, n_envs=4)
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--confirm", str(reg_path), "--log-dir", str(tmp_path / "live"), "--dry-run"])
+    assert exc.value.code == 2 and "registered n_envs 4 is not one train can run" in capsys.readouterr().err
+    committed = PROJECT_ROOT / "eval" / "confirm" / "Jamesbond-hub.yml"
+    for extra in (["--eval-f", "5"], ["-pk=1"], ["--final-eval-episodes=3"]):
+        with pytest.raises(SystemExit) as exc:
+            sweep.main(["--confirm", str(committed), "--log-dir", str(tmp_path), "--dry-run", "--", *extra])
+        assert exc.value.code == 2 and "would change it" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_confirm_sweep_follows_the_registration(tmp_path, capsys):
+    """The walkthrough's case end to end: tiny confirmatory runs of real train started by ``sweep --confirm``, then
+    ``confirm check`` finds them complete and lists no deviation from the registered protocol."""
+    from rlzoo_transfer import confirm
+
+    reg_path = register_tiny(tmp_path, capsys)
+    live = tmp_path / "live"
+    code = sweep.main(["--confirm", str(reg_path), "--log-dir", str(live), "--jobs", "2", "--no-live", "--",
+                       "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out + "".join(p.read_text() for p in live.rglob("train.log"))
+    assert confirm.main(["check", str(reg_path), "--runs", str(live)]) == 0
+    report = capsys.readouterr().out
+    assert "4 of 4 registered runs complete" in report and "Deviations" not in report, report
+
+
+@pytest.mark.parametrize("methods,extra,message", [
+    (["hub"], ["-p", "k=3"], "--method hub cannot be built with these settings: k must be in [1, m=2], got 3"),
+    (["zoo"], ["-p", "gate_norm=foo"], "gate_norm must be one of ('sum', 'none'), got 'foo'"),
+    (["hub"], ["-p", "generator=foo"], "unknown pathway generator 'foo'"),
+    (["finetune:Seaquest"], ["-p", "hidden=128"], "set the same hidden / n_atoms as the zoo"),
+    (["finetune:Pong"], [], "method finetune:Pong: source 'Pong' is not in "),
+    (["zoo"], ["-p", "sources=Seaquest,Pong"], "method zoo: source 'Pong' is not in "),
+    (["hub"], ["-p", "sources="], "method hub: no sources named"),
+])
+def test_a_value_the_method_rejects_stops_the_sweep_before_any_run(methods, extra, message, tmp_path, capsys):
+    """These passed the sweep's checks (load_config knows no more than keys and ranges) and failed once per run
+    (``failed Alien/hub/seed5 (exit 2)``); the sources are now checked against the zoo without torch, and a network
+    setting set with -p by building that network once, as train does."""
+    with pytest.raises(SystemExit) as exc:   # a usage error (parser.error), or main's exit status 2
+        code = sweep.main(["--games", "Alien", "--methods", *methods, "--seeds", "5", "6", "--log-dir",
+                           str(tmp_path), "--dry-run", "--", *extra])
+        raise SystemExit(code)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err, err
+    if "Pong" in message:
+        assert "(it has Seaquest, Riverraid)" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_network_settings_the_method_accepts_still_plan(tmp_path, capsys):
+    """The network check builds what train builds, so values the method takes pass (hub over 8 and 18 actions)."""
+    code = sweep.main(["--games", "Alien", "Gopher", "--methods", "hub", "--seeds", "0", "--log-dir", str(tmp_path),
+                       "--dry-run", "--", "-p", "k=1", "generator=pooled"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(lines) == 2 and all("-p k=1 generator=pooled" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--log-dir", "/tmp/elsewhere"], "after --: --log-dir is set by the sweep itself: use the sweep's --log-dir"),
+    (["--log", "/tmp/elsewhere"], "after --: --log-dir is set by the sweep itself"),   # train's abbreviation
+    (["--steps", "50"], "after --: --steps is set by the sweep itself: use the sweep's --steps"),
+    (["--resume"], "after --: --resume is set by the sweep itself: the sweep resumes each interrupted run"),
+    (["--seed", "3"], "after --: --seed is set by the sweep itself: use the sweep's --seeds"),
+    (["--source", "Riverraid"], "use the sweep's --methods NAME:SOURCE"),
+    (["--game", "Gopher"], "use the sweep's --games"),
+])
+def test_options_the_sweep_sets_are_refused_after_the_separator(extra, message, tmp_path, capsys):
+    """``-- --log-dir X`` sent the runs where the sweep never looks (its dry run showed ``--log-dir A --log-dir
+    X``: train takes the last); now each option the sweep sets itself is refused, naming the sweep's own."""
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "--log-dir", str(tmp_path),
+                    "--dry-run", "--", *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_dry_run_checks_the_log_dir(tmp_path, capsys):
+    """A real run refused a --log-dir that is a file; the dry run printed the commands as if it would work."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "--log-dir", str(afile), "--dry-run"])
+    assert exc.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_checking_sources_and_hyperparameters_does_not_load_torch(tmp_path):
+    """The zoo sources (zoo.yml) and -p values other than network settings are judged without torch: only a -p
+    network setting (k, gate_norm, hidden ...) builds a network at plan time."""
+    argv = ["--games", "Alien", "--methods", "zoo", "hub", "finetune:Seaquest", "--seeds", "0", "--dry-run",
+            "--log-dir", str(tmp_path), "--", "-p", "learning_rate=2e-4"]
+    code = (f"import sys\nfrom rlzoo_transfer import sweep\ncode = sweep.main({argv!r})\n"
+            f"assert code == 0, code\n{LOADED}")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr

@@ -298,7 +298,7 @@ def section_lines(reg: Registration, path: Path, runs: list[Run]) -> list[str]:
     plan = reg.planning or {}
     lines = [f"### {reg.game}: `{reg.method}` vs `{reg.baseline}`", "",
              f"Registered {reg.registered} at commit `{str(reg.commit)[:12]}` in `{path}`: {reg.hypothesis}. "
-             f"Run with `{reg.command}`."]
+             f"Run with `python -m rlzoo_transfer.sweep --confirm {path}` (the registered protocol for each arm)."]
     if "detectable_at_80_percent_power" in plan:
         expl = plan["exploratory"]
         lines[-1] += (f" Planned from the exploratory runs ({reg.method} {expl[reg.method]['mean']} at "
@@ -414,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: the exploratory runs point the other way ({reg.method} - {reg.baseline} = "
                       f"{diff:+.1f}); the registered test asks whether {reg.method} is higher", file=sys.stderr)
             print(f"wrote {args.out}; commit it before the runs start, then run:\n"
-                  f"  python -m rlzoo_transfer.sweep --confirm {args.out}\n  (the same as: {reg.command})")
+                  f"  python -m rlzoo_transfer.sweep --confirm {args.out}\n  (it gives each arm's runs the "
+                  "registered protocol: steps, evaluation settings, hyperparameters)")
         else:
             reg = load_registration(args.registration)
             print("\n".join(section_lines(reg, args.registration, load_runs(args.runs))))

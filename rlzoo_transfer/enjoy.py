@@ -36,6 +36,7 @@ from rlzoo_transfer import yamlfile
 from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.outputs import check_outputs
+from rlzoo_transfer.statedict import first_line, mismatch
 from rlzoo_transfer.stop import one_line_interrupt
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def read_policy_weights(zip_path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated member, or one that holds more than tensors
         raise EnjoyError(f"cannot read the policy in {zip_path} as tensors only ({type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0]})") from None
+                         f"{first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise EnjoyError(f"the policy.pth in {zip_path} is not a state_dict of tensors")
     return state
@@ -116,10 +117,9 @@ def policy_for_run(run_dir: Path, checkpoint: bool = False, device: str = "cpu")
         raise EnjoyError(f"{config_path} cannot be rebuilt: {e}") from None
     try:
         policy.load_state_dict(state)
-    except RuntimeError as e:
-        first = (str(e).strip().splitlines() or [""])[0]
+    except RuntimeError as e:   # torch's message is a line per key: say in one what does not fit
         raise EnjoyError(f"{zip_path} does not fit the network of {config_path} (method {config['method']}): "
-                         f"{first}") from None
+                         f"{mismatch(e)}") from None
     return policy, config["game"], str(zip_path)
 
 
@@ -128,7 +128,7 @@ def policy_for_source(game: str, zoo_dir: Path | None = None, device: str = "cpu
     from rlzoo_transfer.zoo import DEFAULT_ZOO, check_architecture, load_source
 
     zoo_dir = zoo_dir or DEFAULT_ZOO
-    src = load_source(game, zoo_dir)
+    src = load_source(game, zoo_dir, flag="--zoo-dir DIR")   # enjoy's flag in the hint, not train's -p zoo_dir=
     policy = _build_policy(src.game, "scratch", None, {"hidden": int(src.entry.get("hidden", 256)),
                                                        "n_atoms": int(src.entry.get("n_atoms", 51))}, device)
     check_architecture(src, policy.q_net)

@@ -28,16 +28,16 @@ def read_manifest_for_update(path: Path) -> dict:
     """``zoo.yml`` as a mapping to add a source to (``{}`` if absent), or a ConfigError saying how to mend it -
     checked before training too, so that a damaged manifest does not end hours of pretraining in an error."""
     from rlzoo_transfer.config import ConfigError
+    from rlzoo_transfer.zoo import restore_advice
 
     if not path.exists():
         return {}
-    data = yamlfile.load(path, ConfigError, f"pretrain adds its source to it: restore it (`git checkout {path}`), "
-                                            "or move it away to start a new manifest")
+    advice = restore_advice(path, "move it away to start a new manifest")   # git checkout only for pretrain/'s
+    data = yamlfile.load(path, ConfigError, f"pretrain adds its source to it: {advice}")
     if data is None:
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("sources", {}), dict):
-        raise ConfigError(f"{path} is not a zoo manifest (a mapping with `sources: {{Game: entry}}`); restore it "
-                          f"(`git checkout {path}`), or move it away to start a new manifest")
+        raise ConfigError(f"{path} is not a zoo manifest (a mapping with `sources: {{Game: entry}}`); {advice}")
     return data
 
 
@@ -100,14 +100,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall-clock budget: at the limit, finish (final evaluation, export) at the step reached")
     p.add_argument("--log-dir", default="runs/pretrain")
     p.add_argument("--zoo-dir", default=str(ZOO_DIR))
-    p.add_argument("-p", "--hyperparams", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
+    p.add_argument("-p", "--hyperparams", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto", help="torch device: auto (default: cuda if there is one), cpu, cuda:N")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's; use 1 per run when several runs share the cores)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true",
                    help="a progress line a minute instead of the bar (the default when stderr is not a terminal)")
     args = p.parse_args(argv)   # before the RL stack's imports: --help and a usage error are instant
     check_outputs(p, args, folders=("log_dir", "zoo_dir"))
-    from rlzoo_transfer.config import ConfigError, load_config, resolve_device
+    from rlzoo_transfer.config import ConfigError, check_threads, load_config, resolve_device
     from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,
                                     run_training)
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     spec = None
     try:
+        import torch
+
+        check_threads(args.threads)
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         game, _ = resolve_game(args.game)
         # --n-envs 0 crashed the interpreter (a segfault in the vector env); --checkpoint-freq 0 = no checkpoints
         check_ranges(args, positive=("steps", "n_envs", "eval_freq", "eval_episodes", "final_eval_episodes",

@@ -1,8 +1,9 @@
 """One training run, start to finish: config -> env -> method's network -> DER -> callbacks -> files.
 
 The run folder (``<log_dir>/<Game>/<method>/seed<k>/``) gets: ``config.yml`` (resolved hyperparameters, the zoo
-sources' sha256s, package versions, git commit, command; each ``--resume`` adds its step, commit, versions and
-command under ``resumes``), ``evaluations.csv`` (step, mean, std, n_episodes,
+sources' sha256s, package versions, git commit, command, ``steps``: the planned total; each ``--resume`` adds its
+step, commit, versions and command under ``resumes``, and one with another ``--steps`` sets ``steps`` to the new
+total, its entry keeping the one before as ``previous_steps``), ``evaluations.csv`` (step, mean, std, n_episodes,
 returns), ``final.json`` (the final evaluation; its presence marks a complete run), ``model.zip`` (SB3 format),
 ``checkpoint/`` (for ``--resume``), ``tb/`` (tensorboard), and for transfer methods ``gates.csv`` / ``pathway.csv`` /
 ``flow.csv``.  The CLIs then add the files to look at (``curve.png``, ``report.md``:
@@ -35,11 +36,14 @@ from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.rl.policies import DERPolicy
 from rlzoo_transfer.rl.registry import get_method
+from rlzoo_transfer.statedict import mismatch
 from rlzoo_transfer.stop import RunIncomplete
 from rlzoo_transfer.stop import interrupted as stop_interrupted
 from rlzoo_transfer.stop import stop_on_signals
 from rlzoo_transfer.zoo import ZooError
 from rlzoo_transfer.zoo import provenance as zoo_provenance
+
+DEFAULT_STEPS = 100_000   # a run's agent steps where --steps is not given (and no planned total is recorded)
 
 
 class RunError(RuntimeError):
@@ -51,7 +55,7 @@ class RunSpec:
     game: str
     method: str = "scratch"
     seed: int = 0
-    steps: int = 100_000
+    steps: int | None = 100_000  # None: a resumed run's planned total (config.yml's steps), else DEFAULT_STEPS
     eval_freq: int = 10_000
     eval_episodes: int = 10
     final_eval_episodes: int = 100
@@ -141,15 +145,30 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def record_resume(run_dir: Path, step: int, command: str) -> None:
+def planned_steps(spec: RunSpec) -> int:
+    """``spec.steps``, set first where it is None (no ``--steps`` given): a resumed run's planned total as its
+    ``config.yml`` records it (a run planned for 3000 steps resumes to 3000, not to the default), else
+    :data:`DEFAULT_STEPS`."""
+    if spec.steps is None:
+        recorded = (recorded_config(run_folder(spec)) or {}).get("steps") if spec.resume else None
+        spec.steps = recorded if type(recorded) is int and recorded > 0 else DEFAULT_STEPS
+    return spec.steps
+
+
+def record_resume(run_dir: Path, step: int, command: str, steps: int | None = None) -> None:
     """Append ``{step, commit, versions, command, time}`` to ``config.yml``'s ``resumes`` (rewritten atomically): the
-    run's steps after ``step`` were trained by this code, which need not be the commit it started at."""
+    run's steps after ``step`` were trained by this code, which need not be the commit it started at.  A resume to
+    another total (``steps``: its ``--steps``) sets ``config.yml``'s ``steps`` to it - the planned total that
+    ``curves`` and ``confirm`` read - and its entry keeps the total planned before as ``previous_steps``."""
     config = recorded_config(run_dir)
     if config is None:
         return   # no readable record to extend: the checkpoint and evaluations are what --resume needs
-    config["resumes"] = list(config.get("resumes") or []) + [{
-        "step": int(step), "commit": git_commit(), "versions": versions(), "command": command,
-        "time": time.strftime("%Y-%m-%d %H:%M:%S")}]
+    entry = {"step": int(step), "commit": git_commit(), "versions": versions(), "command": command,
+             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    total = max(int(steps), int(step)) if steps is not None else None   # a run already past --steps ends there
+    if total is not None and "steps" in config and config["steps"] != total:
+        entry["previous_steps"], config["steps"] = config["steps"], total
+    config["resumes"] = list(config.get("resumes") or []) + [entry]
     write_atomic(run_dir / "config.yml", yaml.safe_dump(config, sort_keys=False))
 
 
@@ -196,6 +215,7 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
     """Check the run folder, build (or resume) the model and its env, write ``config.yml``, make the callbacks."""
     game, _ = resolve_game(spec.game)
     spec.game = game
+    planned_steps(spec)
     config = load_config(get_method(spec.method).config_file, spec.hyperparams)
     run_dir = run_folder(spec)
     ckpt = find_checkpoint(run_dir)
@@ -219,15 +239,14 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
             model = load_checkpoint(DER, ckpt, env, spec.device)
         except Exception as e:  # a truncated or corrupt file: say what to do, not a traceback
             env.close()
-            why = (str(e).strip().splitlines() or [""])[0]
-            raise RunError(f"cannot resume {run_dir}: its checkpoint is unreadable ({type(e).__name__}: {why}); "
-                           f"delete {ckpt} and --resume to restart from step 0, or delete {run_dir} to start "
-                           f"afresh") from None
+            raise RunError(f"cannot resume {run_dir}: its checkpoint is unreadable ({type(e).__name__}: "
+                           f"{mismatch(e)}); delete {ckpt} and --resume to restart from step 0, or delete {run_dir} "
+                           f"to start afresh") from None
         model.tensorboard_log = tb_dir
         step = model.num_timesteps
         rows = [r for r in evaluations if int(r["step"]) <= step]
         write_evaluations(run_dir / "evaluations.csv", rows)  # rows written after the checkpoint are redone
-        record_resume(run_dir, step, spec.command)
+        record_resume(run_dir, step, spec.command, spec.steps)
         print(f"resuming {run_dir} from step {step}", file=sys.stderr)
     else:
         try:  # before the run folder exists: a bad zoo leaves nothing behind

@@ -28,12 +28,13 @@ def parser(prog: str = "python -m rlzoo_transfer.train") -> argparse.ArgumentPar
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options every run has (train and lockstep share them)."""
-    p.add_argument("--steps", type=int, default=100_000, help="agent steps (default 100000)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="agent steps (default 100000; with --resume, the run's planned total, config.yml's steps)")
     p.add_argument("--eval-freq", type=int, default=10_000, help="agent steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes per periodic evaluation")
     p.add_argument("--final-eval-episodes", type=int, default=100, help="episodes of the final evaluation")
     p.add_argument("--log-dir", default="runs", help="runs go to LOG_DIR/<Game>/<method>/seed<k>/")
-    p.add_argument("-p", "--hyperparams", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+    p.add_argument("-p", "--hyperparams", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override agents/*.yml values, e.g. -p learning_rate=2e-4 compile=true")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N, mps, auto")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.games import UnknownGameError
     from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, finished_at, interrupted,
-                                    run_folder, run_training)
+                                    planned_steps, run_folder, run_training)
     from rlzoo_transfer.zoo import ZooError
 
     folder = None
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
                        **spec_defaults)
         folder = run_folder(spec)
         finished = finished_at(folder) if args.resume else None
-        if finished is not None and finished >= spec.steps:  # the final evaluation would only be redone
+        if finished is not None and finished >= planned_steps(spec):  # the final evaluation would only be redone
             print(f"done: {folder} (finished at step {finished}: nothing to resume)")
             return 0
         run_dir = run_training(spec)

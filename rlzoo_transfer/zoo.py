@@ -44,15 +44,40 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(zoo_dir: Path | str = DEFAULT_ZOO) -> dict[str, dict]:
+def in_git(path: Path | str) -> bool:
+    """Whether git can restore ``path``: a file of this repository's HEAD (the shipped ``pretrain/`` zoo), not a
+    copied zoo outside the checkout or an untracked one inside it."""
+    from rlzoo_transfer.provenance import file_in_commit
+
+    return bool(file_in_commit("HEAD", path))
+
+
+def pretrain_command(game: str, zoo_dir: Path | str) -> str:
+    """The pretrain command that (re)makes ``game``'s source in ``zoo_dir`` (pretrain's default zoo: no --zoo-dir)."""
+    there = "" if Path(zoo_dir).resolve() == DEFAULT_ZOO else f" --zoo-dir {zoo_dir}"
+    return f"`python -m rlzoo_transfer.pretrain --game {game}{there}`"
+
+
+def restore_advice(path: Path | str, remake: str) -> str:
+    """How to get a damaged or missing zoo file back: ``git checkout`` where git has it (:func:`in_git`), else copy
+    it again (a zoo outside the checkout, or one made here but not committed); or ``remake`` (e.g. a pretrain
+    command)."""
+    if in_git(path):
+        return f"restore it (`git checkout {path}`) or {remake}"
+    return f"copy it again from where it came from, or {remake}"
+
+
+def read_manifest(zoo_dir: Path | str = DEFAULT_ZOO, flag: str = "-p zoo_dir=DIR") -> dict[str, dict]:
+    """The manifest's ``sources``; ``flag`` is how the command the user ran names a zoo folder (train's ``-p
+    zoo_dir=DIR``, enjoy's ``--zoo-dir DIR``), for the hint when there is no manifest."""
     path = Path(zoo_dir) / "zoo.yml"
     if not path.exists():
-        raise ZooError(f"no zoo manifest at {path}: train sources with `python -m rlzoo_transfer.pretrain "
-                       f"--game Seaquest` (and Riverraid), or point to a zoo folder with -p zoo_dir=DIR")
-    data = yamlfile.load(path, ZooError, f"restore it from git (`git checkout {path}`)")
+        raise ZooError(f"no zoo manifest at {path}: train sources with {pretrain_command('Seaquest', zoo_dir)} "
+                       f"(and Riverraid), or point to a zoo folder with {flag}")
+    data = yamlfile.load(path, ZooError, restore_advice(path, "mend it by hand"))
     sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, dict) or not sources:
-        raise ZooError(f"{path} lists no sources; pretrain some with `python -m rlzoo_transfer.pretrain`")
+        raise ZooError(f"{path} lists no sources; pretrain some with {pretrain_command('GAME', zoo_dir)}")
     return sources
 
 
@@ -71,25 +96,26 @@ def provenance(games: list[str], zoo_dir: Path | str | None = None) -> dict:
     return {"dir": str(zoo_dir) if zoo_dir else "pretrain", "sources": sources}
 
 
-def load_source(game: str, zoo_dir: Path | str = DEFAULT_ZOO) -> Source:
-    """One verified source: manifest entry, sha256, tensors-only load."""
-    sources = read_manifest(zoo_dir)
+def load_source(game: str, zoo_dir: Path | str = DEFAULT_ZOO, flag: str = "-p zoo_dir=DIR") -> Source:
+    """One verified source: manifest entry, sha256, tensors-only load (``flag``: see :func:`read_manifest`)."""
+    sources = read_manifest(zoo_dir, flag)
     if game not in sources:
         raise ZooError(f"source {game!r} is not in {Path(zoo_dir) / 'zoo.yml'} (it has {', '.join(sources)})")
     entry = sources[game]
+    remake = f"re-run {pretrain_command(game, zoo_dir)}"
     lacking = [k for k in ("file", "sha256", "actions") if not isinstance(entry, dict) or k not in entry]
     if lacking:
         manifest = Path(zoo_dir) / "zoo.yml"
-        raise ZooError(f"source {game!r} in {manifest} has no {lacking[0]!r}; restore the manifest "
-                       f"(`git checkout {manifest}`) or re-run `python -m rlzoo_transfer.pretrain --game {game}`")
+        raise ZooError(f"source {game!r} in {manifest} has no {lacking[0]!r}; "
+                       f"{restore_advice(manifest, remake)}")
     path = Path(zoo_dir) / entry["file"]
     if not path.exists():
-        raise ZooError(f"source checkpoint {path} is missing: `git checkout {path}` or re-run "
-                       f"`python -m rlzoo_transfer.pretrain --game {game}`")
+        raise ZooError(f"source checkpoint {path} is missing: {restore_advice(path, remake)}")
     digest = sha256(path)
     if digest != entry["sha256"]:
+        fix = restore_advice(path, f"{remake}, or correct its sha256 in zoo.yml if this file is the one you mean")
         raise ZooError(f"source checkpoint {path} is corrupt or changed: sha256 {digest[:12]}... but zoo.yml "
-                       f"records {entry['sha256'][:12]}...; restore it (`git checkout {path}`) or re-run pretrain")
+                       f"records {entry['sha256'][:12]}...; {fix}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or non-torch file

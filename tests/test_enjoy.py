@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import signal
 import sys
@@ -19,6 +20,7 @@ from PIL import Image
 from rlzoo_transfer import enjoy
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
+from rlzoo_transfer.statedict import mismatch
 from rlzoo_transfer.zoo import DEFAULT_ZOO
 from tests.conftest import child
 from tests.test_train import TINY, cli
@@ -125,8 +127,10 @@ def test_bad_input_is_one_line_and_exit_2(zoo_run, tmp_path, capsys):
     _fake_model_zip(run / "model.zip", {"x": NotATensor()})
     fails([str(run)], "as tensors only")
     state = enjoy.read_policy_weights(run / "kept.zip")
+    aligns = [k for k in state if ".align" in k]   # in the network's order, as torch names them
     _fake_model_zip(run / "model.zip", {k: v for k, v in state.items() if ".align" not in k})
-    fails([str(run)], "does not fit the network")
+    fails([str(run)], f"does not fit the network of {run / 'config.yml'} (method zoo): {len(aligns)} missing keys "
+                      f"({aligns[0]}, {aligns[1]}, ...)")   # was cut at torch's header line, ending in a colon
     (run / "model.zip").unlink()
     (run / "kept.zip").rename(run / "model.zip")
     config = yaml.safe_load((run / "config.yml").read_text())
@@ -138,6 +142,53 @@ def test_bad_input_is_one_line_and_exit_2(zoo_run, tmp_path, capsys):
     fails([str(run)], "config.yml: not valid YAML (line 1: expected <block end>, but found ':')")
     (run / "config.yml").write_text("- a list\n")
     fails([str(run)], "config.yml is not a run's config")
+
+
+def test_a_model_of_another_method_says_what_does_not_fit(zoo_run, tmp_path, capsys):
+    """A run folder whose config.yml says scratch while its model.zip is a zoo run's: the error ended at torch's
+    header line (``... (method scratch): Error(s) in loading state_dict for DERPolicy:``); now one line saying
+    which keys do not fit."""
+    from rlzoo_transfer.config import load_config
+
+    run = tmp_path / "wrongnet_run"
+    run.mkdir()
+    shutil.copy(zoo_run / "model.zip", run / "model.zip")
+    config = yaml.safe_load((zoo_run / "config.yml").read_text())
+    scratch = {k: v for k, v in config["hyperparams"].items() if k in load_config(None, {})}
+    (run / "config.yml").write_text(yaml.safe_dump({**config, "method": "scratch", "hyperparams": scratch}))
+    assert enjoy.main([str(run), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    head = f"error: {run / 'model.zip'} does not fit the network of {run / 'config.yml'} (method scratch): "
+    assert err.startswith(head) and not err.rstrip().endswith(":"), err
+    assert re.search(r": \d+ missing keys \(q_net\.\S+, q_net\.\S+, \.\.\.\), \d+ unexpected keys \(q_net\.", err), err
+
+
+def test_load_state_dict_errors_are_one_line():
+    """statedict.mismatch: torch's multi-line load_state_dict message as one line - the key counts with the first
+    names, the first size mismatch with both shapes - and any other error's first line."""
+    small, big = torch.nn.Sequential(torch.nn.Linear(2, 3)), torch.nn.Sequential(torch.nn.Linear(2, 5),
+                                                                               torch.nn.Linear(5, 4))
+    with pytest.raises(RuntimeError) as e:
+        small.load_state_dict(big.state_dict())
+    assert mismatch(e.value) == ("2 unexpected keys (1.weight, 1.bias); size mismatch for 0.weight: (5, 2) in the "
+                                 "file, (3, 2) in the network (and 1 more)")
+    with pytest.raises(RuntimeError) as e:
+        big.load_state_dict({"0.weight": torch.zeros(5, 2)})
+    assert mismatch(e.value) == "3 missing keys (0.bias, 1.weight, ...)"
+    with pytest.raises(RuntimeError) as e:
+        small.load_state_dict({"0.weight": torch.zeros(3, 2), "0.bias": torch.zeros(4)})
+    assert mismatch(e.value) == "size mismatch for 0.bias: (4,) in the file, (3,) in the network"
+    assert mismatch(ValueError("first\nsecond")) == "first" and mismatch(ValueError()) == "ValueError"
+
+
+def test_a_missing_zoo_names_enjoys_own_flag(tmp_path, capsys):
+    """``enjoy --zoo-dir nozoo`` advised ``-p zoo_dir=DIR``, train's way of naming a zoo, not enjoy's."""
+    assert enjoy.main(["--source", "Seaquest", "--zoo-dir", str(tmp_path / "nozoo")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no zoo manifest at {tmp_path / 'nozoo' / 'zoo.yml'}") and err.count("\n") == 1
+    assert "point to a zoo folder with --zoo-dir DIR" in err and "-p zoo_dir" not in err, err
+    assert f"pretrain --game Seaquest --zoo-dir {tmp_path / 'nozoo'}`" in err, err
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):

@@ -24,7 +24,8 @@ def pretrained(tmp_path_factory):
     zoo, log = tmp / "zoo", tmp / "runs"
     cmd = [sys.executable, "-m", "rlzoo_transfer.pretrain", "--game", "Riverraid", "--steps", "600", "--n-envs", "4",
            "--eval-freq", "100000", "--final-eval-episodes", "2", "-p", "learning_starts=200", "batch_size=32",
-           "buffer_size=4000", "--zoo-dir", str(zoo), "--log-dir", str(log), "--device", "cpu", "--no-progress"]
+           "buffer_size=4000", "--zoo-dir", str(zoo), "--log-dir", str(log), "--device", "cpu", "--no-progress",
+           "--threads", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -106,7 +107,9 @@ def test_a_damaged_zoo_manifest_is_refused_before_training(tmp_path, capsys, man
     assert pretrain.main(["--game", "Pong", "--steps", "100", "--zoo-dir", str(zoo), "--log-dir", str(log)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {zoo / 'zoo.yml'}") and message in err[0], err
-    assert "git checkout" in err[0] and (zoo / "zoo.yml").read_text() == manifest and not log.exists()
+    assert (zoo / "zoo.yml").read_text() == manifest and not log.exists()
+    # a zoo outside the checkout: git cannot restore it (was `git checkout /tmp/.../zoo.yml`)
+    assert "git checkout" not in err[0] and "copy it again from where it came from, or move it away" in err[0]
 
 
 def test_bad_game_is_a_one_line_error(tmp_path):
@@ -126,6 +129,7 @@ def test_bad_game_is_a_one_line_error(tmp_path):
     (["--steps", "0", "--eval-freq", "-5"], "out of range: --steps 0 (must be > 0), --eval-freq -5 (must be > 0)"),
     (["--checkpoint-freq", "-1"], "out of range: --checkpoint-freq -1 (must be >= 0)"),
     (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--threads", "-2"], "--threads must be >= 0, got -2"),
     (["--n-envs", "40", "-p", "buffer_size=100"], "--n-envs 40 splits buffer_size=100 into 2 transitions per env"),
 ])
 def test_bad_numbers_are_one_line_errors_before_any_work(extra, message, tmp_path, capsys):
@@ -134,6 +138,17 @@ def test_bad_numbers_are_one_line_errors_before_any_work(extra, message, tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_threads_sets_torch_threads_before_any_work(tmp_path, capsys, monkeypatch):
+    """pretrain had no --threads, while the README asks for one thread per run when runs share the cores (train's
+    --threads): now the same option, applied first (here before --n-envs 0 stops the command)."""
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    argv = ["--game", "Seaquest", "--zoo-dir", str(tmp_path), "--log-dir", str(tmp_path), "--n-envs", "0"]
+    assert pretrain.main([*argv, "--threads", "1"]) == 2 and calls == [1]
+    assert pretrain.main(argv) == 2 and calls == [1]   # default 0: torch's own number, left as it is
+    assert "--n-envs 0" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path):

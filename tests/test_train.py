@@ -187,6 +187,42 @@ def test_resume_with_a_damaged_config_yml_resumes_from_the_checkpoint(finished, 
         assert after == content
 
 
+def test_resume_to_another_total_records_it_as_the_planned_steps(finished, tmp_path, capsys, monkeypatch):
+    """A run planned for 800 steps, stopped at 400 and finished there with ``--resume --steps 400`` kept ``steps:
+    800`` in config.yml, so curves' runs.csv showed planned_steps 800 and confirm's protocol steps 800 for a run of
+    400; now config.yml's ``steps`` is the new total, its ``resumes`` entry keeps the step reached and the total
+    planned before, and a later ``--resume`` without ``--steps`` goes to the new total, not to the default 100000."""
+    from rlzoo_transfer import run as run_module_
+    from rlzoo_transfer.confirm import run_protocol
+    from rlzoo_transfer.rundata import load_run
+
+    copy, args = unfinished_copy(finished, tmp_path)   # its checkpoint is at step 400
+    config = yaml.safe_load((copy / "config.yml").read_text())
+    (copy / "config.yml").write_text(yaml.safe_dump({**config, "steps": 800}, sort_keys=False))   # planned 800
+    rc, err = run_main([*args, "--resume"], capsys)   # args hold --steps 400
+    assert rc == 0 and f"resuming {copy} from step 400" in err, err
+    after = yaml.safe_load((copy / "config.yml").read_text())
+    [resume] = after["resumes"]
+    assert after["steps"] == 400 and resume["step"] == 400 and resume["previous_steps"] == 800
+    run = load_run(copy)
+    assert run.planned_steps == 400 == run.final["steps"] and run_protocol(run)["steps"] == 400
+    assert not list(copy.glob("*.tmp")) and not list(copy.glob(".*.tmp"))   # written atomically
+
+    def no_training(spec):
+        raise AssertionError(f"trained on to {spec.steps} steps")
+
+    monkeypatch.setattr(run_module_, "run_training", no_training)
+    at = args.index("--steps")
+    without_steps = args[:at] + args[at + 2:]
+    assert train.main([*without_steps, "--resume"]) == 0
+    assert f"done: {copy} (finished at step 400: nothing to resume)" in capsys.readouterr().out
+    assert yaml.safe_load((copy / "config.yml").read_text())["resumes"] == after["resumes"]
+    spec = run_module_.RunSpec(game=GAME, steps=None, log_dir=str(tmp_path / "runs"), resume=True)
+    assert run_module_.planned_steps(spec) == 400 == spec.steps   # the recorded total, not the default
+    fresh = run_module_.RunSpec(game=GAME, steps=None, log_dir=str(tmp_path / "runs"))
+    assert run_module_.planned_steps(fresh) == run_module_.DEFAULT_STEPS == 100_000
+
+
 def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
     log = tmp_path / "runs"
     args = ["--game", GAME, "--steps", "150", "--eval-freq", "150", "--log-dir", str(log), *TINY, "--resume"]
@@ -266,6 +302,25 @@ def test_a_bad_seed_is_a_usage_error_on_every_cli(module, args, seed, message, t
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("module,args", [
+    ("train", ["--game", GAME, "--log-dir", "{tmp}", "--steps", "0"]),   # --steps 0: an error at once, not a run,
+    ("pretrain", ["--game", "Seaquest", "--log-dir", "{tmp}", "--zoo-dir", "{tmp}", "--steps", "0"]),  # if -p passed
+    ("lockstep", ["--games", GAME, "--log-dir", "{tmp}", "--steps", "0"]),
+])
+@pytest.mark.parametrize("where", ["end", "before another option"])
+def test_p_without_a_value_is_a_usage_error(module, args, where, tmp_path, capsys):
+    """``-p`` with nothing after it was accepted silently (nargs="*"): the user meant an override and got none."""
+    main = importlib.import_module(f"rlzoo_transfer.{module}").main
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    argv = [*argv, "-p"] if where == "end" else ["-p", *argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument -p/--hyperparams: expected at least one argument" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_device_auto_resolves_and_a_missing_gpu_is_refused(capsys):
     """SB3 runs ``--device cuda`` on the CPU when there is no GPU; the run's config.yml then said ``cuda``."""
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -334,6 +389,7 @@ def test_kill_then_resume(tmp_path, capsys):
     config = yaml.safe_load((run / "config.yml").read_text())
     [resume] = config["resumes"]
     assert resume["step"] == 200 and resume["commit"] == git_commit() and "--resume" in resume["command"]
+    assert "previous_steps" not in resume   # resumed to the total it was started for
     assert resume["versions"]["torch"] == torch.__version__ and config["steps"] == 400
     model = DER.load(run / "model.zip", device="cpu")
     assert model.num_timesteps == 400

@@ -17,8 +17,8 @@ from rlzoo_transfer import train
 from rlzoo_transfer.games import action_meanings
 from rlzoo_transfer.rl.policies import DERNetwork
 from rlzoo_transfer.rl.registry import METHODS
-from rlzoo_transfer.zoo import (DEFAULT_ZOO, ZooError, check_architecture, load_source, load_zoo, map_actions,
-                                read_manifest)
+from rlzoo_transfer.zoo import (DEFAULT_ZOO, ZooError, check_architecture, in_git, load_source, load_zoo,
+                                map_actions, pretrain_command, read_manifest)
 from tests.conftest import run_module
 
 SOURCES = ("Seaquest", "Riverraid")
@@ -108,7 +108,8 @@ def test_a_manifest_that_cannot_be_read_is_one_line(zoo):
     """A zoo.yml that exists but is a folder was an IsADirectoryError traceback."""
     (zoo / "zoo.yml").unlink()
     (zoo / "zoo.yml").mkdir()
-    with pytest.raises(ZooError, match=r"cannot read .*zoo.yml: Is a directory; restore it from git") as e:
+    with pytest.raises(ZooError, match=r"cannot read .*zoo.yml: Is a directory; copy it again from where it came "
+                                       r"from, or mend it by hand") as e:
         gopher_zoo(zoo)
     assert "\n" not in str(e.value)
 
@@ -131,9 +132,11 @@ def test_manifest_entry_missing_a_field(zoo, key):
 
 
 def test_missing_checkpoint(zoo):
+    """A copied zoo outside the checkout: no ``git checkout`` advice (git cannot restore it), but a copy or a
+    pretrain into that zoo."""
     (zoo / "Riverraid.pt").unlink()
-    with pytest.raises(ZooError, match=r"Riverraid.pt is missing: `git checkout .*` or re-run .*pretrain --game "
-                                       r"Riverraid"):
+    with pytest.raises(ZooError, match=r"Riverraid.pt is missing: copy it again from where it came from, or re-run "
+                                       rf"`python -m rlzoo_transfer.pretrain --game Riverraid --zoo-dir {zoo}`$"):
         gopher_zoo(zoo)
 
 
@@ -143,8 +146,25 @@ def test_checkpoint_with_another_sha256(zoo):
     (zoo / "Seaquest.pt").write_bytes(bytes(data))
     recorded = yaml.safe_load((zoo / "zoo.yml").read_text())["sources"]["Seaquest"]["sha256"][:12]
     with pytest.raises(ZooError, match=r"Seaquest.pt is corrupt or changed: sha256 [0-9a-f]{12}\.\.\. but zoo.yml "
-                                       rf"records {recorded}\.\.\.; restore it \(`git checkout"):
+                                       rf"records {recorded}\.\.\.; copy it again .*pretrain --game Seaquest "
+                                       r"--zoo-dir .*, or correct its sha256 in zoo.yml") as e:
         gopher_zoo(zoo)
+    assert "git checkout" not in str(e.value)   # was `git checkout /tmp/.../Seaquest.pt`: not a file of the repository
+
+
+def test_a_file_of_the_shipped_zoo_is_restored_with_git(zoo):
+    """Only a file git has (pretrain/ of this checkout) gets ``git checkout`` advice: here a manifest outside the
+    checkout whose entry names the shipped Seaquest.pt, with a sha256 that does not match it."""
+    if not in_git(DEFAULT_ZOO / "Seaquest.pt"):
+        pytest.skip("no git checkout here (a copy of the tree)")
+    shipped = DEFAULT_ZOO / "Seaquest.pt"
+    edit_manifest(zoo, lambda s: s["Seaquest"].update(file=str(shipped), sha256="0" * 64))
+    with pytest.raises(ZooError, match=rf"restore it \(`git checkout {shipped}`\) or re-run `python -m "
+                                       rf"rlzoo_transfer.pretrain --game Seaquest --zoo-dir {zoo}`"):
+        gopher_zoo(zoo)
+    assert not in_git(zoo / "Seaquest.pt") and not in_git(zoo / "zoo.yml")   # a copy is not the repository's
+    assert in_git(DEFAULT_ZOO / "zoo.yml") and not in_git(DEFAULT_ZOO / "NotThere.pt")
+    assert pretrain_command("Pong", DEFAULT_ZOO) == "`python -m rlzoo_transfer.pretrain --game Pong`"
 
 
 class Trap:
@@ -269,7 +289,8 @@ def test_cli_with_a_corrupt_zoo_is_a_one_line_error(zoo, tmp_path, method):
     proc = cli("--game", "Gopher", "--method", method, *source, "--steps", "200", "--log-dir", str(log),
                "-p", f"zoo_dir={zoo}", "learning_starts=100", "--no-progress")
     line = one_line_error(proc)
-    assert "Seaquest.pt is corrupt or changed" in line and "git checkout" in line
+    assert "Seaquest.pt is corrupt or changed" in line and "git checkout" not in line
+    assert f"pretrain --game Seaquest --zoo-dir {zoo}`" in line
     assert not list(log.rglob("config.yml")) and not list(log.rglob("*.csv")), "nothing was started"
 
 

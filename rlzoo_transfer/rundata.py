@@ -78,7 +78,8 @@ class Run:
 
     @property
     def planned_steps(self) -> int | None:
-        """Total agent steps the run was started for (``config.yml`` ``steps``, else ``final.json``)."""
+        """The run's planned total of agent steps (``config.yml`` ``steps``: a ``--resume`` to another total updates
+        it; else ``final.json``'s)."""
         steps = self.config.get("steps") or (self.final or {}).get("steps")
         return int(steps) if steps is not None else None
 

@@ -28,6 +28,7 @@ from torch import nn
 from rlzoo_transfer import provenance, rngstate
 from rlzoo_transfer.atomic import replacing, write_atomic
 from rlzoo_transfer.layers import flat_stats
+from rlzoo_transfer.statedict import mismatch
 from rlzoo_transfer.stop import RunIncomplete, interrupts_surface, stop_on_signals
 from rlzoo_transfer.vision.data import BatchStream, DataError
 from rlzoo_transfer.vision.options import UnknownMethodError, UsageError
@@ -203,8 +204,8 @@ def resume_from(path: Path, model, optimizer, scheduler, stream, config: dict, k
     try:
         model.load_state_dict(ck["model"])
     except RuntimeError as e:   # weights of another network (a setting this version does not record)
-        raise ValueError(f"{path}: its weights do not fit this run's network ({str(e).splitlines()[0]}); use "
-                         "another --out or drop --resume") from None
+        raise ValueError(f"{path}: its weights do not fit this run's network ({mismatch(e)}); use another --out "
+                         "or drop --resume") from None
     optimizer.load_state_dict(ck["optimizer"])
     scheduler.load_state_dict(ck["scheduler"])
     stream.load_state(ck["stream"])

@@ -49,6 +49,18 @@ def test_checkpoint_resumes_with_weights_only(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")   # torch.save writes 4; the safe loader notes it
+def test_weights_of_another_network_are_one_line_naming_what_does_not_fit(tmp_path):
+    model, optimizer, scheduler, stream = _run_parts()
+    make_checkpointer(tmp_path / "checkpoint.pt", model, optimizer, scheduler, stream, {})(FitState(1, [], 0.0))
+    wider = torch.nn.Linear(3, 5)
+    parts = (wider, torch.optim.SGD(wider.parameters(), lr=0.1), *_run_parts()[2:])
+    with pytest.raises(ValueError) as err:
+        resume_from(tmp_path / "checkpoint.pt", *parts, {}, keys=())
+    message = str(err.value)
+    assert "\n" not in message and "do not fit" in message
+    assert "size mismatch for weight: (2, 3) in the file, (5, 3) in the network (and 1 more)" in message
+
+
 def test_a_checkpoint_that_is_not_one_is_a_clear_error_and_runs_no_code(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x80\x04not a checkpoint")

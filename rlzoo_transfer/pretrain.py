@@ -85,10 +85,14 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     return entry
 
 
+DEFAULT_PRETRAIN_STEPS = 1_000_000   # agent steps of a source where --steps is not given (nor recorded, on --resume)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rlzoo_transfer.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--game", required=True)
-    p.add_argument("--steps", type=int, default=1_000_000, help="agent steps (default 1M)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="agent steps (default 1M; with --resume, the run's planned total, config.yml's steps)")
     p.add_argument("--n-envs", type=int, default=64, help="games played in parallel")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--eval-freq", type=int, default=250_000)
@@ -111,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     check_outputs(p, args, folders=("log_dir", "zoo_dir"))
     from rlzoo_transfer.config import ConfigError, check_threads, load_config, resolve_device
     from rlzoo_transfer.games import UnknownGameError, resolve_game
-    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,
-                                    run_training)
+    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, planned_steps,
+                                    run_folder, run_training)
 
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     spec = None
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                        checkpoint_freq=args.checkpoint_freq,
                        max_minutes=args.max_minutes, finish_on_time_limit=True,
                        eval_envs=min(32, args.n_envs), eval_at_start=False, command=command)
+        planned_steps(spec, default=DEFAULT_PRETRAIN_STEPS)
         run_dir = run_training(spec)
         entry = export_source(run_dir, Path(args.zoo_dir), command)
     except (ConfigError, UnknownGameError, RunError, FileNotFoundError) as e:

@@ -36,7 +36,7 @@ from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.rl.policies import DERPolicy
 from rlzoo_transfer.rl.registry import get_method
-from rlzoo_transfer.statedict import mismatch
+from rlzoo_transfer.statedict import first_line, mismatch
 from rlzoo_transfer.stop import RunIncomplete
 from rlzoo_transfer.stop import interrupted as stop_interrupted
 from rlzoo_transfer.stop import stop_on_signals
@@ -145,13 +145,13 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def planned_steps(spec: RunSpec) -> int:
+def planned_steps(spec: RunSpec, default: int = DEFAULT_STEPS) -> int:
     """``spec.steps``, set first where it is None (no ``--steps`` given): a resumed run's planned total as its
-    ``config.yml`` records it (a run planned for 3000 steps resumes to 3000, not to the default), else
-    :data:`DEFAULT_STEPS`."""
+    ``config.yml`` records it (a run planned for 3000 steps resumes to 3000, not to the default), else ``default``
+    (train's 100k; pretrain's 1M)."""
     if spec.steps is None:
         recorded = (recorded_config(run_folder(spec)) or {}).get("steps") if spec.resume else None
-        spec.steps = recorded if type(recorded) is int and recorded > 0 else DEFAULT_STEPS
+        spec.steps = recorded if type(recorded) is int and recorded > 0 else default
     return spec.steps
 
 
@@ -239,9 +239,14 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
             model = load_checkpoint(DER, ckpt, env, spec.device)
         except Exception as e:  # a truncated or corrupt file: say what to do, not a traceback
             env.close()
-            raise RunError(f"cannot resume {run_dir}: its checkpoint is unreadable ({type(e).__name__}: "
-                           f"{mismatch(e)}); delete {ckpt} and --resume to restart from step 0, or delete {run_dir} "
-                           f"to start afresh") from None
+            why = mismatch(e)
+            if why != first_line(e):   # a sound checkpoint of another network: the code changed, not the file
+                raise RunError(f"cannot resume {run_dir}: its checkpoint does not fit the network this code builds "
+                               f"for it ({why}); resume with the commit the run was made at (config.yml's commit), "
+                               f"or delete {run_dir} to start afresh") from None
+            raise RunError(f"cannot resume {run_dir}: its checkpoint is unreadable ({type(e).__name__}: {why}); "
+                           f"delete {ckpt} and --resume to restart from step 0, or delete {run_dir} to start "
+                           f"afresh") from None
         model.tensorboard_log = tb_dir
         step = model.num_timesteps
         rows = [r for r in evaluations if int(r["step"]) <= step]

@@ -244,17 +244,18 @@ def protocol_differences(runs: Sequence[Run]) -> list[str]:
     """One line per (game, method) whose runs were not made the same way, naming the settings that differ.
 
     Compared: the evaluation protocol (``config.yml``'s ``steps``, ``eval_freq``, ``eval_episodes``,
-    ``final_eval_episodes``, ``n_envs``) and every hyperparameter that all of the group's configs record (a key
-    added to ``agents/`` after some runs were made is not a difference; ``compile`` and ``zoo_dir`` are not
-    compared).  ``curves`` averages a group's runs as one method, so such a group mixes experiments.
+    ``final_eval_episodes``, ``n_envs``) and every hyperparameter, each where all of the group's configs record it (a
+    key added after some runs were made is not a difference; ``compile`` and ``zoo_dir`` are not compared; a config
+    whose ``hyperparams`` is not a mapping is left out).  ``curves`` averages a group's runs as one method, so such
+    a group mixes experiments.
     """
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        if run.config:
+        if run.config and isinstance(run.config.get("hyperparams") or {}, dict):   # else a hand edit: not judged
             groups.setdefault((run.game, run.method), []).append(run)
     lines = []
     for (game, method), group in sorted(groups.items()):
-        settings = [dict({k: r.config.get(k) for k in PROTOCOL_KEYS}, **(r.config.get("hyperparams") or {}))
+        settings = [{**{k: r.config[k] for k in PROTOCOL_KEYS if k in r.config}, **(r.config.get("hyperparams") or {})}
                     for r in group]
         shared = set.intersection(*(set(s) for s in settings)) - _NOT_PROTOCOL
         differ = sorted(k for k in shared if len({repr(s[k]) for s in settings}) > 1)

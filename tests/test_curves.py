@@ -373,6 +373,10 @@ def test_runs_made_differently_are_flagged_not_silently_averaged(tmp_path, capsy
     assert "differ in gate_norm" in (tmp_path / "o2" / "report.md").read_text()
     assert curves.main([str(root / "Alien" / "scratch"), "--out", str(tmp_path / "o3"), "--reps", "50"]) == 0
     assert "Warning" not in (tmp_path / "o3" / "report.md").read_text()
+    scratch.write_text(scratch.read_text().replace("hyperparams: {generator: torso}", "hyperparams: [1, 2]"))
+    (root / "Alien" / "scratch" / "seed0" / "config.yml").write_text(
+        (root / "Alien" / "scratch" / "seed0" / "config.yml").read_text() + "n_envs: 4\n")
+    assert not [line for line in rundata.protocol_differences(rundata.load_runs([root])) if "scratch" in line]
 
 
 def test_cli_no_incomplete(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,23 @@ def test_a_damaged_zoo_manifest_is_refused_before_training(tmp_path, capsys, man
     assert (zoo / "zoo.yml").read_text() == manifest and not log.exists()
     # a zoo outside the checkout: git cannot restore it (was `git checkout /tmp/.../zoo.yml`)
     assert "git checkout" not in err[0] and "copy it again from where it came from, or move it away" in err[0]
+
+
+def test_resume_without_steps_keeps_the_planned_total(pretrained, tmp_path):
+    """``--resume`` without ``--steps`` continues to the total the run was planned for (600 here), not to the
+    default 1M - which would train a finished source on for hours and rewrite its planned total."""
+    _, log, _ = pretrained
+    shutil.copytree(log, tmp_path / "runs")
+    config = next((tmp_path / "runs").glob("Riverraid/*/seed0/config.yml"))
+    cmd = [sys.executable, "-m", "rlzoo_transfer.pretrain", "--game", "Riverraid", "--n-envs", "4", "--eval-freq",
+           "100000", "--final-eval-episodes", "2", "-p", "learning_starts=200", "batch_size=32", "buffer_size=4000",
+           "--zoo-dir", str(tmp_path / "zoo"), "--log-dir", str(tmp_path / "runs"), "--device", "cpu",
+           "--no-progress", "--threads", "1", "--resume"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert yaml.safe_load(config.read_text())["steps"] == 600
+    assert "previous_steps" not in config.read_text()
 
 
 def test_bad_game_is_a_one_line_error(tmp_path):

@@ -176,6 +176,11 @@ def cli_main(parser: argparse.ArgumentParser, make_config: Callable[[dict], Any]
         ck_path = Path(args.out) / "checkpoint.pt"
         return interrupted([ck_path] if ck_path.exists() else [])
     if finished:
+        lacking = [k for k in keys if k not in results]
+        if lacking:
+            print(f"error: {Path(args.out) / 'results.json'} lacks {', '.join(lacking)}: not this command's results; "
+                  "restore it, or run again into another --out", file=sys.stderr)
+            return 2
         print(f"done: {args.out} already holds a finished run (results.json): nothing to resume", file=sys.stderr)
     print(json.dumps({k: results[k] for k in keys}))
     return 0

@@ -218,10 +218,13 @@ def finished_results(out: str | Path) -> dict[str, Any]:
     unreadable."""
     path = Path(out) / "results.json"
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"{path} is unreadable ({type(e).__name__}: {e}); restore it, or run again into another "
                          "--out") from None
+    if not isinstance(results, dict):
+        raise UsageError(f"{path} is not a run's results (a JSON object); restore it, or run again into another --out")
+    return results
 
 
 def open_writer(out: Path, enabled: bool):

@@ -140,6 +140,16 @@ def test_incompatible_agents_are_refused(tmp_path):
         r.env.close()
 
 
+def test_agents_planned_for_different_totals_are_refused(tmp_path):
+    """The group steps to agent 0's total: a run resumed to its own recorded total (no --steps) must not be
+    stopped short of it or trained past it."""
+    runs = [prepare_run(_spec(tmp_path, 0, steps=10)), prepare_run(_spec(tmp_path, 1, steps=20))]
+    with pytest.raises(LockstepError, match="different totals of steps"):
+        Lockstep(runs, progress=False)
+    for r in runs:
+        r.env.close()
+
+
 def test_cli_writes_single_run_files(tmp_path, capsys):
     """Two seeds through the CLI: each folder has what train writes, with the same config keys."""
     args = ["--games", "Gopher", "--methods", "scratch", "--seeds", "0", "1", "--steps", "200", "--eval-freq", "100",

@@ -333,6 +333,13 @@ def test_a_used_out_is_refused_without_resume_and_a_finished_run_is_kept(digits,
     assert captured.out == line and captured.err == f"done: {done} already holds a finished run (results.json): " \
         "nothing to resume\n", captured
     assert _bytes(done) == before
+    lacking = "lacks method, test_nll, iterations, it_per_s"
+    for odd, why in (("[1, 2]", "is not a run's results"), ('{"top1": 0.5}', lacking)):   # hand-edited results
+        (done / "results.json").write_text(odd)
+        assert main(argv + ["--out", str(done), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1 and "Traceback" not in err, err
+    (done / "results.json").write_bytes(before["results.json"])
     stopped = tmp_path / "stopped"                                          # as a Ctrl-C leaves it: no results yet
     stopped.mkdir()
     for name in ("checkpoint.pt", "config.json"):

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             print("nothing to train: every run is finished")
             return 0
+        check_action_counts(specs)
         dirs = run_lockstep(specs, progress=progress_bar_wanted(args.no_progress), log_every=args.log_every,
                             sample_threads=args.sample_threads)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,
@@ -156,6 +157,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done: {d}")
         summarize_after_run(d)
     return 0
+
+
+def check_action_counts(specs) -> None:
+    """LockstepError, before any run folder is written, for games with different numbers of actions: their output
+    layers differ, so their networks cannot be stacked (``rl.lockstep.check_compatible`` would find it only after
+    each run's ``config.yml`` was written)."""
+    from rlzoo_transfer.games import action_meanings
+    from rlzoo_transfer.rl.lockstep import LockstepError
+
+    counts = {spec.game: len(action_meanings(spec.game)) for spec in specs}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{game} {n}" for game, n in counts.items())
+        raise LockstepError(f"games with different numbers of actions ({listed}) cannot share one lock-step group: "
+                            "run them in separate groups (e.g. Alien and Jamesbond have 18, Gopher 8)")
 
 
 if __name__ == "__main__":

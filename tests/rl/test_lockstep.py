@@ -179,6 +179,14 @@ def test_cli_refuses_hub(tmp_path, capsys):
     assert rc == 2 and "error:" in err
 
 
+def test_cli_refuses_games_with_other_action_counts_before_writing_anything(tmp_path, capsys):
+    rc = lockstep_main(["--games", "Alien", "Gopher", "--methods", "scratch", "--seeds", "0", "--steps", "50",
+                        "--log-dir", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "different numbers of actions (Alien 18, Gopher 8)" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())                     # no config.yml-only run folders left behind
+
+
 def test_cli_refuses_bad_log_every(tmp_path, capsys):
     rc = lockstep_main(["--games", "Gopher", "--seeds", "0", "--steps", "50", "--log-dir", str(tmp_path),
                         "--no-progress", "--log-every", "0"])

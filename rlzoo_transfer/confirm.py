@@ -54,6 +54,7 @@ from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.provenance import file_in_commit, git_commit
 from rlzoo_transfer.report import md_table
+from rlzoo_transfer.rl.registry import pinned
 from rlzoo_transfer.rundata import Run, RunFolderError, find_run_dirs, load_runs
 from rlzoo_transfer.stop import one_line_interrupt
 
@@ -139,7 +140,8 @@ def load_registration(path: Path) -> Registration:
 
 def run_protocol(run: Run) -> dict:
     """What a run's ``config.yml`` fixes about training and scoring: PROTOCOL_KEYS and the hyperparameters."""
-    hyper = {k: v for k, v in (run.config.get("hyperparams") or {}).items() if k not in IGNORED_HYPERPARAMS}
+    hyper = {k: v for k, v in pinned(run.config.get("method"), run.config.get("hyperparams") or {}).items()
+             if k not in IGNORED_HYPERPARAMS}
     return {**{k: run.config.get(k) for k in PROTOCOL_KEYS}, "hyperparams": hyper}
 
 

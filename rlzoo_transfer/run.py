@@ -35,7 +35,7 @@ from rlzoo_transfer.rl.checkpoint import find_checkpoint, load_checkpoint, save_
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import evaluate
 from rlzoo_transfer.rl.policies import DERPolicy
-from rlzoo_transfer.rl.registry import get_method
+from rlzoo_transfer.rl.registry import get_method, pinned
 from rlzoo_transfer.statedict import first_line, mismatch
 from rlzoo_transfer.stop import RunIncomplete
 from rlzoo_transfer.stop import interrupted as stop_interrupted
@@ -99,13 +99,9 @@ def finished_at(run_dir: Path) -> int | None:
 
 def build_model(spec: RunSpec, config: dict[str, Any], env, tb_dir: str | None) -> DER:
     """DER with the method's network, from a resolved config."""
-    algo_kwargs, net_kwargs, run_kwargs = split_config(config)
+    algo_kwargs = split_config(config)[0]
     method = get_method(spec.method)
-    builder, builder_kwargs = method.network(spec.game, spec.source, run_kwargs["method"])
-    policy_kwargs = {"net_builder": builder, "net_kwargs": {**{k: v for k, v in net_kwargs.items()
-                                                               if k not in ("n_atoms", "v_min", "v_max")},
-                                                            **builder_kwargs},
-                     "n_atoms": net_kwargs["n_atoms"], "v_min": net_kwargs["v_min"], "v_max": net_kwargs["v_max"]}
+    policy_kwargs = method.policy_kwargs(spec.game, spec.source, config)
     try:
         return DER(DERPolicy, env, policy_kwargs=policy_kwargs, tensorboard_log=tb_dir, seed=spec.seed,
                    device=spec.device, **algo_kwargs)
@@ -186,8 +182,9 @@ def check_resume_settings(run_dir: Path, spec: RunSpec, config: dict[str, Any]) 
     if started is None:
         return   # no readable record to compare with: the checkpoint is what --resume needs
     hyperparams = started.get("hyperparams")
+    hyperparams = pinned(spec.method, hyperparams) if isinstance(hyperparams, dict) else {}
     was = {**{k: started.get(k) for k in RESUME_SETTINGS if k in started},
-           **{f"-p {k}": v for k, v in (hyperparams if isinstance(hyperparams, dict) else {}).items()}}
+           **{f"-p {k}": v for k, v in hyperparams.items()}}
     now = {**{k: getattr(spec, k) for k in RESUME_SETTINGS}, **{f"-p {k}": v for k, v in config.items()}}
     for key in now:
         if key in was and was[key] != now[key]:   # a key one side lacks: code of another time, not compared
@@ -216,7 +213,9 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
     game, _ = resolve_game(spec.game)
     spec.game = game
     planned_steps(spec)
-    config = load_config(get_method(spec.method).config_file, spec.hyperparams)
+    method = get_method(spec.method)
+    method.check_pins(spec.hyperparams)
+    config = method.pin(load_config(method.config_file, spec.hyperparams))
     run_dir = run_folder(spec)
     ckpt = find_checkpoint(run_dir)
     if (run_dir / "final.json").exists() and not spec.resume:

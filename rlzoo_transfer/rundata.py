@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from rlzoo_transfer import scores, yamlfile
+from rlzoo_transfer.rl.registry import pinned
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
@@ -255,8 +256,8 @@ def protocol_differences(runs: Sequence[Run]) -> list[str]:
             groups.setdefault((run.game, run.method), []).append(run)
     lines = []
     for (game, method), group in sorted(groups.items()):
-        settings = [{**{k: r.config[k] for k in PROTOCOL_KEYS if k in r.config}, **(r.config.get("hyperparams") or {})}
-                    for r in group]
+        settings = [{**{k: r.config[k] for k in PROTOCOL_KEYS if k in r.config},
+                     **pinned(r.config.get("method"), r.config.get("hyperparams") or {})} for r in group]
         shared = set.intersection(*(set(s) for s in settings)) - _NOT_PROTOCOL
         differ = sorted(k for k in shared if len({repr(s[k]) for s in settings}) > 1)
         if differ:

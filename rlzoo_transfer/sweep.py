@@ -512,6 +512,7 @@ def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str],
         method = get_method(name)
         try:
             overrides = run_overrides([*(method_extra or {}).get((name, source), ()), *extra], prog)
+            method.check_pins(overrides)
             config = load_config(method.config_file, overrides)
         except ConfigError as err:
             parser.error(f"after --: {err} (method {name})")
@@ -582,7 +583,7 @@ def check_networks(jobs: Sequence[Job], extra: Sequence[str],
 
 
 def build_network(spec: RunSpec, overrides: dict) -> None:
-    """Build ``spec``'s network with ``overrides`` as ``run.build_model`` does (same builder, same arguments, same
+    """Build ``spec``'s network with ``overrides`` as ``run.build_model`` does (``Method.policy_kwargs``, the same
     message), when they set one of its settings (``config.NETWORK_KEYS`` or the method's own); on a machine without
     torch, nothing (the runs check).
 
@@ -592,19 +593,19 @@ def build_network(spec: RunSpec, overrides: dict) -> None:
     from rlzoo_transfer.rl.registry import get_method
 
     method = get_method(spec.method)
-    _, net, run = split_config(load_config(method.config_file, overrides))
-    if not set(overrides) & {*NETWORK_KEYS, *run["method"]}:
+    config = load_config(method.config_file, overrides)
+    if not set(overrides) & {*NETWORK_KEYS, *split_config(config)[2]["method"]}:
         return
     try:
         from rlzoo_transfer.games import action_meanings
         from rlzoo_transfer.zoo import ZooError
 
-        builder, builder_kwargs = method.network(spec.game, spec.source, run["method"])
+        policy = method.policy_kwargs(spec.game, spec.source, config)
     except ImportError:
         return
-    kwargs = {**{k: v for k, v in net.items() if k not in ("n_atoms", "v_min", "v_max")}, **builder_kwargs}
     try:
-        builder(OBSERVATION, len(action_meanings(spec.game)), n_atoms=net["n_atoms"], **kwargs)
+        policy["net_builder"](OBSERVATION, len(action_meanings(spec.game)), n_atoms=policy["n_atoms"],
+                              **policy["net_kwargs"])
     except ZooError as err:
         raise SweepError(f"{spec.game}/{spec.folder}: {err}") from None
     except (ValueError, TypeError) as err:
@@ -678,13 +679,13 @@ def registered_arguments(reg, arm: str) -> list[str]:
             raise SweepError(f"{arm}'s registered {key} {value!r} is not one train can run")
     try:
         method = get_method(parse_method(arm)[0])
-        defaults = load_config(method.config_file)
+        defaults = method.pin(load_config(method.config_file))
     except (UnknownMethodError, ConfigError) as err:
         raise SweepError(f"arm {arm}: {err}") from None
     registered = {k: v for k, v in (protocol.get("hyperparams") or {}).items() if k not in IGNORED_HYPERPARAMS}
     overrides = [override_text(k, v) for k, v in registered.items() if k in defaults and v != defaults[k]]
     try:
-        resolved = load_config(method.config_file, parse_overrides(overrides))
+        resolved = method.pin(load_config(method.config_file, parse_overrides(overrides)))
     except ConfigError as err:
         raise SweepError(f"{arm}'s registered hyperparameters: {err}") from None
     resolved = {k: v for k, v in resolved.items() if k not in IGNORED_HYPERPARAMS}

@@ -379,6 +379,18 @@ def test_runs_made_differently_are_flagged_not_silently_averaged(tmp_path, capsy
     assert not [line for line in rundata.protocol_differences(rundata.load_runs([root])) if "scratch" in line]
 
 
+def test_a_pinned_setting_recorded_the_old_way_is_no_difference(tmp_path):
+    """zoo-lite runs made before config.yml recorded its pin say ``mode: adaptive`` (the agents/ default), later ones
+    ``mode: lite``: both were built lite, so they are one protocol; two zoo runs with those modes are not."""
+    root = tmp_path / "runs"
+    for method in ("zoo-lite", "zoo"):
+        for seed, mode in ((0, "adaptive"), (1, "lite")):
+            config = make_run(root, "Alien", method, seed, [(10000, 300.0)], final_mean=400.0) / "config.yml"
+            config.write_text(config.read_text().replace("hyperparams: {}", f"hyperparams: {{mode: {mode}}}"))
+    assert rundata.protocol_differences(rundata.load_runs([root])) == ["Alien/zoo: its 2 runs differ in mode: "
+                                                                       "adaptive, lite"]
+
+
 def test_cli_no_incomplete(tmp_path):
     root = tmp_path / "runs"
     make_run(root, "Gopher", "scratch", 0, [(10000, 300.0)], final_mean=257.6)

@@ -575,6 +575,7 @@ def test_real_confirm_sweep_follows_the_registration(tmp_path, capsys):
     (["finetune:Pong"], [], "method finetune:Pong: source 'Pong' is not in "),
     (["zoo"], ["-p", "sources=Seaquest,Pong"], "method zoo: source 'Pong' is not in "),
     (["hub"], ["-p", "sources="], "method hub: no sources named"),
+    (["zoo", "zoo-avg"], ["-p", "mode=lite"], "--method zoo-avg pins mode='average'"),   # each run would refuse it
 ])
 def test_a_value_the_method_rejects_stops_the_sweep_before_any_run(methods, extra, message, tmp_path, capsys):
     """These passed the sweep's checks (load_config knows no more than keys and ranges) and failed once per run

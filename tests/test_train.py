@@ -258,6 +258,11 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
      "out of range: --eval-freq 0 (must be > 0), --final-eval-episodes -1 (must be > 0)"),
     (["--game", GAME, "--method", "hub", "-p", "generator=foo"], "unknown pathway generator 'foo'"),
     (["--game", GAME, "--method", "zoo", "-p", "mode=fast"], "mode must be one of"),
+    # an ablation's pinned setting was silently overridden: zoo-lite ran lite whatever -p mode said
+    (["--game", GAME, "--method", "zoo-lite", "-p", "mode=adaptive"],
+     "--method zoo-lite pins mode='lite' (that is what it is); -p mode='adaptive' contradicts it: use --method zoo"),
+    (["--game", GAME, "--method", "hub-noexplore", "-p", "explore=true"],
+     "explore=True contradicts it: use --method hub"),
     # several -p flags add up (the second does not replace the first): k=0 must still be seen
     (["--game", GAME, "--method", "hub", "-p", "k=0", "-p", "explore_weight=0.2", "--steps", "50"],
      "k must be in [1, m=2], got 0"),
@@ -514,3 +519,23 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
         assert progress_bar_wanted(False, tty) and not progress_bar_wanted(True, tty)
         assert not progress_bar_wanted(False, log) and not progress_bar_wanted(False, subprocess.PIPE)
     os.close(leader)
+
+
+def test_config_yml_records_the_settings_a_method_pins(tmp_path):
+    """zoo-avg is built with mode=average whatever agents/zoo.yml says; config.yml recorded the file's ``adaptive``
+    (every published zoo-lite / zoo-avg / zoo-noalign / hub ablation run says so).  It now records the pinned value;
+    ``-p`` repeating it is accepted, and a run recorded the old way still resumes (its record is read pinned)."""
+    from rlzoo_transfer.run import RunSpec, check_resume_settings, prepare_run
+
+    spec = RunSpec(game=GAME, method="zoo-avg", steps=100, log_dir=str(tmp_path), progress_bar=False,
+                   hyperparams={"mode": "average", "learning_starts": 50, "buffer_size": 500})
+    run = prepare_run(spec)
+    run.env.close()
+    path = run.run_dir / "config.yml"
+    recorded = yaml.safe_load(path.read_text())
+    assert recorded["hyperparams"]["mode"] == "average" and recorded["hyperparams"]["align"] is True
+    path.write_text(path.read_text().replace("mode: average", "mode: adaptive"))   # as runs before 2026-12-07
+    check_resume_settings(run.run_dir, spec, run.config)
+    path.write_text(path.read_text().replace("align: true", "align: false"))       # a real difference still counts
+    with pytest.raises(Exception, match="-p align is True, was False"):
+        check_resume_settings(run.run_dir, spec, run.config)

@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from rlzoo_transfer.config import ConfigError, split_config
+
 
 class UnknownMethodError(ValueError):
     pass
@@ -60,14 +62,39 @@ class Method:
             return [source] if source else []
         return source_names(settings.get("sources"))
 
+    def pin(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` with the values this method pins (zoo-lite: ``mode: lite``, hub-noexplore: ``explore:
+        false``): what its network is built with, and so what a run's ``config.yml`` records."""
+        return {**settings, **self.fixed}
+
+    def check_pins(self, overrides: dict[str, Any]) -> None:
+        """ConfigError for a ``-p`` override that contradicts a pinned value (``--method zoo-lite -p mode=adaptive``
+        would have been silently overridden), naming the method that leaves the setting free."""
+        for key, value in overrides.items():
+            if key in self.fixed and value != self.fixed[key]:
+                free = next((m.name for m in METHODS.values() if m.builder == self.builder and key not in m.fixed),
+                            None)
+                raise ConfigError(f"--method {self.name} pins {key}={self.fixed[key]!r} (that is what it is); "
+                                  f"-p {key}={value!r} contradicts it" + (f": use --method {free}" if free else ""))
+
     def network(self, game: str, source: str | None, settings: dict[str, Any]) -> tuple[Callable[..., Any], dict]:
         """(net_builder, net_kwargs) for the policy."""
         if not self.from_zoo:
             return self.build, {}
-        kwargs = {**settings, **self.fixed, "game": game}
+        kwargs = {**self.pin(settings), "game": game}
         if self.needs_source:
             kwargs["source"] = source
         return self.build, kwargs
+
+    def policy_kwargs(self, game: str, source: str | None, config: dict[str, Any]) -> dict[str, Any]:
+        """``DERPolicy``'s network arguments from a resolved config (``config.load_config``): ``net_builder``, its
+        ``net_kwargs`` (DER's network settings and the method's own), ``n_atoms``, ``v_min``, ``v_max``.  Train
+        builds the policy with them and ``sweep`` its plan-time check of ``-p`` values, so that the two agree."""
+        _, net, run = split_config(config)
+        builder, builder_kwargs = self.network(game, source, run["method"])
+        atoms = {k: net[k] for k in ("n_atoms", "v_min", "v_max")}
+        return {"net_builder": builder, "net_kwargs": {**{k: v for k, v in net.items() if k not in atoms},
+                                                       **builder_kwargs}, **atoms}
 
 
 METHODS: dict[str, Method] = {}
@@ -76,6 +103,13 @@ METHODS: dict[str, Method] = {}
 def register(method: Method) -> Method:
     METHODS[method.name] = method
     return method
+
+
+def pinned(method: str | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded ``hyperparams`` with its method's pins applied: runs made before config.yml recorded them
+    (2026-12-07) hold the agents/ default there (zoo-lite ``mode: adaptive``), though they were built pinned.  An
+    unknown method's settings come back as they are."""
+    return METHODS[method].pin(settings) if method in METHODS else dict(settings)
 
 
 def get_method(name: str) -> Method:

@@ -59,7 +59,8 @@ import yaml
 
 from rlzoo_transfer.backends import (BackendError, LocalBackend, RayBackend, other_training_processes,
                                      threads_per_run)
-from rlzoo_transfer.config import AGENTS_DIR, seed_arg
+from rlzoo_transfer.config import seed_arg
+from rlzoo_transfer.manifest import DEFAULT_ZOO, ZooError, read_manifest
 from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.scores import maybe_canonical_game
 
@@ -522,15 +523,10 @@ def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str],
             parser.error(f"method {text}: {err}")
 
 
-#: The shipped zoo (``zoo.DEFAULT_ZOO``, whose module comes with torch).
-DEFAULT_ZOO = AGENTS_DIR.parent / "pretrain"
-
-
 def check_sources(method, source: str | None, config: dict) -> None:
     """SweepError unless every zoo source ``method`` starts from (finetune's ``source``, the ``sources`` setting of
     the others) is listed in its zoo's ``zoo.yml`` (``-p zoo_dir``, default ``pretrain/``), read without torch: train
-    refuses such a source only once its run has started.  A manifest that cannot be read is judged by
-    ``zoo.read_manifest`` itself (with torch, on that error path only)."""
+    refuses such a source only once its run has started."""
     names = method.sources(source, config)
     if not method.from_zoo:
         return
@@ -544,19 +540,10 @@ def check_sources(method, source: str | None, config: dict) -> None:
 
 
 def zoo_source_names(zoo_dir: Path) -> list[str]:
-    """The source names of ``zoo_dir/zoo.yml``.
+    """The source names of ``zoo_dir/zoo.yml`` (``manifest.read_manifest``, torch-free).
 
-    :raises SweepError: no readable manifest listing sources, with ``zoo.read_manifest``'s message
+    :raises SweepError: no readable manifest listing sources, with its message
     """
-    try:
-        data = yaml.safe_load((zoo_dir / "zoo.yml").read_text())
-        sources = data["sources"]
-        if isinstance(sources, dict) and sources:
-            return [str(name) for name in sources]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
-        pass
-    from rlzoo_transfer.zoo import ZooError, read_manifest
-
     try:
         return list(read_manifest(zoo_dir))
     except ZooError as err:
@@ -598,7 +585,6 @@ def build_network(spec: RunSpec, overrides: dict) -> None:
         return
     try:
         from rlzoo_transfer.games import action_meanings
-        from rlzoo_transfer.zoo import ZooError
 
         policy = method.policy_kwargs(spec.game, spec.source, config)
     except ImportError:

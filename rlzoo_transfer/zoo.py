@@ -1,4 +1,5 @@
-"""The source zoo: read and validate ``pretrain/zoo.yml``, load the source networks, map actions by meaning.
+"""The source zoo: validate the sources of ``pretrain/zoo.yml`` (read by :mod:`rlzoo_transfer.manifest`), load
+their networks, map actions by meaning.
 
 A checkpoint is data, not code: its sha256 must match the manifest, and it is read with
 ``torch.load(weights_only=True)`` (tensors only, nothing unpickled).  Each source is a state_dict of
@@ -17,14 +18,11 @@ from pathlib import Path
 
 import torch
 
-from rlzoo_transfer import yamlfile
+# the manifest's torch-free part, importable from here too
+from rlzoo_transfer.manifest import (DEFAULT_ZOO, ZooError, in_git, pretrain_command, read_manifest,  # noqa: F401
+                                     restore_advice)
 
-DEFAULT_ZOO = Path(__file__).resolve().parent.parent / "pretrain"
 OUTPUT_LAYER = "advantage_out"
-
-
-class ZooError(ValueError):
-    """A missing, corrupt or mismatched zoo; the message says how to fix it."""
 
 
 @dataclass
@@ -42,43 +40,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def in_git(path: Path | str) -> bool:
-    """Whether git can restore ``path``: a file of this repository's HEAD (the shipped ``pretrain/`` zoo), not a
-    copied zoo outside the checkout or an untracked one inside it."""
-    from rlzoo_transfer.provenance import file_in_commit
-
-    return bool(file_in_commit("HEAD", path))
-
-
-def pretrain_command(game: str, zoo_dir: Path | str) -> str:
-    """The pretrain command that (re)makes ``game``'s source in ``zoo_dir`` (pretrain's default zoo: no --zoo-dir)."""
-    there = "" if Path(zoo_dir).resolve() == DEFAULT_ZOO else f" --zoo-dir {zoo_dir}"
-    return f"`python -m rlzoo_transfer.pretrain --game {game}{there}`"
-
-
-def restore_advice(path: Path | str, remake: str) -> str:
-    """How to get a damaged or missing zoo file back: ``git checkout`` where git has it (:func:`in_git`), else copy
-    it again (a zoo outside the checkout, or one made here but not committed); or ``remake`` (e.g. a pretrain
-    command)."""
-    if in_git(path):
-        return f"restore it (`git checkout {path}`) or {remake}"
-    return f"copy it again from where it came from, or {remake}"
-
-
-def read_manifest(zoo_dir: Path | str = DEFAULT_ZOO, flag: str = "-p zoo_dir=DIR") -> dict[str, dict]:
-    """The manifest's ``sources``; ``flag`` is how the command the user ran names a zoo folder (train's ``-p
-    zoo_dir=DIR``, enjoy's ``--zoo-dir DIR``), for the hint when there is no manifest."""
-    path = Path(zoo_dir) / "zoo.yml"
-    if not path.exists():
-        raise ZooError(f"no zoo manifest at {path}: train sources with {pretrain_command('Seaquest', zoo_dir)} "
-                       f"(and Riverraid), or point to a zoo folder with {flag}")
-    data = yamlfile.load(path, ZooError, restore_advice(path, "mend it by hand"))
-    sources = data.get("sources") if isinstance(data, dict) else None
-    if not isinstance(sources, dict) or not sources:
-        raise ZooError(f"{path} lists no sources; pretrain some with {pretrain_command('GAME', zoo_dir)}")
-    return sources
 
 
 def provenance(games: list[str], zoo_dir: Path | str | None = None) -> dict:

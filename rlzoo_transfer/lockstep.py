@@ -62,6 +62,19 @@ def parse_runs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     return [(g, m, s) for g in args.games for m in args.methods for s in args.seeds]
 
 
+def check_planned_totals(specs) -> None:
+    """LockstepError unless every spec is planned for the same total of steps (``run.planned_steps``: a resume
+    without ``--steps`` continues to its ``config.yml``'s), before any run folder is written: the group steps to
+    agent 0's total, so a run planned for another would stop short of it or train past it."""
+    from rlzoo_transfer.rl.lockstep import LockstepError
+    from rlzoo_transfer.run import planned_steps, run_folder
+
+    if len({planned_steps(spec) for spec in specs}) > 1:
+        plans = ", ".join(f"{run_folder(spec)} {spec.steps}" for spec in specs)
+        raise LockstepError(f"the agents are planned for different totals of steps ({plans}); give --steps, or "
+                            "resume them as single runs")
+
+
 def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_threads: int | None = None) -> list:
     """Prepare, train in lock-step and finish ``specs`` (``run.RunSpec``s); returns their run folders.
 
@@ -71,6 +84,7 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
     from rlzoo_transfer.run import RunIncomplete, finish_run, prepare_run, stop_incomplete
     from rlzoo_transfer.stop import stop_on_signals
 
+    check_planned_totals(specs)
     runs, stopped = [], {}   # stopped: id(run) -> its RunIncomplete
     try:
         for spec in specs:

@@ -259,11 +259,6 @@ class Lockstep:
         self._pool: ThreadPoolExecutor | None = None   # made by the first update, shut down by ``close``
         self.models = [r.model for r in self.runs]
         check_compatible(self.models)
-        totals = {r.spec.steps for r in self.runs if hasattr(r, "spec")}   # bench's bare models have no spec
-        if len(totals) > 1:   # the group steps together to agent 0's total: each must be its own
-            plans = ", ".join(f"{r.run_dir} {r.spec.steps}" for r in self.runs)
-            raise LockstepError(f"the agents are planned for different totals of steps ({plans}); give --steps, or "
-                                "resume them as single runs")
         self.progress, self.log_every, self.log_interval = progress, log_every, log_interval
         self.stack()
         self.last_losses: list[dict[str, float]] = [{} for _ in self.models]

@@ -142,12 +142,19 @@ def test_incompatible_agents_are_refused(tmp_path):
 
 def test_agents_planned_for_different_totals_are_refused(tmp_path):
     """The group steps to agent 0's total: a run resumed to its own recorded total (no --steps) must not be
-    stopped short of it or trained past it."""
-    runs = [prepare_run(_spec(tmp_path, 0, steps=10)), prepare_run(_spec(tmp_path, 1, steps=20))]
+    stopped short of it or trained past it.  Refused before any run folder is written or resumed."""
     with pytest.raises(LockstepError, match="different totals of steps"):
-        Lockstep(runs, progress=False)
-    for r in runs:
-        r.env.close()
+        run_lockstep([_spec(tmp_path, 0, steps=10), _spec(tmp_path, 1, steps=20)], progress=False)
+    assert not list(tmp_path.iterdir())
+    started = prepare_run(_spec(tmp_path, 0, steps=20))          # config.yml records 20
+    started.env.close()
+    before = (started.run_dir / "config.yml").read_text()
+    resumed = _spec(tmp_path, 0, steps=None)
+    resumed.resume = True
+    with pytest.raises(LockstepError, match=r"seed0 20, .*seed1 10\)"):
+        run_lockstep([resumed, _spec(tmp_path, 1, steps=10)], progress=False)
+    assert (started.run_dir / "config.yml").read_text() == before
+    assert not (tmp_path / "Gopher" / "scratch" / "seed1").exists()
 
 
 def test_cli_writes_single_run_files(tmp_path, capsys):

@@ -497,9 +497,10 @@ def run_overrides(arguments: Sequence[str], prog: str = "train") -> dict:
 def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str], methods: Sequence[str],
                           method_extra: Mapping[tuple[str, str | None], Sequence[str]] | None = None) -> None:
     """``parser.error`` (exit 2) for train arguments after ``--`` that every run would reject - an unknown option, one
-    the sweep sets itself (:data:`SWEEP_OWNED`), a bad ``-p`` key or value for one of ``methods``, a zoo source
-    missing from the zoo (:func:`check_sources`) - before the first run starts: a sweep of 90 runs otherwise starts
-    90 processes that each fail into their own train.log.  ``method_extra``: see :func:`plan`."""
+    the sweep sets itself (:data:`SWEEP_OWNED`), a bad ``-p`` key or value for one of ``methods`` - before the first
+    run starts: a sweep of 90 runs otherwise starts 90 processes that each fail into their own train.log (the zoo
+    sources: :func:`check_pending_sources`, once the plan knows which runs are pending).  ``method_extra``: see
+    :func:`plan`."""
     from rlzoo_transfer.config import ConfigError, load_config
     from rlzoo_transfer.rl.registry import get_method
 
@@ -514,13 +515,27 @@ def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str],
         try:
             overrides = run_overrides([*(method_extra or {}).get((name, source), ()), *extra], prog)
             method.check_pins(overrides)
-            config = load_config(method.config_file, overrides)
+            load_config(method.config_file, overrides)
         except ConfigError as err:
             parser.error(f"after --: {err} (method {name})")
+
+
+def check_pending_sources(jobs: Sequence[Job], extra: Sequence[str],
+                          method_extra: Mapping[tuple[str, str | None], Sequence[str]] | None = None) -> None:
+    """SweepError naming the method whose pending runs start from a source missing from its zoo
+    (:func:`check_sources`); methods whose runs are all finished are not checked (a re-run of a completed sweep
+    whose zoo has moved skips them all).  The ``-p`` values were judged by :func:`check_train_arguments`."""
+    from rlzoo_transfer.config import load_config
+    from rlzoo_transfer.rl.registry import get_method
+
+    for name, source in dict.fromkeys((j.spec.method, j.spec.source) for j in jobs if j.status == PENDING):
+        method = get_method(name)
+        config = load_config(method.config_file, run_overrides([*(method_extra or {}).get((name, source), ()),
+                                                                *extra]))
         try:
             check_sources(method, source, config)
         except SweepError as err:
-            parser.error(f"method {text}: {err}")
+            raise SweepError(f"method {name}{':' + source if source else ''}: {err}") from None
 
 
 def check_sources(method, source: str | None, config: dict) -> None:
@@ -713,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = plan(args.games, args.methods, args.seeds, args.log_dir, args.steps, args.extra, args.train_module,
                     args.method_extra)
         if args.train_module == "rlzoo_transfer.train":
+            check_pending_sources(jobs, args.extra, args.method_extra)
             check_networks(jobs, args.extra, args.method_extra)
         if args.lockstep > 1:
             lockstep_groups(jobs, args.lockstep, args.log_dir, args.steps, args.extra, args.sample_threads,

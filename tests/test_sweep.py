@@ -592,6 +592,22 @@ def test_a_value_the_method_rejects_stops_the_sweep_before_any_run(methods, extr
     assert not list(tmp_path.iterdir())
 
 
+def test_a_finished_method_is_not_checked_against_its_zoo(tmp_path, capsys):
+    """Re-running a completed sweep after its zoo moved (``-p zoo_dir=`` names a folder that is gone) skips every run:
+    the sources were refused even for methods with no pending run (exit 2).  A pending run of it still is."""
+    gone = tmp_path / "gone-zoo"
+    for seed in (0, 1):
+        d = tmp_path / "runs" / "Alien" / "zoo" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "final.json").write_text("{}")
+    argv = ["--games", "Alien", "--methods", "zoo", "--log-dir", str(tmp_path / "runs"), "--dry-run", "--", "-p",
+            f"zoo_dir={gone}"]
+    assert sweep.main(argv[:4] + ["--seeds", "0", "1"] + argv[4:]) == 0
+    assert all("final.json exists" in ln for ln in capsys.readouterr().out.strip().splitlines())
+    assert sweep.main(argv[:4] + ["--seeds", "0", "2"] + argv[4:]) == 2
+    assert f"method zoo: no zoo manifest at {gone / 'zoo.yml'}" in capsys.readouterr().err
+
+
 def test_network_settings_the_method_accepts_still_plan(tmp_path, capsys):
     """The network check builds what train builds, so values the method takes pass (hub over 8 and 18 actions)."""
     code = sweep.main(["--games", "Alien", "Gopher", "--methods", "hub", "--seeds", "0", "--log-dir", str(tmp_path),

@@ -50,7 +50,7 @@ def read_manifest(zoo_dir: Path | str = DEFAULT_ZOO, flag: str = "-p zoo_dir=DIR
     if not path.exists():
         raise ZooError(f"no zoo manifest at {path}: train sources with {pretrain_command('Seaquest', zoo_dir)} "
                        f"(and Riverraid), or point to a zoo folder with {flag}")
-    data = yamlfile.load(path, ZooError, restore_advice(path, "mend it by hand"))
+    data = yamlfile.load(path, ZooError, lambda: restore_advice(path, "mend it by hand"))
     sources = data.get("sources") if isinstance(data, dict) else None
     if not isinstance(sources, dict) or not sources:
         raise ZooError(f"{path} lists no sources; pretrain some with {pretrain_command('GAME', zoo_dir)}")

@@ -32,12 +32,14 @@ def read_manifest_for_update(path: Path) -> dict:
 
     if not path.exists():
         return {}
-    advice = restore_advice(path, "move it away to start a new manifest")   # git checkout only for pretrain/'s
-    data = yamlfile.load(path, ConfigError, f"pretrain adds its source to it: {advice}")
+    def advice() -> str:   # git checkout only for pretrain/'s; asked only when the manifest is damaged
+        return restore_advice(path, "move it away to start a new manifest")
+
+    data = yamlfile.load(path, ConfigError, lambda: f"pretrain adds its source to it: {advice()}")
     if data is None:
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("sources", {}), dict):
-        raise ConfigError(f"{path} is not a zoo manifest (a mapping with `sources: {{Game: entry}}`); {advice}")
+        raise ConfigError(f"{path} is not a zoo manifest (a mapping with `sources: {{Game: entry}}`); {advice()}")
     return data
 
 

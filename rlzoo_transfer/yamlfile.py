@@ -6,7 +6,7 @@ registration) goes through :func:`load`, each with its own error class and advic
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -19,17 +19,23 @@ def problem(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def load(path: Path | str, error: type[Exception], advice: str = "") -> Any:
+def load(path: Path | str, error: type[Exception], advice: str | Callable[[], str] = "") -> Any:
     """``yaml.safe_load`` of the file at ``path``: None when it is empty, any YAML value otherwise (the caller checks
     its shape).
+
+    ``advice`` may be a function, called only when the file cannot be read: advice that costs work (asking git
+    whether the file can be restored) is then not paid on every good read.
 
     :raises error: ``cannot read PATH: reason`` (absent, a folder, no permission) or ``PATH: not valid YAML (line L:
         problem)``, each followed by ``; advice`` when given
     """
-    tail = f"; {advice}" if advice else ""
+    def tail() -> str:
+        text = advice() if callable(advice) else advice
+        return f"; {text}" if text else ""
+
     try:
         return yaml.safe_load(Path(path).read_text())
     except OSError as err:
-        raise error(f"cannot read {path}: {err.strerror or err}{tail}") from None
+        raise error(f"cannot read {path}: {err.strerror or err}{tail()}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise error(f"{path}: not valid YAML ({problem(err)}){tail}") from None
+        raise error(f"{path}: not valid YAML ({problem(err)}){tail()}") from None

@@ -114,6 +114,21 @@ def test_a_manifest_that_cannot_be_read_is_one_line(zoo):
     assert "\n" not in str(e.value)
 
 
+def test_restore_advice_is_asked_of_git_only_for_a_damaged_manifest(zoo, monkeypatch):
+    """Whether git can restore the manifest is a subprocess; a good manifest (read ~3 times per run start, once per
+    method by sweep) does not pay for it, and a damaged one still gets the advice."""
+    from rlzoo_transfer import manifest
+
+    asked = []
+    monkeypatch.setattr(manifest, "in_git", lambda path: asked.append(Path(path)) or False)
+    assert set(SOURCES) <= set(read_manifest(zoo))
+    assert asked == []
+    (zoo / "zoo.yml").write_text("sources: [unclosed")
+    with pytest.raises(ZooError, match=r"not valid YAML .*; copy it again from where it came from, or mend it"):
+        read_manifest(zoo)
+    assert asked == [zoo / "zoo.yml"]
+
+
 def test_source_not_in_the_manifest(zoo):
     with pytest.raises(ZooError, match=r"source 'Pong' is not in .*zoo.yml \(it has Seaquest, Riverraid\)"):
         gopher_zoo(zoo, ["Seaquest", "Pong"])

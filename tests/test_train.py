@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 import os
 import shutil
@@ -458,6 +459,33 @@ def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(finished, broken, tmp
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "checkpoint is unreadable" in lines[0] and "delete" in lines[0]
     assert not (run / "final.json").exists()
+
+
+def test_resume_from_a_checkpoint_that_no_longer_fits_the_network_is_a_clear_error(finished, tmp_path, capsys):
+    """A sound checkpoint whose network the code no longer builds (here one parameter gone from the policy's weights,
+    as when a layer is added) is not called unreadable: the message names what does not fit and the commit to
+    resume with, and the run folder is left as it was."""
+    copy, args = unfinished_copy(finished, tmp_path)
+    zip_path = copy / "checkpoint" / "model.zip"
+    with zipfile.ZipFile(zip_path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    state = torch.load(io.BytesIO(members["policy.pth"]), weights_only=True)
+    dropped = sorted(state)[0]
+    del state[dropped]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    members["policy.pth"] = buffer.getvalue()
+    with zipfile.ZipFile(zip_path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "tb" not in p.parts}
+    rc, err = run_main([*args, "--steps", "600", "--resume"], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot resume {copy}: its checkpoint does not fit the "
+                                                   "network this code builds for it (1 missing key")
+    assert dropped in lines[0] and "config.yml's commit" in lines[0] and "unreadable" not in lines[0]
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "tb" not in p.parts} == before
 
 
 def test_exponent_without_a_dot_is_a_number():

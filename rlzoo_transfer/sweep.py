@@ -361,8 +361,10 @@ def summary(jobs: Sequence[Job]) -> str:
     return "\n".join(lines)
 
 
-def dry_run_text(jobs: Sequence[Job]) -> str:
-    """The commands the sweep would run, one per line, skipped runs commented."""
+def dry_run_text(jobs: Sequence[Job], threads: str | None = None) -> str:
+    """The commands the sweep would run, one per line, skipped runs commented; ``threads`` (a local sweep's
+    ``OMP_NUM_THREADS`` per run) prefixes each, so that a line run by hand trains as the sweep's run would."""
+    prefix = f"OMP_NUM_THREADS={shlex.quote(threads)} " if threads is not None else ""
     lines = []
     for job in jobs:
         if job.status == SKIPPED:
@@ -370,7 +372,7 @@ def dry_run_text(jobs: Sequence[Job]) -> str:
         elif job.led:
             lines.append(f"# {job.spec.name}: {job.note}")
         else:
-            lines.append(f"{shlex.join(job.command())} >> {shlex.quote(str(job.log_path))} 2>&1")
+            lines.append(f"{prefix}{shlex.join(job.command())} >> {shlex.quote(str(job.log_path))} 2>&1")
     return "\n".join(lines)
 
 
@@ -703,6 +705,20 @@ def override_text(key: str, value) -> str:
     return f"{key}={text.removesuffix('...').strip()}"
 
 
+def local_plan(jobs: int | None) -> tuple[int, int]:
+    """``(runs at a time, torch threads per run)`` of a local sweep: ``--jobs`` (default half the cores) and
+    :func:`threads_per_run` beside the training processes already running, which it notes on stderr when
+    ``OMP_NUM_THREADS`` does not decide."""
+    parallel = jobs or max(1, (os.cpu_count() or 2) // 2)
+    others = other_training_processes()
+    threads = threads_per_run(os.cpu_count() or 1, parallel, len(others))
+    if others and "OMP_NUM_THREADS" not in os.environ:
+        print(f"note: {len(others)} other training process(es) already running (pids "
+              f"{' '.join(map(str, others))}): each run gets {threads} torch thread(s) "
+              f"(set OMP_NUM_THREADS to choose)", file=sys.stderr, flush=True)
+    return parallel, threads
+
+
 def _run_with_display(jobs: list[Job], backend, parallel: int, no_live: bool) -> None:
     """:func:`execute` under a rich Live table, or with plain log lines."""
     if no_live:
@@ -733,23 +749,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.lockstep > 1:
             lockstep_groups(jobs, args.lockstep, args.log_dir, args.steps, args.extra, args.sample_threads,
                             args.method_extra)
+        local = local_plan(args.jobs) if args.backend == "local" else None
         if args.dry_run:
             try:
-                print(dry_run_text(jobs), flush=True)
+                threads = None if local is None else os.environ.get("OMP_NUM_THREADS") or str(local[1])
+                print(dry_run_text(jobs, threads), flush=True)
             except BrokenPipeError:   # e.g. piped into head
                 sys.stdout = open(os.devnull, "w")
             return 0
-        if args.backend == "ray":
+        if local is None:
             backend = RayBackend(args.address, args.cpus_per_run, args.gpus_per_run)
             parallel = args.jobs or backend.slots()
         else:
-            parallel = args.jobs or max(1, (os.cpu_count() or 2) // 2)
-            others = other_training_processes()
-            threads = threads_per_run(os.cpu_count() or 1, parallel, len(others))
-            if others and "OMP_NUM_THREADS" not in os.environ:
-                print(f"note: {len(others)} other training process(es) already running (pids "
-                      f"{' '.join(map(str, others))}): each run gets {threads} torch thread(s) "
-                      f"(set OMP_NUM_THREADS to choose)", file=sys.stderr, flush=True)
+            parallel, threads = local
             backend = LocalBackend(threads=threads)
     except (SweepError, BackendError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -104,14 +104,34 @@ def test_plan_folders_skip_and_resume(tmp_path):
                          "--source", "Seaquest", "--steps", "500", "--log-dir", str(log), "-p", "lr=1e-4"]
 
 
-def test_dry_run_lists_commands_and_touches_nothing(tmp_path, capsys):
+def test_dry_run_lists_commands_and_touches_nothing(tmp_path, capsys, monkeypatch):
+    """Each line is what the sweep would run, the torch threads it would give each run (OMP_NUM_THREADS) included,
+    so that a line run by hand trains as the sweep's run would."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep, "other_training_processes", lambda: [])
     log = tmp_path / "runs"
     code = sweep.main(["--games", "Alien", "--methods", "scratch", "zoo", "--seeds", "0", "1", "--log-dir", str(log),
-                       "--steps", "300", "--dry-run", "--", "--device", "cpu"])
+                       "--steps", "300", "--jobs", "1", "--dry-run", "--", "--device", "cpu"])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(out) == 4 and not log.exists()
-    assert all(line.startswith(sys.executable) and "--device cpu" in line and "train.log" in line for line in out)
+    prefix = f"OMP_NUM_THREADS={os.cpu_count()} {sys.executable} "
+    assert all(line.startswith(prefix) and "--device cpu" in line and "train.log" in line for line in out)
     assert "--method zoo --seed 1 --steps 300" in out[3]
+    monkeypatch.setattr(sweep, "other_training_processes", lambda: [4242])   # a run already going: half the cores
+    assert sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "--log-dir", str(log),
+                       "--jobs", "1", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"OMP_NUM_THREADS={max(1, os.cpu_count() // 2)} {sys.executable} ")
+    assert "note: 1 other training process(es) already running (pids 4242)" in captured.err
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")   # the runs inherit it (LocalBackend only sets it where unset)
+    assert sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "--log-dir", str(log),
+                       "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"OMP_NUM_THREADS=3 {sys.executable} ") and "note:" not in captured.err
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert sweep.main(["--games", "Alien", "--methods", "scratch", "--seeds", "0", "--log-dir", str(log),
+                       "--backend", "ray", "--dry-run"]) == 0   # Ray's workers decide their threads
+    assert capsys.readouterr().out.startswith(sys.executable)
 
 
 def test_unknown_game_exit_2(tmp_path, capsys):

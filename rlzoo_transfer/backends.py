@@ -1,6 +1,6 @@
 """Where a sweep's runs execute, and with how many threads: local child processes or Ray tasks.
 
-A backend runs a :class:`rlzoo_transfer.sweep.Job`'s command (``job.command()`` / ``job.args``) with its output
+A backend runs a :class:`rlzoo_transfer.sweep_plan.Job`'s command (``job.command()`` / ``job.args``) with its output
 appended to ``job.log_path``: ``submit(job) -> handle``, ``wait(handles, timeout) -> [(handle, exit status)]`` of
 those that ended, ``cancel(grace)`` stops what still runs, each run writing a checkpoint first (SIGTERM,
 :mod:`rlzoo_transfer.stop`).  Locally each run's torch / OpenMP threads are ``cores // (parallel runs + training
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from rlzoo_transfer.sweep import Job
+    from rlzoo_transfer.sweep_plan import Job
 
 
 class BackendError(Exception):

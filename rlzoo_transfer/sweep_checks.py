@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import yaml
 
 from rlzoo_transfer.manifest import DEFAULT_ZOO, ZooError, read_manifest
-from rlzoo_transfer.sweep_plan import PENDING, Job, RunSpec, SweepError, parse_method
+from rlzoo_transfer.sweep_plan import PENDING, Job, RunSpec, SweepError, method_arguments, parse_method
 
 #: train options the sweep sets itself, refused after ``--`` (train would take the last one given, and the runs would
 #: then not be the ones the sweep plans, skips, resumes and reports): option dest -> (option, what to use instead).
@@ -73,7 +73,7 @@ def check_train_arguments(parser: argparse.ArgumentParser, extra: Sequence[str],
         name, source = parse_method(text)
         method = get_method(name)
         try:
-            overrides = run_overrides([*(method_extra or {}).get((name, source), ()), *extra], prog)
+            overrides = run_overrides(method_arguments(name, source, extra, method_extra), prog)
             method.check_pins(overrides)
             load_config(method.config_file, overrides)
         except ConfigError as err:
@@ -90,8 +90,7 @@ def check_pending_sources(jobs: Sequence[Job], extra: Sequence[str],
 
     for name, source in dict.fromkeys((j.spec.method, j.spec.source) for j in jobs if j.status == PENDING):
         method = get_method(name)
-        config = load_config(method.config_file, run_overrides([*(method_extra or {}).get((name, source), ()),
-                                                                *extra]))
+        config = load_config(method.config_file, run_overrides(method_arguments(name, source, extra, method_extra)))
         try:
             check_sources(method, source, config)
         except SweepError as err:
@@ -141,7 +140,7 @@ def check_networks(jobs: Sequence[Job], extra: Sequence[str],
         key = (job.spec.game, job.spec.method, job.spec.source)
         if job.status == PENDING and key not in seen:
             seen.add(key)
-            build_network(job.spec, run_overrides([*(method_extra or {}).get(key[1:], ()), *extra]))
+            build_network(job.spec, run_overrides(method_arguments(*key[1:], extra, method_extra)))
 
 
 def build_network(spec: RunSpec, overrides: dict) -> None:

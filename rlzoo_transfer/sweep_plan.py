@@ -131,6 +131,13 @@ def _takes_source(name: str) -> bool:
     return name in METHODS and METHODS[name].needs_source
 
 
+def method_arguments(method: str, source: str | None, extra: Sequence[str],
+                     method_extra: Mapping[tuple[str, str | None], Sequence[str]] | None = None) -> list[str]:
+    """The train arguments every run of ``(method, source)`` gets: its own from ``method_extra`` (``--confirm``: the
+    arm's registered protocol) before the sweep's ``extra``."""
+    return [*(method_extra or {}).get((method, source), ()), *extra]
+
+
 def train_args(spec: RunSpec, log_dir: Path, steps: int | None, extra: Sequence[str], resume: bool,
                module: str = "rlzoo_transfer.train") -> list[str]:
     """Arguments of one train invocation after the interpreter: ``-m module --game ... [--resume] extra``."""
@@ -163,7 +170,7 @@ def plan(games: Sequence[str], methods: Sequence[str], seeds: Sequence[int], log
         run_dir = spec.run_dir(log_dir)
         finished = (run_dir / "final.json").is_file()
         resume = run_dir.is_dir() and not finished
-        own = [*(method_extra or {}).get((spec.method, spec.source), ()), *extra]
+        own = method_arguments(spec.method, spec.source, extra, method_extra)
         job = Job(spec, run_dir, train_args(spec, log_dir, steps, own, resume, module), resume=resume)
         if finished:
             job.status, job.note = SKIPPED, "final.json exists"
@@ -204,7 +211,7 @@ def lockstep_groups(jobs: list[Job], size: int, log_dir: Path, steps: int | None
             lead.args = ["-m", "rlzoo_transfer.lockstep", "--runs", *runs, "--log-dir", str(log_dir),
                          *(["--steps", str(steps)] if steps is not None else []), "--resume",
                          *(["--sample-threads", str(sample_threads)] if sample_threads is not None else []),
-                         *(method_extra or {}).get((lead.spec.method, lead.spec.source), ()), *extra]
+                         *method_arguments(lead.spec.method, lead.spec.source, extra, method_extra)]
             lead.members = chunk
             for j in chunk[1:]:
                 j.led, j.note = True, f"lock-step with {lead.spec.name}"

@@ -78,8 +78,10 @@ def check_planned_totals(specs) -> None:
 def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_threads: int | None = None) -> list:
     """Prepare, train in lock-step and finish ``specs`` (``run.RunSpec``s); returns their run folders.
 
-    Every run is finished (final evaluation) or, at a time limit, checkpointed before any error is raised.
+    Every run is finished (final evaluation) or, at a time limit or a stop, checkpointed before any error is raised.
     """
+    from rlzoo_transfer.rl.checkpoint import find_checkpoint
+    from rlzoo_transfer.rl.evaluation import EvaluationStopped
     from rlzoo_transfer.rl.lockstep import Lockstep
     from rlzoo_transfer.run import RunIncomplete, finish_run, prepare_run, stop_incomplete
     from rlzoo_transfer.stop import stop_on_signals
@@ -92,21 +94,32 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
         with stop_on_signals() as stop:
             for r in runs:
                 r.callback.stop = stop
-            Lockstep(runs, progress=progress, log_every=log_every, sample_threads=sample_threads).learn()
+            try:
+                Lockstep(runs, progress=progress, log_every=log_every, sample_threads=sample_threads).learn()
+                evaluating = False
+            except EvaluationStopped:   # every agent is at the same step, before its update
+                evaluating = True
             for r in runs:  # checkpoints inside the handlers: a sweep's SIGTERM must not cut them short
                 try:
-                    stop_incomplete(r)
+                    stop_incomplete(r, during_evaluation=evaluating)
                 except RunIncomplete as e:
                     stopped[id(r)] = e
+            done = []
+            for r in runs:   # a stop during one final evaluation stops the ones after it at their first game step
+                if id(r) not in stopped:
+                    try:
+                        done.append(finish_run(r))
+                    except RunIncomplete as e:
+                        stopped[id(r)] = e
     except BaseException:
         for r in runs:
             r.env.close()
         raise
-    done = [finish_run(r) for r in runs if id(r) not in stopped]
     if stopped:   # one message for the group: the runs share the reason and the step
         first = next(iter(stopped.values()))
-        folders = ", ".join(str(r.run_dir) for r in runs if id(r) in stopped)
-        raise RunIncomplete(f"{first.reason} (checkpoints in {folders})", first.exit_status, first.reason)
+        saved = [str(r.run_dir) for r in runs if id(r) in stopped and find_checkpoint(r.run_dir)]
+        where = f"checkpoints in {', '.join(saved)}" if saved else "no checkpoints yet: they start afresh"
+        raise RunIncomplete(f"{first.reason} ({where})", first.exit_status, first.reason)
     return done
 
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import yaml
+from stable_baselines3.common.callbacks import ProgressBarCallback
 
 from rlzoo_transfer import yamlfile
 from rlzoo_transfer.config import ConfigError, load_config, split_config
@@ -33,7 +34,7 @@ from rlzoo_transfer.rl.callbacks import (EvalCheckpointCallback, ProgressLogCall
                                          write_atomic, write_evaluations)
 from rlzoo_transfer.rl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rlzoo_transfer.rl.der import DER
-from rlzoo_transfer.rl.evaluation import evaluate
+from rlzoo_transfer.rl.evaluation import EvaluationStopped, evaluate
 from rlzoo_transfer.rl.policies import DERPolicy
 from rlzoo_transfer.rl.registry import get_method, pinned
 from rlzoo_transfer.statedict import first_line, mismatch
@@ -125,6 +126,7 @@ class PreparedRun:
     callback: EvalCheckpointCallback
     callbacks: list
     reset_num_timesteps: bool
+    start_step: int = 0   # the model's step when training (re)started: its checkpoint's, or 0
 
     @property
     def remaining(self) -> int:
@@ -281,31 +283,51 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
     callback.pending_update = resumed and model.num_timesteps > model.learning_starts
     callbacks = [callback] if spec.progress_bar else [callback, ProgressLogCallback(spec.steps, stream=sys.stderr)]
     return PreparedRun(spec, run_dir, model, env, config, callback, callbacks,
-                       reset_num_timesteps=not resumed)
+                       reset_num_timesteps=not resumed, start_step=model.num_timesteps)
 
 
-def stop_incomplete(run: PreparedRun) -> None:
+def stop_incomplete(run: PreparedRun, during_evaluation: bool = False) -> None:
     """If training stopped before ``spec.steps`` on a signal (``run.callback.stop``) or at a time limit (unless the
-    spec finishes there): write the checkpoint and raise RunIncomplete, which says how to continue."""
+    spec finishes there), or a signal abandoned an evaluation (``during_evaluation``: ``learn`` left before that
+    step's update, also at the last step): write the checkpoint and raise RunIncomplete, which says how to
+    continue.
+
+    An evaluation abandoned before the first step (step 0's, or a resumed run's owed one) leaves nothing new to
+    save: the checkpoint on disk - none at step 0 - is where the run continues (lock-step agents may have done their
+    owed update in memory by then; writing it would make the resumed run do it twice)."""
     spec, model, stop = run.spec, run.model, run.callback.stop
-    if model.num_timesteps >= spec.steps or not (stop or not spec.finish_on_time_limit):
+    if not during_evaluation and (model.num_timesteps >= spec.steps or not (stop or not spec.finish_on_time_limit)):
         return
-    save_checkpoint(model, run.run_dir)
+    if not (during_evaluation and model.num_timesteps == run.start_step):
+        save_checkpoint(model, run.run_dir)
     run.env.close()
     why = f"stopped by {stop.signal}" if stop else "time limit reached"
-    reason = f"{why} at step {model.num_timesteps}/{spec.steps}; continue with the same command and --resume"
-    raise RunIncomplete(f"{reason} (checkpoint in {run.run_dir})", stop.exit_status if stop else 3, reason)
+    where = " during an evaluation" if during_evaluation else ""
+    reason = f"{why} at step {model.num_timesteps}/{spec.steps}{where}; continue with the same command and --resume"
+    saved = f"checkpoint in {run.run_dir}" if find_checkpoint(run.run_dir) else "no checkpoint yet: it starts afresh"
+    raise RunIncomplete(f"{reason} ({saved})", stop.exit_status if stop else 3, reason)
 
 
 def finish_run(run: PreparedRun) -> Path:
     """After training: checkpoint and raise RunIncomplete if it stopped early (``stop_incomplete``), else save the
-    model, evaluate ``final_eval_episodes`` games and write ``final.json``."""
-    spec, model, run_dir = run.spec, run.model, run.run_dir
+    model, evaluate ``final_eval_episodes`` games and write ``final.json``.  A stop request (``run.callback.stop``)
+    during that evaluation - 100 games, minutes - abandons it with RunIncomplete: the checkpoint of the last step is
+    on disk, and ``--resume`` does that step's update again (the same one: the checkpoint holds the RNG states) and
+    the final evaluation."""
+    spec, model, run_dir, stop = run.spec, run.model, run.run_dir, run.callback.stop
     stop_incomplete(run)
     model.save(run_dir / "model.tmp.zip")
     (run_dir / "model.tmp.zip").replace(run_dir / "model.zip")
-    returns = evaluate(model.policy, spec.game, spec.final_eval_episodes, seed=spec.seed * 1_000_003 + 999_999_937,
-                       epsilon=run.config["eval_epsilon"], max_envs=spec.eval_envs)
+    print(f"[{run.callback.name}] final evaluation: {spec.final_eval_episodes} games ...", file=sys.stderr,
+          flush=True)
+    try:
+        returns = evaluate(model.policy, spec.game, spec.final_eval_episodes,
+                           seed=spec.seed * 1_000_003 + 999_999_937, epsilon=run.config["eval_epsilon"],
+                           max_envs=spec.eval_envs, stop=stop)
+    except EvaluationStopped:
+        run.env.close()
+        reason = f"stopped by {stop.signal} during the final evaluation; continue with the same command and --resume"
+        raise RunIncomplete(f"{reason} (checkpoint in {run_dir})", stop.exit_status, reason) from None
     final = {"game": spec.game, "method": get_method(spec.method).folder(spec.source), "seed": spec.seed,
              "steps": int(model.num_timesteps), "mean": float(np.mean(returns)), "std": float(np.std(returns)),
              "n_episodes": len(returns), "returns": returns}
@@ -316,14 +338,27 @@ def finish_run(run: PreparedRun) -> Path:
 
 def run_training(spec: RunSpec) -> Path:
     """Train, evaluate and write the run folder; resumes from its checkpoint with ``spec.resume``.  SIGINT / SIGTERM
-    during training stop it at the next agent step with a checkpoint (:mod:`rlzoo_transfer.stop`)."""
+    during training stop it at the next agent step with a checkpoint (:mod:`rlzoo_transfer.stop`), during the final
+    evaluation at its next game step."""
     run = prepare_run(spec)
     with stop_on_signals() as run.callback.stop:
-        if run.remaining > 0:
-            run.model.learn(run.remaining, callback=run.callbacks, reset_num_timesteps=run.reset_num_timesteps,
-                            progress_bar=spec.progress_bar, tb_log_name="DER")
-        stop_incomplete(run)  # inside: a sweep's SIGTERM after the user's Ctrl-C must not cut the checkpoint short
-    return finish_run(run)
+        stopped = False
+        # a resumed run at (or past) its last step still owes that step's update (its checkpoint precedes it),
+        # and its evaluation if a stop abandoned it: learn(0) does both (the callback's training start), no step
+        if run.remaining > 0 or not run.reset_num_timesteps:
+            # the bar first, so that it also closes when the step-0 evaluation is stopped (below): rich's bar holds
+            # the terminal's stderr until it is closed, and the message after it would be lost
+            bar = [ProgressBarCallback()] if spec.progress_bar else []
+            try:
+                run.model.learn(max(run.remaining, 0), callback=bar + run.callbacks,
+                                reset_num_timesteps=run.reset_num_timesteps, tb_log_name="DER")
+            except EvaluationStopped:
+                stopped = True
+                for b in bar:   # learn's own end, which closes it, was skipped
+                    b.on_training_end()
+        # inside: a sweep's SIGTERM after the user's Ctrl-C must not cut the checkpoint short
+        stop_incomplete(run, during_evaluation=stopped)
+        return finish_run(run)
 
 
 def interrupted(run_dirs: Sequence[Path] = (), stream=None) -> int:

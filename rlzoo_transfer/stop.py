@@ -1,8 +1,9 @@
 """Stop a training process cleanly on Ctrl-C (SIGINT) or SIGTERM, without losing the steps since the last checkpoint.
 
 While ``stop_on_signals()`` is active, the first SIGINT or SIGTERM only records a stop request; the training loop
-(``rl.callbacks.EvalCheckpointCallback``) ends at its next agent step, and the run writes a checkpoint and exits,
-resumable with ``--resume``.  A second Ctrl-C stops at once, also in the middle of writing that checkpoint (the
+(``rl.callbacks.EvalCheckpointCallback``) ends at its next agent step - an evaluation in progress at its next game
+step (``rl.evaluation.EvaluationStopped``), to be played again on resume - and the run writes a checkpoint and
+exits, resumable with ``--resume``.  A second Ctrl-C stops at once, also in the middle of writing that checkpoint (the
 last complete one stays on disk: checkpoints are swapped in by renames, rl/checkpoint.py).  A SIGTERM
 that follows a request is ignored: ``sweep`` terminates its runs after the terminal's Ctrl-C has already reached
 them, and that must not cut their checkpoint short.

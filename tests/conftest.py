@@ -3,9 +3,11 @@ CPU results reproducible)."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,3 +100,34 @@ def signal_once_training(args: list[str], run_dir: Path, signals: tuple[int, ...
             proc.send_signal(sig)
         out, err = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _lines_into(pipe, lines: queue.Queue) -> None:
+    for line in pipe:
+        lines.put(line)
+    lines.put(None)   # end of output
+
+
+def signal_at_line(args: list[str], marker: str, sig: int = signal.SIGTERM, timeout: float = 300,
+                   cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Start ``python <args>`` (one torch thread), send ``sig`` as soon as a line of its stderr contains ``marker``
+    (e.g. the line a run prints when an evaluation begins), and return the finished process (stderr whole, as
+    text).  Fails with the stderr so far if the process ends first or no such line comes within ``timeout`` s."""
+    lines: queue.Queue = queue.Queue()
+    with child([sys.executable, *args], cwd=cwd, env=ONE_THREAD, stdout=subprocess.DEVNULL) as proc:
+        reader = threading.Thread(target=_lines_into, args=(proc.stderr, lines), daemon=True)
+        reader.start()
+        seen, deadline = [], time.time() + timeout
+        while not seen or marker not in seen[-1]:
+            try:
+                line = lines.get(timeout=max(deadline - time.time(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no line with {marker!r} within {timeout:.0f} s:\n{''.join(seen)}") from None
+            assert line is not None, f"the process ended before a line with {marker!r}:\n{''.join(seen)}"
+            seen.append(line)
+        proc.send_signal(sig)
+        proc.wait(timeout=timeout)
+        reader.join(timeout)
+        while (line := lines.get_nowait()) is not None:
+            seen.append(line)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, None, "".join(seen))

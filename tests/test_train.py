@@ -25,7 +25,7 @@ from rlzoo_transfer.config import (MAX_SEED, ConfigError, check_ranges, load_con
 from rlzoo_transfer.provenance import git_commit
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.methods import FLOW_POINTS
-from tests.conftest import ROOT, kill_after_checkpoint, run_module, signal_once_training
+from tests.conftest import ROOT, kill_after_checkpoint, run_module, signal_at_line, signal_once_training
 
 # Alien: an untrained agent's evaluation game ends in ~0.5 s (Seaquest's idle agent may sit for 27k steps)
 GAME = "Alien"
@@ -441,6 +441,43 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path):
     assert stopped.returncode == 143, stopped.stderr
     assert "stopped by SIGTERM at step " in stopped.stderr and "Traceback" not in stopped.stderr
     assert (run / "checkpoint" / "model.zip").is_file() and (run / "checkpoint" / "replay.npz").is_file()
+
+
+@pytest.mark.parametrize("at", [0, 400, "final"])
+def test_sigterm_during_an_evaluation_abandons_it_and_resume_evaluates_it(tmp_path, at):
+    """A SIGTERM while the run evaluates - step 0's evaluation, the last step's, or the final one - stops at once
+    instead of playing the games out (a 100-game evaluation takes minutes): no row (or final.json) for it, a
+    checkpoint before the step's update (none at step 0: nothing was trained), exit 143; --resume plays that
+    evaluation first, then does the owed update, so the run ends with the uninterrupted run's evaluations and
+    updates."""
+    log = tmp_path / "runs"
+    args = ["--game", GAME, "--steps", "400", "--eval-freq", "200", "--log-dir", str(log), *TINY,
+            "--eval-episodes", "8", "--final-eval-episodes", "8"]
+    run = log / GAME / "scratch" / "seed0"
+    marker = "final evaluation: 8 games" if at == "final" else f"evaluating at step {at}:"
+    stopped = signal_at_line(["-m", "rlzoo_transfer.train", *args], marker, cwd=ROOT)
+    assert stopped.returncode == 143, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    where = "during the final evaluation" if at == "final" else f"at step {at}/400 during an evaluation"
+    assert f"stopped by SIGTERM {where}; continue with the same command and --resume" in stopped.stderr
+    assert f"eval step {at}:" not in stopped.stderr and not (run / "final.json").exists()
+    if at == 0:
+        assert "(no checkpoint yet: it starts afresh)" in stopped.stderr
+        assert not (run / "checkpoint").exists() and not (run / "evaluations.csv").exists()
+    else:
+        assert f"(checkpoint in {run})" in stopped.stderr
+        assert steps_in(run / "evaluations.csv") == ([0, 200, 400] if at == "final" else [0, 200])
+        with zipfile.ZipFile(run / "checkpoint" / "model.zip") as z:
+            assert '"num_timesteps": 400,' in z.read("data").decode()
+        assert (run / "model.zip").exists() == (at == "final")   # saved before the final evaluation
+
+    done = cli(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert steps_in(run / "evaluations.csv") == [0, 200, 400]
+    assert json.loads((run / "final.json").read_text())["n_episodes"] == 8
+    model = DER.load(run / "model.zip", device="cpu")
+    assert model.num_timesteps == 400 and model._n_updates == 400 - 100
 
 
 @pytest.mark.parametrize("broken", ["model.zip", "replay.npz", "rng.pt"])

@@ -78,7 +78,9 @@ class EvalCheckpointCallback(BaseCallback):
     :param stop: a ``stop.StopRequest``: once it is set (by SIGINT / SIGTERM), training stops at the next agent
         step (the caller checkpoints).  That step's transition is not stored (SB3 stops before storing it); its
         update is the one a resumed run does first, so the update count matches an uninterrupted run's, and when it
-        was an evaluation step the resumed run evaluates first.
+        was an evaluation step the resumed run evaluates first.  A stop during an evaluation abandons it
+        (``EvaluationStopped`` leaves ``learn`` before the step's update and checkpoint; the caller checkpoints):
+        the resumed run evaluates that step first, then does the owed update.
     :param eval_envs: games evaluated in parallel
     :param stream: where to print one line per evaluation (for logs without a progress bar; None: silent)
     """
@@ -107,7 +109,7 @@ class EvalCheckpointCallback(BaseCallback):
                   flush=True)
         t0 = time.time()
         returns = evaluate(self.model.policy, self.game, self.n_episodes, seed=self.seed * 1_000_003 + step,
-                           epsilon=self.epsilon, max_envs=self.eval_envs)
+                           epsilon=self.epsilon, max_envs=self.eval_envs, stop=self.stop)
         if self.stream is not None:
             print(f"[{self.name}] eval step {step}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over "
                   f"{len(returns)} games ({time.time() - t0:.0f} s)", file=self.stream, flush=True)

@@ -2,7 +2,9 @@
 
 Episodes run in parallel envs; env i plays exactly its quota of episodes (the n episodes are split evenly over the
 envs), so short episodes are not over-represented the way "the first n episodes to finish" would.  Each evaluation
-is seeded from (seed, step), so a resumed run evaluates exactly like an uninterrupted one.
+is seeded from (seed, step), so a resumed run evaluates exactly like an uninterrupted one.  A stop request
+(SIGINT / SIGTERM, :mod:`rlzoo_transfer.stop`) abandons an evaluation at its next step: the caller checkpoints
+before it, and the resumed run evaluates that step again from the start (the same seed, so the same games).
 """
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ import numpy as np
 import torch
 
 from rlzoo_transfer.envs import make_env
+
+
+class EvaluationStopped(Exception):
+    """A stop request came during an evaluation, which was abandoned: its returns so far are dropped."""
 
 
 def epsilon_greedy(policy, obs: np.ndarray, epsilon: float, rng: np.random.Generator, n_actions: int) -> np.ndarray:
@@ -26,10 +32,13 @@ def epsilon_greedy(policy, obs: np.ndarray, epsilon: float, rng: np.random.Gener
 
 
 def evaluate(policy, game: str, n_episodes: int, seed: int, epsilon: float = 0.001,
-             max_envs: int = 8) -> list[float]:
+             max_envs: int = 8, stop=None) -> list[float]:
     """Returns of ``n_episodes`` evaluation episodes of ``policy`` (a DERPolicy) on ``game``.
 
     The policy is put in eval mode (mean weights) for the duration and restored afterwards.
+
+    :param stop: a ``stop.StopRequest`` (or None): once it is set, the next step raises ``EvaluationStopped``
+        instead of playing on (a 100-game evaluation of a good policy takes minutes on these CPUs)
     """
     n_envs = max(1, min(n_episodes, max_envs))
     quota = np.full(n_envs, n_episodes // n_envs)
@@ -44,6 +53,8 @@ def evaluate(policy, game: str, n_episodes: int, seed: int, epsilon: float = 0.0
         obs = env.reset()
         n_actions = env.action_space.n
         while (done_count < quota).any():
+            if stop:
+                raise EvaluationStopped(f"evaluation stopped by {getattr(stop, 'signal', None) or 'a stop request'}")
             obs, _, dones, infos = env.step(epsilon_greedy(policy, obs, epsilon, rng, n_actions))
             for i in np.flatnonzero(dones):
                 if done_count[i] < quota[i]:

@@ -332,7 +332,8 @@ class Lockstep:
             self.stacked.sync_target()
 
     def learn(self) -> None:
-        """Train every agent to its ``spec.steps`` (or until a callback stops it: the time limit)."""
+        """Train every agent to its ``spec.steps`` (or until a callback stops it: the time limit, a signal); a
+        signal during an evaluation raises ``EvaluationStopped`` with the agents' own networks up to date."""
         setups = []
         for r in self.runs:
             # only the evaluation/checkpoint callback: the group has one progress display, not K
@@ -343,12 +344,26 @@ class Lockstep:
         # a resumed agent's owed update and the step-0 evaluation ran on the agents' own networks: stack them now
         self.stack()
         m0, total = self.models[0], setups[0][0]
-        bar, t0, s0, last_log = None, time.time(), m0.num_timesteps, time.time()
+        bar = None
         if self.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=m0.num_timesteps, unit="step", dynamic_ncols=True,
                        desc=f"lock-step x{len(self.models)}")
+        try:
+            self._loop(setups, total, bar)
+        finally:   # also when a stop abandons an evaluation (EvaluationStopped): the caller checkpoints
+            if bar is not None:
+                bar.close()
+            self.close()
+            self.stacked.sync_to_models(self.models)
+        for _, cb in setups:
+            cb.on_training_end()
+
+    def _loop(self, setups: list, total: int, bar) -> None:
+        """Step every agent until agent 0 reaches ``total`` or a callback stops the group."""
+        m0 = self.models[0]
+        t0, s0, last_log = time.time(), m0.num_timesteps, time.time()
         running = True
         while running and m0.num_timesteps < total:
             actions = self._actions()
@@ -392,9 +407,3 @@ class Lockstep:
                 mean_loss = np.mean([d.get("loss", np.nan) for d in self.last_losses])
                 print(f"step {m0.num_timesteps}/{total}  {rate:.1f} steps/s per agent  ETA {eta:.1f} min  "
                       f"agents={len(self.models)}  mean loss={mean_loss:.4f}", file=sys.stderr, flush=True)
-        if bar is not None:
-            bar.close()
-        self.close()
-        self.stacked.sync_to_models(self.models)
-        for _, cb in setups:
-            cb.on_training_end()

@@ -21,7 +21,7 @@ from rlzoo_transfer.lockstep import run_lockstep
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.lockstep import Lockstep, LockstepError, StackedNetworks
 from rlzoo_transfer.run import RunIncomplete, RunSpec, prepare_run
-from tests.conftest import kill_after_checkpoint
+from tests.conftest import ROOT, kill_after_checkpoint, signal_at_line
 
 TINY = {"learning_starts": 100, "buffer_size": 2000, "batch_size": 16, "n_steps": 5,
         "target_update_interval": 50}
@@ -272,6 +272,42 @@ def test_killed_group_resumes_exactly(tmp_path):
     done = subprocess.run([sys.executable, *args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("resuming") == 2
+    for r in runs:
+        steps = [int(line.split(",")[0]) for line in (r / "evaluations.csv").read_text().splitlines()[1:]]
+        assert steps == [0, 150, 300]
+        model = DER.load(r / "model.zip", device="cpu")
+        assert model.num_timesteps == 300 and model._n_updates == 300 - TINY["learning_starts"]
+
+
+def test_a_group_stopped_during_an_evaluation_resumes_exactly(tmp_path):
+    """A SIGTERM during agent 1's evaluation of the last step - agent 0 has evaluated and checkpointed it - stops
+    the group before that step's update; every agent is checkpointed there (exit 143).  A SIGTERM during the
+    evaluation agent 1 still owes when the group resumes - agent 0 has done its owed update in memory by then -
+    writes nothing, so a second resume does that update once; a SIGTERM during the final evaluations leaves both
+    unfinished; a last resume finishes them with the uninterrupted schedule.
+    (Alien: an untrained agent loses its lives quickly, where a Gopher game can last minutes.)"""
+    args = ["-m", "rlzoo_transfer.lockstep", "--games", "Alien", "--seeds", "0", "1", "--steps", "300",
+            "--eval-freq", "150", "--eval-episodes", "2", "--final-eval-episodes", "2", "--log-dir", str(tmp_path),
+            "--no-progress", "--threads", "1", "-p", *(f"{k}={v}" for k, v in TINY.items())]
+    runs = [tmp_path / "Alien" / "scratch" / f"seed{s}" for s in (0, 1)]
+    marker = "Alien/scratch/seed1] evaluating at step 300:"
+    for attempt in (args, [*args, "--resume"]):
+        stopped = signal_at_line(attempt, marker, cwd=ROOT)
+        assert stopped.returncode == 143, stopped.stderr[-3000:]
+        assert "Traceback" not in stopped.stderr
+        assert "stopped by SIGTERM at step 300/300 during an evaluation" in stopped.stderr
+        assert "seed1] eval step 300:" not in stopped.stderr
+        assert [len((r / "evaluations.csv").read_text().splitlines()) - 1 for r in runs] == [3, 2]
+        assert not any((r / "final.json").exists() for r in runs)
+    # a SIGTERM during agent 0's final evaluation stops agent 1's at its first game step: neither is finished
+    stopped = signal_at_line([*args, "--resume"], "Alien/scratch/seed0] final evaluation:", cwd=ROOT)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "stopped by SIGTERM during the final evaluation" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert all(str(r) in stopped.stderr.splitlines()[-1] for r in runs)
+    assert not any((r / "final.json").exists() for r in runs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     for r in runs:
         steps = [int(line.split(",")[0]) for line in (r / "evaluations.csv").read_text().splitlines()[1:]]
         assert steps == [0, 150, 300]

@@ -3,7 +3,8 @@
 Every writer goes through :func:`replacing`: the content is written to a temporary file in the destination's folder
 (same file system, so the final ``os.replace`` is an atomic rename), flushed to disk, given the permissions a plain
 ``open(path, "w")`` would give (``mkstemp`` makes 0600), and renamed over the destination.  On an error the
-temporary file is removed and the destination is left as it was.
+temporary file is removed and the destination is left as it was; an OSError that names no file (a ``write`` on a
+full disk) is raised again naming the destination.
 """
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def replacing(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:   # a failed write() names no file: name the one being replaced
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

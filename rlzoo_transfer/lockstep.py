@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.rl.lockstep import LockstepError
     from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
-    from rlzoo_transfer.run import RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder
+    from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,
+                                    write_refused)
     from rlzoo_transfer.zoo import ZooError
 
     command = command_line(PROG, argv)
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_status
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
         return interrupted([run_folder(spec) for spec in specs])
+    except OSError as e:  # a full disk, say: the files written so far are complete
+        return write_refused(e, [run_folder(spec) for spec in specs])
     from rlzoo_transfer.run import summarize_after_run
 
     for d in dirs:

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.config import ConfigError, check_threads, load_config, resolve_device
     from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, planned_steps,
-                                    run_folder, run_training)
+                                    run_folder, run_training, write_refused)
 
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     spec = None
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_status
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
         return interrupted([run_folder(spec)] if spec else [])
+    except OSError as e:  # a full disk, say: the files written so far are complete
+        return write_refused(e, [run_folder(spec)] if spec else [])
     print(f"{game}: {entry['agent_steps']} agent steps, final score {entry['final_eval']['mean']} "
           f"-> {Path(args.zoo_dir) / entry['file']}")
     from rlzoo_transfer.run import summarize_after_run

@@ -12,6 +12,7 @@ returns), ``final.json`` (the final evaluation; its presence marks a complete ru
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import shlex
 import sys
@@ -359,6 +360,24 @@ def run_training(spec: RunSpec) -> Path:
         # inside: a sweep's SIGTERM after the user's Ctrl-C must not cut the checkpoint short
         stop_incomplete(run, during_evaluation=stopped)
         return finish_run(run)
+
+
+#: what a file system answers when it refuses a write: full, over quota, a file size limit, mounted read-only
+WRITE_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def write_refused(err: OSError, run_dirs: Sequence[Path] = (), stream=None) -> int:
+    """After an OSError while a run wrote its files: where the file system refused the write (``WRITE_REFUSED``),
+    one line naming the file and the cause, and where the run continues; returns the exit status 1.  Nothing
+    written before is lost: checkpoints are swapped in by renames and results written atomically, so the run
+    folder holds the last complete checkpoint and evaluations.  Any other OSError is raised again."""
+    if err.errno not in WRITE_REFUSED:
+        raise err
+    ckpts = [str(path) for path in map(find_checkpoint, run_dirs) if path is not None]
+    last = f"last complete checkpoint in {', '.join(ckpts)}" if ckpts else "no checkpoint yet: it starts afresh"
+    print(f"error: cannot write {err.filename or 'the run folder'}: {err.strerror}; make room (or lift the limit), "
+          f"then continue with the same command and --resume ({last})", file=stream or sys.stderr)
+    return 1
 
 
 def interrupted(run_dirs: Sequence[Path] = (), stream=None) -> int:

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.games import UnknownGameError
     from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, finished_at, interrupted,
-                                    planned_steps, run_folder, run_training)
+                                    planned_steps, run_folder, run_training, write_refused)
     from rlzoo_transfer.zoo import ZooError
 
     folder = None
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
         return e.exit_status
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
         return interrupted([folder] if folder else [])
+    except OSError as e:  # a full disk, say: the files written so far are complete
+        return write_refused(e, [folder] if folder else [])
     print(f"done: {run_dir}")
     from rlzoo_transfer.run import summarize_after_run
 

@@ -7,9 +7,11 @@ import importlib
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +27,7 @@ from rlzoo_transfer.config import (MAX_SEED, ConfigError, check_ranges, load_con
 from rlzoo_transfer.provenance import git_commit
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.methods import FLOW_POINTS
-from tests.conftest import ROOT, kill_after_checkpoint, run_module, signal_at_line, signal_once_training
+from tests.conftest import ONE_THREAD, ROOT, kill_after_checkpoint, run_module, signal_at_line, signal_once_training
 
 # Alien: an untrained agent's evaluation game ends in ~0.5 s (Seaquest's idle agent may sit for 27k steps)
 GAME = "Alien"
@@ -478,6 +480,35 @@ def test_sigterm_during_an_evaluation_abandons_it_and_resume_evaluates_it(tmp_pa
     assert json.loads((run / "final.json").read_text())["n_episodes"] == 8
     model = DER.load(run / "model.zip", device="cpu")
     assert model.num_timesteps == 400 and model._n_updates == 400 - 100
+
+
+def test_a_write_the_file_system_refuses_is_one_line_and_resume_continues(tmp_path):
+    """The file system refuses a write while the first checkpoint is written (a full disk in practice; here a file
+    size limit, EFBIG - RLIMIT_FSIZE, which Python turns into an OSError - on the same code path): one line naming
+    the file and the cause, exit 1, no traceback; the rows written before stay, and --resume finishes the run."""
+    log = tmp_path / "runs"
+    args = ["--game", GAME, "--steps", "400", "--eval-freq", "200", "--log-dir", str(log), *TINY]
+    run = log / GAME / "scratch" / "seed0"
+    limit = 1 << 20   # bytes a file may hold: config.yml and the curve fit, the checkpoint's model.zip does not
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "rlzoo_transfer.train", *args], cwd=ROOT,
+                          env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert line.startswith(f"error: cannot write {run / 'checkpoint.tmp' / 'model.zip'}: File too large; "), line
+    assert line.endswith("continue with the same command and --resume (no checkpoint yet: it starts afresh)")
+    # the evaluation at 200 came before its checkpoint; the resumed run, from step 0, writes that row again
+    assert steps_in(run / "evaluations.csv") == [0, 200] and not (run / "checkpoint").exists()
+
+    done = cli(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert steps_in(run / "evaluations.csv") == [0, 200, 400]
+    assert DER.load(run / "model.zip", device="cpu")._n_updates == 400 - 100
 
 
 @pytest.mark.parametrize("broken", ["model.zip", "replay.npz", "rng.pt"])

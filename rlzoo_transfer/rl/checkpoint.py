@@ -7,7 +7,9 @@ Layout: ``<run>/checkpoint/{model.zip, replay.npz, rng.pt}``.  A new checkpoint 
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -15,14 +17,27 @@ from rlzoo_transfer import rngstate
 from rlzoo_transfer.stop import interrupts_surface
 
 
+@contextmanager
+def naming_the_file(path: Path) -> Iterator[None]:
+    """Raise an OSError of the block that names no file (a ``write`` on a full disk) again naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
 def save_checkpoint(model, run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with interrupts_surface():
+    with interrupts_surface(), naming_the_file(tmp / "model.zip"):
         model.save(tmp / "model.zip")
+    with interrupts_surface(), naming_the_file(tmp / "replay.npz"):
         model.replay_buffer.save(str(tmp / "replay.npz"))
+    with interrupts_surface(), naming_the_file(tmp / "rng.pt"):
         torch.save(rngstate.capture(), tmp / "rng.pt")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)

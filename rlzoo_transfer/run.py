@@ -305,16 +305,20 @@ def stop_incomplete(run: PreparedRun, during_evaluation: bool = False) -> None:
     why = f"stopped by {stop.signal}" if stop else "time limit reached"
     where = " during an evaluation" if during_evaluation else ""
     reason = f"{why} at step {model.num_timesteps}/{spec.steps}{where}; continue with the same command and --resume"
-    saved = f"checkpoint in {run.run_dir}" if find_checkpoint(run.run_dir) else "no checkpoint yet: it starts afresh"
-    raise RunIncomplete(f"{reason} ({saved})", stop.exit_status if stop else 3, reason)
+    raise RunIncomplete(f"{reason} ({checkpoint_note(run.run_dir)})", stop.exit_status if stop else 3, reason)
+
+
+def checkpoint_note(run_dir: Path) -> str:
+    """Where a stopped run continues: ``checkpoint in <run_dir>``, or that it starts afresh without one."""
+    return f"checkpoint in {run_dir}" if find_checkpoint(run_dir) else "no checkpoint yet: it starts afresh"
 
 
 def finish_run(run: PreparedRun) -> Path:
     """After training: checkpoint and raise RunIncomplete if it stopped early (``stop_incomplete``), else save the
     model, evaluate ``final_eval_episodes`` games and write ``final.json``.  A stop request (``run.callback.stop``)
-    during that evaluation - 100 games, minutes - abandons it with RunIncomplete: the checkpoint of the last step is
-    on disk, and ``--resume`` does that step's update again (the same one: the checkpoint holds the RNG states) and
-    the final evaluation."""
+    during that evaluation - 100 games, minutes - abandons it with RunIncomplete: ``--resume`` continues from the
+    last checkpoint - with the default settings the last step's, before its update, which the resumed run does
+    again (the same one: the checkpoint holds the RNG states) - and then evaluates."""
     spec, model, run_dir, stop = run.spec, run.model, run.run_dir, run.callback.stop
     stop_incomplete(run)
     model.save(run_dir / "model.tmp.zip")
@@ -328,7 +332,7 @@ def finish_run(run: PreparedRun) -> Path:
     except EvaluationStopped:
         run.env.close()
         reason = f"stopped by {stop.signal} during the final evaluation; continue with the same command and --resume"
-        raise RunIncomplete(f"{reason} (checkpoint in {run_dir})", stop.exit_status, reason) from None
+        raise RunIncomplete(f"{reason} ({checkpoint_note(run_dir)})", stop.exit_status, reason) from None
     final = {"game": spec.game, "method": get_method(spec.method).folder(spec.source), "seed": spec.seed,
              "steps": int(model.num_timesteps), "mean": float(np.mean(returns)), "std": float(np.std(returns)),
              "n_episodes": len(returns), "returns": returns}

@@ -16,6 +16,17 @@ from typing import Iterator
 
 
 @contextmanager
+def naming_the_file(path: str | Path) -> Iterator[None]:
+    """Raise an OSError of the block that names no file (a ``write`` on a full disk) again naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
+@contextmanager
 def replacing(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without error it atomically becomes ``path``.
 
@@ -28,18 +39,14 @@ def replacing(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:   # the writer may have closed it without fsync
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        if err.filename is None:   # a failed write() names no file: name the one being replaced
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
+        with naming_the_file(path):
+            yield tmp
+            with open(tmp, "rb+") as f:   # the writer may have closed it without fsync
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -7,25 +7,13 @@ Layout: ``<run>/checkpoint/{model.zip, replay.npz, rng.pt}``.  A new checkpoint 
 from __future__ import annotations
 
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from rlzoo_transfer import rngstate
+from rlzoo_transfer.atomic import naming_the_file
 from rlzoo_transfer.stop import interrupts_surface
-
-
-@contextmanager
-def naming_the_file(path: Path) -> Iterator[None]:
-    """Raise an OSError of the block that names no file (a ``write`` on a full disk) again naming ``path``."""
-    try:
-        yield
-    except OSError as err:
-        if err.filename is None:
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
 
 
 def save_checkpoint(model, run_dir: Path) -> Path:

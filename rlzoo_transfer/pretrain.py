@@ -45,8 +45,7 @@ def read_manifest_for_update(path: Path) -> dict:
 
 def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     """Write ``<zoo_dir>/<Game>.pt`` from a finished run and record it in ``<zoo_dir>/zoo.yml`` (atomically)."""
-    import torch
-
+    from rlzoo_transfer.atomic import save_torch
     from rlzoo_transfer.provenance import git_commit
     from rlzoo_transfer.rl.callbacks import write_atomic
     from rlzoo_transfer.rl.der import DER
@@ -60,9 +59,7 @@ def export_source(run_dir: Path, zoo_dir: Path, command: str) -> dict:
     zoo_dir.mkdir(parents=True, exist_ok=True)
     game = config["game"]
     out = zoo_dir / f"{game}.pt"
-    tmp = out.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    tmp.replace(out)
+    save_torch(state, out)
     entry = {
         "game": game, "file": out.name, "sha256": sha256(out), "actions": config["actions"],
         "network": "DERNetwork", "n_atoms": config["hyperparams"]["n_atoms"],

@@ -36,3 +36,46 @@ def test_binary_writers_through_a_temporary_path(tmp_path):
     with replacing(path) as tmp:
         torch.save({"w": torch.arange(3)}, tmp)
     assert torch.load(path, weights_only=True)["w"].tolist() == [0, 1, 2]
+
+
+REFUSED_WRITES = """
+import errno, resource, signal, sys, torch
+from pathlib import Path
+from rlzoo_transfer.atomic import naming_the_file, save_torch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+big, folder = {"w": torch.zeros(100_000)}, Path(sys.argv[1])
+for name, write in [("save_torch.pt", lambda p: save_torch(big, p)),
+                    ("file_object.pt", lambda p: torch.save(big, open(p, "wb")))]:
+    path = folder / name
+    try:
+        with naming_the_file(path):
+            write(path)
+    except OSError as e:
+        print(name, errno.errorcode[e.errno], e.filename == str(path))
+"""
+
+
+def test_a_refused_torch_save_is_an_oserror_naming_the_file(tmp_path):
+    """torch.save reports a full disk as a RuntimeError (through a path: no errno at all); the writers name it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "save_torch.pt").write_text("the previous weights\n")
+    out = subprocess.run([sys.executable, "-c", REFUSED_WRITES, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["save_torch.pt EFBIG True", "file_object.pt EFBIG True"]
+    assert (tmp_path / "save_torch.pt").read_text() == "the previous weights\n"   # the old file stays whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_save_torch_round_trips_and_hashes_the_same_under_any_name(tmp_path):
+    torch = pytest.importorskip("torch")
+    from rlzoo_transfer.atomic import save_torch
+
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_torch(weights, tmp_path / "a.pt")
+    save_torch(weights, tmp_path / "sub" / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["w"], weights["w"])

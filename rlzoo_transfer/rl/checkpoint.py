@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from rlzoo_transfer import rngstate
-from rlzoo_transfer.atomic import naming_the_file
+from rlzoo_transfer.atomic import naming_the_file, save_torch
 from rlzoo_transfer.stop import interrupts_surface
 
 
@@ -25,8 +25,8 @@ def save_checkpoint(model, run_dir: Path) -> Path:
         model.save(tmp / "model.zip")
     with interrupts_surface(), naming_the_file(tmp / "replay.npz"):
         model.replay_buffer.save(str(tmp / "replay.npz"))
-    with interrupts_surface(), naming_the_file(tmp / "rng.pt"):
-        torch.save(rngstate.capture(), tmp / "rng.pt")
+    with interrupts_surface():
+        save_torch(rngstate.capture(), tmp / "rng.pt")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)

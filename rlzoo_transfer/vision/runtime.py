@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rlzoo_transfer import provenance, rngstate
-from rlzoo_transfer.atomic import replacing, write_atomic
+from rlzoo_transfer.atomic import save_torch, write_atomic
 from rlzoo_transfer.layers import flat_stats
 from rlzoo_transfer.statedict import mismatch
 from rlzoo_transfer.stop import RunIncomplete, interrupts_surface, stop_on_signals
@@ -67,11 +67,9 @@ def _json_default(o):
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` atomically (temporary file + rename).  Saved through a file object: given a path, torch names
-    the archive's inner folder after the file, here the temporary file's random name, so the same weights got a
-    different sha256 on every save."""
-    with interrupts_surface(), replacing(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)
+    """``torch.save`` atomically (:func:`rlzoo_transfer.atomic.save_torch`), a Ctrl-C surfacing as itself."""
+    with interrupts_surface():
+        save_torch(obj, path)
 
 
 def pick_device(device: str) -> torch.device:

@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             print("nothing to train: every run is finished")
             return 0
         check_action_counts(specs)
+        check_distinct(specs)
         dirs = run_lockstep(specs, progress=progress_bar_wanted(args.no_progress), log_every=args.log_every,
                             sample_threads=args.sample_threads)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,
@@ -187,6 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done: {d}")
         summarize_after_run(d)
     return 0
+
+
+def check_distinct(specs) -> None:
+    """LockstepError, before any run folder is written, for a run listed twice (``--seeds 0 0``, or ``JamesBond``
+    beside ``Jamesbond``): both agents would write the same folder."""
+    from collections import Counter
+
+    from rlzoo_transfer.rl.lockstep import LockstepError
+    from rlzoo_transfer.run import run_folder
+
+    twice = [str(folder) for folder, n in Counter(run_folder(spec) for spec in specs).items() if n > 1]
+    if twice:
+        raise LockstepError(f"{', '.join(twice)} is listed more than once in this group: each run of a group needs "
+                            "its own game, method or seed")
 
 
 def check_action_counts(specs) -> None:

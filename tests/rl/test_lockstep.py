@@ -194,6 +194,15 @@ def test_cli_refuses_games_with_other_action_counts_before_writing_anything(tmp_
     assert not list(tmp_path.iterdir())                     # no config.yml-only run folders left behind
 
 
+@pytest.mark.parametrize("runs", [["--seeds", "0", "0"], ["--runs", "JamesBond:scratch:1", "Jamesbond:scratch:1"]])
+def test_cli_refuses_a_run_listed_twice_before_writing_anything(tmp_path, capsys, runs):
+    games = [] if runs[0] == "--runs" else ["--games", "Alien", "--methods", "scratch"]
+    rc = lockstep_main(games + runs + ["--steps", "50", "--log-dir", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is listed more than once in this group" in err and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
+
+
 def test_cli_refuses_bad_log_every(tmp_path, capsys):
     rc = lockstep_main(["--games", "Gopher", "--seeds", "0", "--steps", "50", "--log-dir", str(tmp_path),
                         "--no-progress", "--log-every", "0"])

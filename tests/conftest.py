@@ -23,6 +23,19 @@ def _one_torch_thread():
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_logs_in_the_session_folder(tmp_path_factory):
+    """SB3's ``learn`` without tensorboard makes an empty ``$TMPDIR/SB3-<time>`` folder per call (or under
+    ``$SB3_LOGDIR``); the tests' ones go to pytest's session folder, removed with it."""
+    previous = os.environ.get("SB3_LOGDIR")
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3"))
+    yield
+    if previous is None:
+        os.environ.pop("SB3_LOGDIR", None)
+    else:
+        os.environ["SB3_LOGDIR"] = previous
+
+
 ROOT = Path(__file__).resolve().parent.parent
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

@@ -83,7 +83,8 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
     from rlzoo_transfer.rl.checkpoint import find_checkpoint
     from rlzoo_transfer.rl.evaluation import EvaluationStopped
     from rlzoo_transfer.rl.lockstep import Lockstep
-    from rlzoo_transfer.run import RunIncomplete, finish_run, prepare_run, stop_incomplete
+    from rlzoo_transfer.run import (RunIncomplete, finish_run, prepare_run, refusals_in_writer_threads,
+                                    stop_incomplete)
     from rlzoo_transfer.stop import stop_on_signals
 
     check_planned_totals(specs)
@@ -91,7 +92,7 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
     try:
         for spec in specs:
             runs.append(prepare_run(spec))
-        with stop_on_signals() as stop:
+        with stop_on_signals() as stop, refusals_in_writer_threads():
             for r in runs:
                 r.callback.stop = stop
             try:

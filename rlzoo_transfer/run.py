@@ -16,10 +16,12 @@ import errno
 import json
 import shlex
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -346,7 +348,7 @@ def run_training(spec: RunSpec) -> Path:
     during training stop it at the next agent step with a checkpoint (:mod:`rlzoo_transfer.stop`), during the final
     evaluation at its next game step."""
     run = prepare_run(spec)
-    with stop_on_signals() as run.callback.stop:
+    with stop_on_signals() as run.callback.stop, refusals_in_writer_threads():
         stopped = False
         # a resumed run at (or past) its last step still owes that step's update (its checkpoint precedes it),
         # and its evaluation if a stop abandoned it: learn(0) does both (the callback's training start), no step
@@ -382,6 +384,31 @@ def write_refused(err: OSError, run_dirs: Sequence[Path] = (), stream=None) -> i
     print(f"error: cannot write {err.filename or 'the run folder'}: {err.strerror}; make room (or lift the limit), "
           f"then continue with the same command and --resume ({last})", file=stream or sys.stderr)
     return 1
+
+
+@contextmanager
+def refusals_in_writer_threads() -> Iterator[None]:
+    """While the block runs, a write the file system refuses (``WRITE_REFUSED``) in a writer's own thread -
+    tensorboard's event writer flushes in one - is one line on stderr instead of that thread's traceback.  The
+    writer raises the same error in the run's thread at its next write, which ends the run with
+    :func:`write_refused`'s line."""
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        err = args.exc_value
+        if isinstance(err, OSError) and err.errno in WRITE_REFUSED:
+            thread = args.thread
+            who = ("tensorboard's event writer" if type(thread).__module__.startswith("tensorboard")
+                   else f"thread {getattr(thread, 'name', '?')}")
+            print(f"warning: {who} cannot write: {err.strerror}; it stops writing", file=sys.stderr, flush=True)
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def interrupted(run_dirs: Sequence[Path] = (), stream=None) -> int:

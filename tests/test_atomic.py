@@ -79,3 +79,4 @@ def test_save_torch_round_trips_and_hashes_the_same_under_any_name(tmp_path):
     save_torch(weights, tmp_path / "sub" / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "a.pt", weights_only=True)["w"], weights["w"])
+

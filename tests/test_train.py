@@ -635,3 +635,31 @@ def test_config_yml_records_the_settings_a_method_pins(tmp_path):
     path.write_text(path.read_text().replace("align: true", "align: false"))       # a real difference still counts
     with pytest.raises(Exception, match="-p align is True, was False"):
         check_resume_settings(run.run_dir, spec, run.config)
+
+
+TENSORBOARD_REFUSED = """
+import resource, signal, sys, threading
+from torch.utils.tensorboard import SummaryWriter
+from rlzoo_transfer.run import refusals_in_writer_threads
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+writer = SummaryWriter(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+with refusals_in_writer_threads():
+    try:
+        for i in range(10_000):
+            writer.add_scalar("x", float(i), i)
+            writer.flush()
+    except OSError as e:
+        print("the run's thread got", e.strerror)
+    for t in threading.enumerate():   # let the writer's thread finish reporting
+        if t is not threading.main_thread():
+            t.join(timeout=30)
+"""
+
+
+def test_a_refused_write_in_tensorboards_thread_is_one_line_not_a_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-c", TENSORBOARD_REFUSED, str(tmp_path / "tb")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "the run's thread got File too large\n"
+    assert out.stderr == "warning: tensorboard's event writer cannot write: File too large; it stops writing\n"

@@ -73,7 +73,8 @@ def save_torch(obj: Any, path: str | Path) -> None:
 
     Serialised in memory first: given a path, torch writes through its own C++ stream and reports a full disk as a
     RuntimeError that carries no errno; and it names the archive's inner folder after the file, which made the same
-    weights hash differently under different temporary names.  The object is a state dict or an RNG state (small).
+    weights hash differently under different temporary names.  The bytes are held in memory once more while they are
+    written: a state dict or an RNG state, tens of MB at most here.
     """
     import torch
 

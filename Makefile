@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 run: $(VENV)/.installed  ## the main job: make run GAME=Alien METHOD=zoo ARGS="--seed 1"
 	$(PY) -m rlzoo_transfer.train --game $(GAME) --method $(METHOD) $(ARGS)
 
-test: $(VENV)/.installed  ## the test suite (~13 minutes on 2 idle cores)
+test: $(VENV)/.installed  ## the test suite (~18 minutes on 2 idle cores, set-up included)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 test-all: $(VENV)/.installed

@@ -445,22 +445,24 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path):
     assert (run / "checkpoint" / "model.zip").is_file() and (run / "checkpoint" / "replay.npz").is_file()
 
 
-@pytest.mark.parametrize("at", [0, 400, "final"])
-def test_sigterm_during_an_evaluation_abandons_it_and_resume_evaluates_it(tmp_path, at):
+@pytest.mark.parametrize("at, steps", [(0, 400), (400, 400), ("final", 400), ("final", 300)])
+def test_sigterm_during_an_evaluation_abandons_it_and_resume_evaluates_it(tmp_path, at, steps):
     """A SIGTERM while the run evaluates - step 0's evaluation, the last step's, or the final one - stops at once
     instead of playing the games out (a 100-game evaluation takes minutes): no row (or final.json) for it, a
     checkpoint before the step's update (none at step 0: nothing was trained), exit 143; --resume plays that
     evaluation first, then does the owed update, so the run ends with the uninterrupted run's evaluations and
-    updates."""
+    updates.  A last step off the evaluation schedule (300 of 300, every 200) has its own checkpoint, so the resumed
+    run trains nothing again."""
     log = tmp_path / "runs"
-    args = ["--game", GAME, "--steps", "400", "--eval-freq", "200", "--log-dir", str(log), *TINY,
+    args = ["--game", GAME, "--steps", str(steps), "--eval-freq", "200", "--log-dir", str(log), *TINY,
             "--eval-episodes", "8", "--final-eval-episodes", "8"]
     run = log / GAME / "scratch" / "seed0"
+    evaluated = list(range(0, steps + 1, 200))
     marker = "final evaluation: 8 games" if at == "final" else f"evaluating at step {at}:"
     stopped = signal_at_line(["-m", "rlzoo_transfer.train", *args], marker, cwd=ROOT)
     assert stopped.returncode == 143, stopped.stderr
     assert "Traceback" not in stopped.stderr
-    where = "during the final evaluation" if at == "final" else f"at step {at}/400 during an evaluation"
+    where = "during the final evaluation" if at == "final" else f"at step {at}/{steps} during an evaluation"
     assert f"stopped by SIGTERM {where}; continue with the same command and --resume" in stopped.stderr
     assert f"eval step {at}:" not in stopped.stderr and not (run / "final.json").exists()
     if at == 0:
@@ -468,18 +470,20 @@ def test_sigterm_during_an_evaluation_abandons_it_and_resume_evaluates_it(tmp_pa
         assert not (run / "checkpoint").exists() and not (run / "evaluations.csv").exists()
     else:
         assert f"(checkpoint in {run})" in stopped.stderr
-        assert steps_in(run / "evaluations.csv") == ([0, 200, 400] if at == "final" else [0, 200])
+        assert steps_in(run / "evaluations.csv") == (evaluated if at == "final" else [0, 200])
         with zipfile.ZipFile(run / "checkpoint" / "model.zip") as z:
-            assert '"num_timesteps": 400,' in z.read("data").decode()
+            assert f'"num_timesteps": {steps},' in z.read("data").decode()
         assert (run / "model.zip").exists() == (at == "final")   # saved before the final evaluation
 
     done = cli(*args, "--resume")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    assert steps_in(run / "evaluations.csv") == [0, 200, 400]
+    if at != 0:
+        assert f"resuming {run} from step {steps}" in done.stderr
+    assert steps_in(run / "evaluations.csv") == evaluated
     assert json.loads((run / "final.json").read_text())["n_episodes"] == 8
     model = DER.load(run / "model.zip", device="cpu")
-    assert model.num_timesteps == 400 and model._n_updates == 400 - 100
+    assert model.num_timesteps == steps and model._n_updates == steps - 100
 
 
 def test_a_write_the_file_system_refuses_is_one_line_and_resume_continues(tmp_path):

@@ -64,7 +64,8 @@ def crossed(last: int, step: int, every: int) -> bool:
 
 
 class EvalCheckpointCallback(BaseCallback):
-    """Every ``eval_freq`` agent steps: evaluate, append the CSV row, log statistics, then checkpoint.
+    """Every ``eval_freq`` agent steps: evaluate, append the CSV row, log statistics, then checkpoint (every
+    ``checkpoint_freq`` steps, and at the last step of training).
 
     :param game: game to evaluate on
     :param run_dir: the run folder
@@ -73,7 +74,8 @@ class EvalCheckpointCallback(BaseCallback):
     :param seed: run seed (evaluations are seeded from seed and step)
     :param epsilon: evaluation epsilon
     :param checkpoint: ``f(model)`` that writes the checkpoint
-    :param checkpoint_freq: agent steps between checkpoints (a multiple of ``eval_freq``; 0 = never)
+    :param checkpoint_freq: agent steps between checkpoints (a multiple of ``eval_freq``; 0 = never, not even at
+        the last step)
     :param deadline: ``time.time()`` after which training stops (the caller checkpoints or finishes)
     :param stop: a ``stop.StopRequest``: once it is set (by SIGINT / SIGTERM), training stops at the next agent
         step (the caller checkpoints).  That step's transition is not stored (SB3 stops before storing it); its
@@ -163,13 +165,25 @@ class EvalCheckpointCallback(BaseCallback):
             return False
         return self.deadline is None or time.time() < self.deadline
 
+    def at_last_step(self) -> bool:
+        """Whether this is the last step of training (``learn``'s total).  Its checkpoint is written even off the
+        checkpoint schedule (``--steps`` not a multiple of it): a stop during the final evaluation then resumes at
+        this step (owing only its update), not at an earlier checkpoint with the steps after it to train again."""
+        return self.model.num_timesteps >= self.model._total_timesteps
+
+    def saves_now(self) -> bool:
+        """Whether this step's rollout end evaluates or checkpoints, i.e. reads the agent's own networks."""
+        return self.eval_due() or bool(self.checkpoint_freq) and self.at_last_step()
+
     def _on_rollout_end(self) -> None:
         step, last = self.model.num_timesteps, self._previous_step()
+        checkpoint = bool(self.checkpoint_freq) and self.at_last_step()
         if self.eval_due():
             self.evaluate_now()
             self.logger.dump(step)
-            if self.checkpoint_freq and crossed(last, step, self.checkpoint_freq):
-                self.checkpoint(self.model)
+            checkpoint = checkpoint or bool(self.checkpoint_freq) and crossed(last, step, self.checkpoint_freq)
+        if checkpoint:
+            self.checkpoint(self.model)
         self._last_eval = step
 
 

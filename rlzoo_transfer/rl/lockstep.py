@@ -389,7 +389,7 @@ class Lockstep:
             if not running:
                 break
             for r in self.runs:
-                due = due or r.callback.eval_due()
+                due = due or r.callback.saves_now()
             if due:  # evaluation / checkpoint use the agents' own networks and optimisers
                 self.stacked.sync_to_models(self.models)
             for _, cb in setups:

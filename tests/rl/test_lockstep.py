@@ -324,6 +324,24 @@ def test_a_group_stopped_during_an_evaluation_resumes_exactly(tmp_path):
         assert model.num_timesteps == 300 and model._n_updates == 300 - TINY["learning_starts"]
 
 
+def test_the_last_steps_checkpoint_holds_what_the_group_trained(tmp_path):
+    """The checkpoint of the last step - here off the evaluation schedule (260 steps, evaluations every 10k), so no
+    evaluation has copied the stacked networks back before it - holds each agent's networks and Adam state as
+    trained up to that step: a stop during the final evaluation resumes from it, owing only the last update."""
+    torch.set_num_threads(1)
+    folders = run_lockstep([_spec(tmp_path, s, game="Alien") for s in (0, 1)], progress=False)
+    for d in folders:
+        ckpt = DER.load(d / "checkpoint" / "model.zip", device="cpu")
+        final = DER.load(d / "model.zip", device="cpu")
+        assert ckpt.num_timesteps == final.num_timesteps == STEPS
+        assert ckpt._n_updates == final._n_updates - 1 == STEPS - 1 - TINY["learning_starts"]
+        for model in (ckpt, final):   # Adam has stepped every parameter once per update
+            steps = {int(st["step"]) for st in model.policy.optimizer.state_dict()["state"].values()}
+            assert steps == {model._n_updates}, (d, steps)
+        moved = [(final.policy.q_net.state_dict()[n] - p).abs().max() for n, p in ckpt.policy.q_net.named_parameters()]
+        assert 0 < max(moved) < 1e-3   # one update apart (lr 1e-4), not the 159 since the start
+
+
 def test_time_limit_checkpoints_every_run_of_the_group(tmp_path):
     """Past a time limit, run_lockstep checkpoints each agent, finishes none and raises one RunIncomplete naming
     every run (exit status 3); --resume then finishes both."""

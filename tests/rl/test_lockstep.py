@@ -44,7 +44,8 @@ def _noise_off(run) -> None:
 
 
 def _single_losses(tmp_path, seed: int) -> tuple[list[dict], dict]:
-    run = prepare_run(_spec(tmp_path / "single", seed))
+    # no checkpoint: SB3's save would pickle the recording ``train`` (an instance attribute) with its closure
+    run = prepare_run(_spec(tmp_path / "single", seed, checkpoint_freq=0))
     _noise_off(run)
     losses = []
     train = run.model.train
@@ -230,12 +231,12 @@ def test_zoo_lite_lockstep_equals_single_run(tmp_path):
     run."""
     tiny = {**TINY, "learning_starts": 40, "batch_size": 8, "target_update_interval": 20}
 
-    def spec(seed, sub):
+    def spec(seed, sub, **kw):
         return RunSpec(game="Gopher", method="zoo-lite", seed=seed, steps=80, eval_freq=10_000, eval_episodes=1,
                        final_eval_episodes=1, log_dir=str(tmp_path / sub), hyperparams=dict(tiny),
-                       progress_bar=False, eval_at_start=False, device=DEVICE)
+                       progress_bar=False, eval_at_start=False, device=DEVICE, **kw)
 
-    single = prepare_run(spec(0, "single"))
+    single = prepare_run(spec(0, "single", checkpoint_freq=0))   # no checkpoint: it would pickle ``record``
     _noise_off(single)
     want, train = [], single.model.train
 

@@ -319,8 +319,8 @@ def finish_run(run: PreparedRun) -> Path:
     """After training: checkpoint and raise RunIncomplete if it stopped early (``stop_incomplete``), else save the
     model, evaluate ``final_eval_episodes`` games and write ``final.json``.  A stop request (``run.callback.stop``)
     during that evaluation - 100 games, minutes - abandons it with RunIncomplete: ``--resume`` continues from the
-    last checkpoint - the last step's (written at every run's last step), before its update, which the resumed run
-    does again (the same one: the checkpoint holds the RNG states) - and then evaluates."""
+    last checkpoint - the last step's (written there unless checkpoints are off), before its update, which the
+    resumed run does again (the same one: the checkpoint holds the RNG states) - and then evaluates."""
     spec, model, run_dir, stop = run.spec, run.model, run.run_dir, run.callback.stop
     stop_incomplete(run)
     model.save(run_dir / "model.tmp.zip")

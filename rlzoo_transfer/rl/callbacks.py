@@ -165,19 +165,20 @@ class EvalCheckpointCallback(BaseCallback):
             return False
         return self.deadline is None or time.time() < self.deadline
 
-    def at_last_step(self) -> bool:
-        """Whether this is the last step of training (``learn``'s total).  Its checkpoint is written even off the
-        checkpoint schedule (``--steps`` not a multiple of it): a stop during the final evaluation then resumes at
-        this step (owing only its update), not at an earlier checkpoint with the steps after it to train again."""
-        return self.model.num_timesteps >= self.model._total_timesteps
+    def last_checkpoint_due(self) -> bool:
+        """Whether this is the last step of training (``learn``'s total) and checkpoints are on.  Its checkpoint is
+        written even off the checkpoint schedule (``--steps`` not a multiple of it): a stop during the final
+        evaluation then resumes at this step (owing only its update), not at an earlier checkpoint with the steps
+        after it to train again."""
+        return bool(self.checkpoint_freq) and self.model.num_timesteps >= self.model._total_timesteps
 
     def saves_now(self) -> bool:
         """Whether this step's rollout end evaluates or checkpoints, i.e. reads the agent's own networks."""
-        return self.eval_due() or bool(self.checkpoint_freq) and self.at_last_step()
+        return self.eval_due() or self.last_checkpoint_due()
 
     def _on_rollout_end(self) -> None:
         step, last = self.model.num_timesteps, self._previous_step()
-        checkpoint = bool(self.checkpoint_freq) and self.at_last_step()
+        checkpoint = self.last_checkpoint_due()
         if self.eval_due():
             self.evaluate_now()
             self.logger.dump(step)

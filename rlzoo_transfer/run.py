@@ -320,9 +320,14 @@ def finish_run(run: PreparedRun) -> Path:
     model, evaluate ``final_eval_episodes`` games and write ``final.json``.  A stop request (``run.callback.stop``)
     during that evaluation - 100 games, minutes - abandons it with RunIncomplete: ``--resume`` continues from the
     last checkpoint - the last step's (written there unless checkpoints are off), before its update, which the
-    resumed run does again (the same one: the checkpoint holds the RNG states) - and then evaluates."""
+    resumed run does again (the same one: the checkpoint holds the RNG states) - and then evaluates.  A run that
+    finishes at its time limit (``finish_on_time_limit``), before its planned steps, is checkpointed at the step
+    reached first (unless checkpoints are off): ``--resume`` after a stop during its final evaluation, or to train
+    it on, continues there, not at the last scheduled checkpoint with the steps after it to train again."""
     spec, model, run_dir, stop = run.spec, run.model, run.run_dir, run.callback.stop
     stop_incomplete(run)
+    if model.num_timesteps < spec.steps and run.callback.checkpoint_freq:
+        save_checkpoint(model, run_dir)
     model.save(run_dir / "model.tmp.zip")
     (run_dir / "model.tmp.zip").replace(run_dir / "model.zip")
     print(f"[{run.callback.name}] final evaluation: {spec.final_eval_episodes} games ...", file=sys.stderr,

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from rlzoo_transfer import pretrain
 from rlzoo_transfer.pretrain import export_source
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.policies import DERNetwork
-from tests.conftest import ROOT, child, wait_until
+from tests.conftest import ROOT, child, signal_at_line, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +199,38 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(tmp_path):
     where = f"(last checkpoint in {run / 'checkpoint'}"   # or checkpoint.old, if stopped mid-swap
     assert f"interrupted: continue with the same command and --resume {where}" in err
     assert not (zoo / "Riverraid.pt").exists()
+
+
+def test_a_stop_in_a_time_limited_final_evaluation_resumes_at_the_step_reached(tmp_path):
+    """Past ``--max-minutes`` a source finishes at the step reached: a checkpoint there, then the final evaluation.
+    A SIGTERM during that evaluation resumes from that step (it resumed from the last scheduled checkpoint - none
+    here, so from step 0 - and trained those steps again); the resumed run, with a time limit again, trains on
+    from there and finishes, exporting the source with the steps it reached; resumed again, it trains on from
+    those steps (the first shipped sources, resumed to 1M after such a finish, went back to checkpoints 235k and
+    183k steps earlier)."""
+    zoo, log = tmp_path / "zoo", tmp_path / "runs"
+    args = ["-m", "rlzoo_transfer.pretrain", "--game", "Riverraid", "--steps", "100000", "--n-envs", "4",
+            "--eval-freq", "100000", "--final-eval-episodes", "2", "-p", "learning_starts=200", "batch_size=32",
+            "buffer_size=4000", "--zoo-dir", str(zoo), "--log-dir", str(log), "--device", "cpu", "--no-progress",
+            "--threads", "1", "--max-minutes", "0.1"]
+    run = log / "Riverraid" / "scratch" / "seed0"
+    stopped = signal_at_line(args, "final evaluation: 2 games", cwd=ROOT)
+    assert stopped.returncode == 143, stopped.stderr
+    assert "stopped by SIGTERM during the final evaluation" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert not (run / "final.json").exists() and not (zoo / "Riverraid.pt").exists()
+    with zipfile.ZipFile(run / "checkpoint" / "model.zip") as z:
+        step = json.loads(z.read("data").decode())["num_timesteps"]
+    assert 200 < step < 100_000
+
+    done = subprocess.run([sys.executable, *args, "--resume"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {run} from step {step}" in done.stderr
+    entry = yaml.safe_load((zoo / "zoo.yml").read_text())["sources"]["Riverraid"]
+    assert step < entry["agent_steps"] < 100_000
+    assert json.loads((run / "final.json").read_text())["steps"] == entry["agent_steps"]
+
+    again = subprocess.run([sys.executable, *args, "--resume"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming {run} from step {entry['agent_steps']}" in again.stderr

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-p", "--hyperparams", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", default="auto", help="torch device: auto (default: cuda if there is one), cpu, cuda:N")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default: torch's; use 1 per run when several runs share the cores)")
+                   help="torch CPU threads (default: torch's, one per core - or the run's share of the "
+                   "cores while other training processes run)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true",
                    help="a progress line a minute instead of the bar (the default when stderr is not a terminal)")
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, planned_steps,
                                     run_folder, run_training, write_refused)
+    from rlzoo_transfer.threads import take_share_of_cores
 
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     spec = None
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                        max_minutes=args.max_minutes, finish_on_time_limit=True,
                        eval_envs=min(32, args.n_envs), eval_at_start=False, command=command)
         planned_steps(spec, default=DEFAULT_PRETRAIN_STEPS)
+        if not args.threads:   # torch's default: every core, unless other runs use them
+            take_share_of_cores()
         run_dir = run_training(spec)
         entry = export_source(run_dir, Path(args.zoo_dir), command)
     except (ConfigError, UnknownGameError, RunError, FileNotFoundError) as e:

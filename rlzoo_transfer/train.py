@@ -39,7 +39,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N, mps, auto")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default: torch's; use 1 per run when several runs share the cores)")
+                   help="torch CPU threads (default: torch's, one per core - or the run's share of the "
+                   "cores while other training processes run)")
     p.add_argument("--no-progress", action="store_true",
                    help="a progress line a minute instead of the bar (the default when stderr is not a terminal)")
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, finished_at, interrupted,
                                     planned_steps, run_folder, run_training, write_refused)
+    from rlzoo_transfer.threads import take_share_of_cores
     from rlzoo_transfer.zoo import ZooError
 
     folder = None
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
         if finished is not None and finished >= planned_steps(spec):  # the final evaluation would only be redone
             print(f"done: {folder} (finished at step {finished}: nothing to resume)")
             return 0
+        if not args.threads:   # torch's default: every core, unless other runs use them
+            take_share_of_cores()
         run_dir = run_training(spec)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, run_folder,
                                     write_refused)
-    from rlzoo_transfer.threads import take_share_of_cores
+    from rlzoo_transfer.threads import threads_chosen
     from rlzoo_transfer.zoo import ZooError
 
     command = command_line(PROG, argv)
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             spec = RunSpec(game=game, method=name, seed=seed, steps=args.steps, eval_freq=args.eval_freq,
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            log_dir=args.log_dir, hyperparams=dict(overrides), source=source or None,
-                           device=device, resume=args.resume, progress_bar=False, command=command)
+                           device=device, resume=args.resume, progress_bar=False, command=command,
+                           share_cores=not threads_chosen(args.threads))
             if (run_folder(spec) / "final.json").exists():
                 print(f"skip {run_folder(spec)}: final.json exists", file=sys.stderr)
                 continue
@@ -171,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_action_counts(specs)
         check_distinct(specs)
-        if not args.threads:   # torch's default: every core, unless other runs use them
-            take_share_of_cores()
         dirs = run_lockstep(specs, progress=progress_bar_wanted(args.no_progress), log_every=args.log_every,
                             sample_threads=args.sample_threads)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlzoo_transfer.games import UnknownGameError, resolve_game
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, interrupted, planned_steps,
                                     run_folder, run_training, write_refused)
-    from rlzoo_transfer.threads import take_share_of_cores
+    from rlzoo_transfer.threads import threads_chosen
 
     command = command_line("python -m rlzoo_transfer.pretrain", argv)
     spec = None
@@ -147,10 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                        n_envs=args.n_envs, progress_bar=progress_bar_wanted(args.no_progress),
                        checkpoint_freq=args.checkpoint_freq,
                        max_minutes=args.max_minutes, finish_on_time_limit=True,
-                       eval_envs=min(32, args.n_envs), eval_at_start=False, command=command)
+                       eval_envs=min(32, args.n_envs), eval_at_start=False, command=command,
+                       share_cores=not threads_chosen(args.threads))
         planned_steps(spec, default=DEFAULT_PRETRAIN_STEPS)
-        if not args.threads:   # torch's default: every core, unless other runs use them
-            take_share_of_cores()
         run_dir = run_training(spec)
         entry = export_source(run_dir, Path(args.zoo_dir), command)
     except (ConfigError, UnknownGameError, RunError, FileNotFoundError) as e:

@@ -33,8 +33,8 @@ from rlzoo_transfer.config import ConfigError, load_config, split_config
 from rlzoo_transfer.envs import make_env
 from rlzoo_transfer.games import action_meanings, resolve_game
 from rlzoo_transfer.provenance import git_commit, versions
-from rlzoo_transfer.rl.callbacks import (EvalCheckpointCallback, ProgressLogCallback, read_evaluations,
-                                         write_atomic, write_evaluations)
+from rlzoo_transfer.rl.callbacks import (CoreShareCallback, EvalCheckpointCallback, ProgressLogCallback,
+                                         read_evaluations, write_atomic, write_evaluations)
 from rlzoo_transfer.rl.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from rlzoo_transfer.rl.der import DER
 from rlzoo_transfer.rl.evaluation import EvaluationStopped, evaluate
@@ -44,6 +44,7 @@ from rlzoo_transfer.statedict import first_line, mismatch
 from rlzoo_transfer.stop import RunIncomplete
 from rlzoo_transfer.stop import interrupted as stop_interrupted
 from rlzoo_transfer.stop import stop_on_signals
+from rlzoo_transfer.threads import CoreShare
 from rlzoo_transfer.zoo import ZooError
 from rlzoo_transfer.zoo import provenance as zoo_provenance
 
@@ -77,6 +78,7 @@ class RunSpec:
     eval_envs: int = 8
     eval_at_start: bool = True
     command: str = ""
+    share_cores: bool = False  # keep to this run's share of the cores while other training runs (threads.py)
 
 
 def command_line(prog: str, argv: list[str] | None) -> str:
@@ -285,6 +287,8 @@ def prepare_run(spec: RunSpec) -> PreparedRun:
                                       stream=None if spec.progress_bar else sys.stderr)
     callback.pending_update = resumed and model.num_timesteps > model.learning_starts
     callbacks = [callback] if spec.progress_bar else [callback, ProgressLogCallback(spec.steps, stream=sys.stderr)]
+    if spec.share_cores:   # first: step 0's evaluation runs on the share too
+        callbacks.insert(0, CoreShareCallback(CoreShare()))
     return PreparedRun(spec, run_dir, model, env, config, callback, callbacks,
                        reset_num_timesteps=not resumed, start_step=model.num_timesteps)
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
     from rlzoo_transfer.rl.registry import UnknownMethodError, get_method
     from rlzoo_transfer.run import (RunError, RunIncomplete, RunSpec, command_line, finished_at, interrupted,
                                     planned_steps, run_folder, run_training, write_refused)
-    from rlzoo_transfer.threads import take_share_of_cores
+    from rlzoo_transfer.threads import threads_chosen
     from rlzoo_transfer.zoo import ZooError
 
     folder = None
@@ -77,15 +77,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m rlzoo_transfer.tr
                        final_eval_episodes=args.final_eval_episodes, log_dir=args.log_dir,
                        hyperparams=parse_overrides(args.hyperparams), source=args.source, device=device,
                        resume=args.resume, progress_bar=progress_bar_wanted(args.no_progress),
-                       command=command_line(prog, argv),
+                       command=command_line(prog, argv), share_cores=not threads_chosen(args.threads),
                        **spec_defaults)
         folder = run_folder(spec)
         finished = finished_at(folder) if args.resume else None
         if finished is not None and finished >= planned_steps(spec):  # the final evaluation would only be redone
             print(f"done: {folder} (finished at step {finished}: nothing to resume)")
             return 0
-        if not args.threads:   # torch's default: every core, unless other runs use them
-            take_share_of_cores()
         run_dir = run_training(spec)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from rlzoo_transfer.atomic import write_atomic  # also imported from here by run.py, pretrain.py
 from rlzoo_transfer.rl.evaluation import evaluate
+from rlzoo_transfer.threads import CoreShare
 
 EVAL_HEADER = ["step", "mean", "std", "n_episodes", "returns"]
 
@@ -209,4 +210,20 @@ class ProgressLogCallback(BaseCallback):
             losses = getattr(self.model, "last_losses", {})
             print(f"step {step}/{self.total}  {rate:.1f} steps/s  ETA {eta / 60:.1f} min  "
                   + " ".join(f"{k}={v:.4f}" for k, v in losses.items()), file=self.stream, flush=True)
+        return True
+
+
+class CoreShareCallback(BaseCallback):
+    """Keeps the run at its share of the cores (:class:`rlzoo_transfer.threads.CoreShare`): a look at the start of
+    training and at most every ``share.every`` seconds after it."""
+
+    def __init__(self, share: CoreShare):
+        super().__init__()
+        self.share = share
+
+    def _on_training_start(self) -> None:
+        self.share.check()
+
+    def _on_step(self) -> bool:
+        self.share.check()
         return True

@@ -49,6 +49,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from rlzoo_transfer.rl.distributional import categorical_target
+from rlzoo_transfer.threads import CoreShare
 
 #: settings that must be equal across a lock-step group (one optimiser, one schedule)
 SHARED_SETTINGS = ("learning_rate", "batch_size", "adam_eps", "max_grad_norm", "target_update_interval",
@@ -260,6 +261,7 @@ class Lockstep:
         self.models = [r.model for r in self.runs]
         check_compatible(self.models)
         self.progress, self.log_every, self.log_interval = progress, log_every, log_interval
+        self.share: CoreShare | None = None   # set by learn() where a run shares the cores
         self.stack()
         self.last_losses: list[dict[str, float]] = [{} for _ in self.models]
 
@@ -339,6 +341,10 @@ class Lockstep:
             # only the evaluation/checkpoint callback: the group has one progress display, not K
             total, cb = r.model._setup_learn(r.remaining, [r.callback], r.reset_num_timesteps, "DER", False)
             setups.append((total, cb))
+        # one process, one share of the cores for the group (the agents' own CoreShareCallbacks are not called)
+        self.share = CoreShare() if any(r.spec.share_cores for r in self.runs) else None
+        if self.share is not None:
+            self.share.check()
         for _, cb in setups:
             cb.on_training_start(locals(), globals())
         # a resumed agent's owed update and the step-0 evaluation ran on the agents' own networks: stack them now
@@ -366,6 +372,8 @@ class Lockstep:
         t0, s0, last_log = time.time(), m0.num_timesteps, time.time()
         running = True
         while running and m0.num_timesteps < total:
+            if self.share is not None:
+                self.share.check()
             actions = self._actions()
             for m, a in zip(self.models, actions):
                 m.env.step_async(a)

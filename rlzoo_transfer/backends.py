@@ -4,7 +4,7 @@ A backend runs a :class:`rlzoo_transfer.sweep_plan.Job`'s command (``job.command
 appended to ``job.log_path``: ``submit(job) -> handle``, ``wait(handles, timeout) -> [(handle, exit status)]`` of
 those that ended, ``cancel(grace)`` stops what still runs, each run writing a checkpoint first (SIGTERM,
 :mod:`rlzoo_transfer.stop`).  Locally each run's torch / OpenMP threads are ``cores // (parallel runs + training
-processes already running)`` (:func:`threads_per_run`).
+processes already running)`` (:func:`rlzoo_transfer.threads.threads_per_run`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -22,37 +21,6 @@ if TYPE_CHECKING:
 
 class BackendError(Exception):
     """A backend that cannot start (Ray not installed)."""
-
-
-# --------------------------------------------------------------------------------------------- threads
-
-
-_TRAINING_MODULES = ("rlzoo_transfer.train", "rlzoo_transfer.lockstep", "rlzoo_transfer.pretrain")
-
-
-def other_training_processes(proc: Path = Path("/proc")) -> list[int]:
-    """Pids of running ``python -m rlzoo_transfer.{train,lockstep,pretrain}`` processes (other than this one).
-
-    Read from ``/proc/<pid>/cmdline`` (Linux); an empty list where ``/proc`` does not exist.  Used so that a second
-    sweep started beside a first does not also give each run every core: with two sweeps of ``--jobs 1`` on 2 cores
-    each run took 2 torch threads, and the two runs trained ~4x slower (Gopher scratch 3.9 instead of ~18 agent
-    steps/s) than with 1 thread each.
-    """
-    pids = []
-    for entry in proc.glob("[0-9]*") if proc.is_dir() else ():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # ended meanwhile, or not ours to read
-        if int(entry.name) != os.getpid() and any(a.decode(errors="replace") in _TRAINING_MODULES for a in argv):
-            pids.append(int(entry.name))
-    return sorted(pids)
-
-
-def threads_per_run(cores: int, parallel: int, others: int) -> int:
-    """Torch / OpenMP threads for each of ``parallel`` runs when ``others`` training processes already run:
-    ``max(1, cores // (parallel + others))`` (oversubscribed OpenMP threads spin and stall each other)."""
-    return max(1, cores // (parallel + others))
 
 
 # --------------------------------------------------------------------------------------------- backends

@@ -56,14 +56,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from rlzoo_transfer.backends import (BackendError, LocalBackend, RayBackend, other_training_processes,
-                                     threads_per_run)
+from rlzoo_transfer.backends import BackendError, LocalBackend, RayBackend
 from rlzoo_transfer.config import seed_arg
 from rlzoo_transfer.outputs import check_outputs
 from rlzoo_transfer.sweep_checks import (check_networks, check_pending_sources, check_train_arguments,
                                          take_registration)
 from rlzoo_transfer.sweep_plan import (DONE, FAILED, PENDING, RUNNING, SKIPPED, Job, RunSpec, SweepError,
                                        canonical_game_name, lockstep_groups, parse_method, plan, train_args)
+from rlzoo_transfer.threads import other_training_processes, threads_per_run
 
 __all__ = ["DONE", "FAILED", "PENDING", "RUNNING", "SKIPPED", "Job", "RunSpec", "SweepError", "canonical_game_name",
            "lockstep_groups", "parse_method", "plan", "train_args", "last_eval_step", "main"]

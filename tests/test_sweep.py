@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlzoo_transfer import backends, curves, sweep
+from rlzoo_transfer import curves, sweep, threads
 from rlzoo_transfer.confirm import load_registration
 from rlzoo_transfer.provenance import PROJECT_ROOT
 from tests.conftest import child, step0_evaluated, wait_until
@@ -231,10 +231,10 @@ def test_local_sweep_failures_exit_1(tmp_path, fake_train, capsys):
 
 
 def test_threads_per_run():
-    assert backends.threads_per_run(cores=2, parallel=1, others=0) == 2
-    assert backends.threads_per_run(cores=2, parallel=1, others=1) == 1
-    assert backends.threads_per_run(cores=16, parallel=2, others=2) == 4
-    assert backends.threads_per_run(cores=2, parallel=2, others=3) == 1  # never below one thread
+    assert threads.threads_per_run(cores=2, parallel=1, others=0) == 2
+    assert threads.threads_per_run(cores=2, parallel=1, others=1) == 1
+    assert threads.threads_per_run(cores=16, parallel=2, others=2) == 4
+    assert threads.threads_per_run(cores=2, parallel=2, others=3) == 1  # never below one thread
 
 
 def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train, capsys, monkeypatch):
@@ -244,7 +244,7 @@ def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train
     with child([sys.executable, "-c", "import time; time.sleep(120)", "rlzoo_transfer.train"],
                stdout=subprocess.DEVNULL) as other:
         for _ in range(200):  # until the child has exec'd: right after fork its cmdline is still this process's
-            others = backends.other_training_processes()
+            others = threads.other_training_processes()
             if other.pid in others:
                 break
             time.sleep(0.05)
@@ -254,7 +254,7 @@ def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train
                            "--jobs", "1", "--train-module", fake_train, "--no-live"])
         captured = capsys.readouterr()
         assert code == 0, captured.out
-        expected = backends.threads_per_run(os.cpu_count() or 1, 1, len(backends.other_training_processes()))
+        expected = threads.threads_per_run(os.cpu_count() or 1, 1, len(threads.other_training_processes()))
         assert f"OMP_NUM_THREADS {expected}\n" in (log / "Alien" / "scratch" / "seed0" / "train.log").read_text()
         assert "other training process(es) already running" in captured.err and str(other.pid) in captured.err
 
@@ -264,11 +264,11 @@ def test_a_sweep_beside_a_running_training_shares_the_cores(tmp_path, fake_train
         captured = capsys.readouterr()
         assert code == 0 and "other training process" not in captured.err
         assert "OMP_NUM_THREADS 3\n" in (log / "Alien" / "scratch" / "seed1" / "train.log").read_text()
-    assert other.pid not in backends.other_training_processes()
+    assert other.pid not in threads.other_training_processes()
 
 
 def test_other_training_processes_without_proc(tmp_path):
-    assert backends.other_training_processes(tmp_path / "no-proc") == []
+    assert threads.other_training_processes(tmp_path / "no-proc") == []
 
 
 def test_last_eval_step(tmp_path):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from rlzoo_transfer import backends
+from rlzoo_transfer import threads
 from rlzoo_transfer.threads import CoreShare, threads_chosen
 from tests.conftest import ROOT, child
 
@@ -66,7 +66,7 @@ def other_training():
     with child([sys.executable, "-c", "import time; time.sleep(300)", "rlzoo_transfer.train"],
                stdout=subprocess.DEVNULL) as other:
         for _ in range(200):  # until the child has exec'd: right after fork its cmdline is still this process's
-            if other.pid in backends.other_training_processes():
+            if other.pid in threads.other_training_processes():
                 break
             time.sleep(0.05)
         yield other
@@ -84,7 +84,7 @@ def test_a_run_beside_another_training_says_it_takes_its_share(tmp_path, other_t
     """The wiring: ``train`` (and a lock-step group, one note for its one process) without --threads, beside
     another training process, takes its share and says so; with --threads it keeps them and says nothing."""
     args = [sys.executable, "-m", f"rlzoo_transfer.{module}", *what, *TINY, "--log-dir", str(tmp_path / "a")]
-    share = backends.threads_per_run(os.cpu_count() or 1, 1, len(backends.other_training_processes()))
+    share = threads.threads_per_run(os.cpu_count() or 1, 1, len(threads.other_training_processes()))
     proc = subprocess.run(args, cwd=ROOT, env=UNCHOSEN, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     [note] = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]

@@ -21,11 +21,11 @@ def save_checkpoint(model, run_dir: Path) -> Path:
     tmp, final, old = run_dir / "checkpoint.tmp", run_dir / "checkpoint", run_dir / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with interrupts_surface(), naming_the_file(tmp / "model.zip"):
-        model.save(tmp / "model.zip")
-    with interrupts_surface(), naming_the_file(tmp / "replay.npz"):
-        model.replay_buffer.save(str(tmp / "replay.npz"))
     with interrupts_surface():
+        with naming_the_file(tmp / "model.zip"):
+            model.save(tmp / "model.zip")
+        with naming_the_file(tmp / "replay.npz"):
+            model.replay_buffer.save(str(tmp / "replay.npz"))
         save_torch(rngstate.capture(), tmp / "rng.pt")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -62,6 +62,13 @@ def parse_runs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     return [(g, m, s) for g in args.games for m in args.methods for s in args.seeds]
 
 
+def check_group(specs) -> None:
+    """LockstepError, before any run folder is written, unless ``specs`` can train as one group."""
+    check_action_counts(specs)
+    check_distinct(specs)
+    check_planned_totals(specs)
+
+
 def check_planned_totals(specs) -> None:
     """LockstepError unless every spec is planned for the same total of steps (``run.planned_steps``: a resume
     without ``--steps`` continues to its ``config.yml``'s), before any run folder is written: the group steps to
@@ -87,7 +94,7 @@ def run_lockstep(specs, progress: bool = True, log_every: float = 60.0, sample_t
                                     stop_incomplete)
     from rlzoo_transfer.stop import stop_on_signals
 
-    check_planned_totals(specs)
+    check_group(specs)
     runs, stopped = [], {}   # stopped: id(run) -> its RunIncomplete
     try:
         for spec in specs:
@@ -170,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         if not specs:
             print("nothing to train: every run is finished")
             return 0
-        check_action_counts(specs)
-        check_distinct(specs)
         dirs = run_lockstep(specs, progress=progress_bar_wanted(args.no_progress), log_every=args.log_every,
                             sample_threads=args.sample_threads)
     except (ConfigError, UnknownGameError, UnknownMethodError, RunError, ZooError, LockstepError,

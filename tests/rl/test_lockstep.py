@@ -158,6 +158,15 @@ def test_agents_planned_for_different_totals_are_refused(tmp_path):
     assert not (tmp_path / "Gopher" / "scratch" / "seed1").exists()
 
 
+@pytest.mark.parametrize("second, match", [({"game": "Alien"}, r"different numbers of actions \(Gopher 8, Alien 18\)"),
+                                           ({}, "is listed more than once in this group")])
+def test_run_lockstep_refuses_a_group_that_cannot_train_together(tmp_path, second, match):
+    """``run_lockstep`` itself (not only the CLI) checks the group before any run folder is written."""
+    with pytest.raises(LockstepError, match=match):
+        run_lockstep([_spec(tmp_path, 0), _spec(tmp_path, 0, **second)], progress=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_cli_writes_single_run_files(tmp_path, capsys):
     """Two seeds through the CLI: each folder has what train writes, with the same config keys."""
     args = ["--games", "Gopher", "--methods", "scratch", "--seeds", "0", "1", "--steps", "200", "--eval-freq", "100",

@@ -2,7 +2,7 @@
 # A Gopher scratch run with --threads 2 alone for 240 s, four times, alternating the default OpenMP wait policy and
 # OMP_WAIT_POLICY=PASSIVE (default, passive, default, passive).
 set -u
-cd /work/main
+cd "$(dirname "$0")/../../.."   # the repository root
 stamp() { while IFS= read -r l; do echo "$(date +%s) $l"; done; }
 for i in 1 2; do for policy in default passive; do
   out=runs/share_exp/alone-$policy-$i; rm -rf $out; mkdir -p $out

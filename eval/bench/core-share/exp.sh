@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A (threads as $1: "" = unchosen, or "--threads 2") alone for 150 s, then B (unchosen) beside it for 240 s.
 set -u
-cd /work/main
+cd "$(dirname "$0")/../../.."   # the repository root
 tag=$1; shift
 out=runs/share_exp/$tag; rm -rf $out; mkdir -p $out
 stamp() { while IFS= read -r l; do echo "$(date +%s) $l"; done; }

@@ -13,12 +13,14 @@ What it measures (all on one ``--device``, batch 32, 18 actions: Alien's full ac
    does NOT pay for replay sampling or priority updates.  ``scratch`` is our real update: one
    ``DER.train(gradient_steps=1, batch_size=32)`` on a DER whose ``PrioritizedNStepReplay`` holds a few thousand
    real Alien transitions (sampling, n-step returns, priorities and logging included).  Every other method of
-   ``rl.registry.METHODS`` is built with ``run.build_model`` and timed the same way (a method that fails to build
-   is reported, not fatal).  ``scratch-*`` variants measure candidate speed-ups of our update without changing
-   ``der.py``: the other Adam implementations (``scratch-adam-single|foreach|fused``, whichever DER does not
-   use), one online forward over ``cat(obs, next_obs)`` (``scratch-catfwd``), the update on one intra-op thread
-   (``scratch-1thread``), and with ``--compile`` ``DER(compile=True)``.  ``scratch_breakdown_ms`` splits one
-   update into its phases.
+   ``rl.registry.METHODS`` is built with ``run.build_model`` and timed the same way (a method that fails to build is
+   reported, not fatal).  Two variants split the targets' costs: ``zoo(mix,no gate,no T)`` (zoo without its gate nets
+   and alignment T - aggregating the m sources' outputs per sample alone) and ``hub(k=1,random)`` (hub(k = 1) without
+   its pathway generator).  ``scratch-*`` variants measure candidate speed-ups of our update without changing
+   ``der.py``: the other Adam implementations (``scratch-adam-single|foreach|fused``, whichever DER does not use),
+   one online forward over ``cat(obs, next_obs)`` (``scratch-catfwd``), the update on one intra-op thread
+   (``scratch-1thread``), and with ``--compile`` ``DER(compile=True)``.  ``scratch_breakdown_ms`` splits one update
+   into its phases.
 4. ``eval_act_ms``: greedy action on one observation in evaluation mode (noise off, no grad), for scratch,
    zoo-lite and zoo-lite after ``DERPolicy.export()`` (``layers.export_module``: a plain DER network again).
 5. ``lockstep``: K scratch agents trained in lock-step (``rl/lockstep.py``, one stacked vmapped update, K = 1, 8,

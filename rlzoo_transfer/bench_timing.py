@@ -369,11 +369,22 @@ def bench_adaagg(repeats: int, quick: bool, device: torch.device) -> tuple[dict,
     return ratios, ms
 
 
+ZOO_BARE = "zoo(mix,no gate,no T)"
+HUB_RANDOM = "hub(k=1,random)"
+VARIANT_NOTES = {   # the two variants that split a target method's update cost (build_models)
+    ZOO_BARE: "zoo without its gate nets and alignment T: zoo-avg without T with every AdaAgg layer on the 'mix' "
+              "path (one conv / matmul with m*O outputs, then a weighted sum: the path zoo takes for every layer "
+              "here), i.e. the cost of aggregating m sources' outputs per sample before Zoo-Tuning's gate and T",
+    HUB_RANDOM: "hub(k=1) without its pathway generator (a random source per sample): the sparse routing, the "
+                "source networks and the exploit loss alone",
+}
+
+
 def build_models(env, device: str, source: str, methods: list[str] | None, fill: int | None, quick: bool,
                  result: dict[str, Any]):
-    """Scratch and every wanted method (plus ``hub(k=1)`` variants), all sharing one replay filled with real
-    Alien transitions.  Returns ``(replay, obs1, models)``; a method that does not build is reported in
-    ``result["failed"]``, not fatal."""
+    """Scratch and every wanted method (plus ``hub(k=1)`` variants, and with zoo / hub the variants of
+    ``VARIANT_NOTES`` that split their cost), all sharing one replay filled with real Alien transitions.  Returns
+    ``(replay, obs1, models)``; a method that does not build is reported in ``result["failed"]``, not fatal."""
     from rlzoo_transfer.rl.registry import METHODS
 
     log("building scratch and filling its replay ...")
@@ -409,10 +420,29 @@ def build_models(env, device: str, source: str, methods: list[str] | None, fill:
             result["failed"][name] = f"not a registered method (registered: {', '.join(METHODS)})"
         else:
             add(name, name)
+    if "zoo" in wanted and "zoo-avg" in METHODS:
+        add(ZOO_BARE, "zoo-avg", {"align": False})
+        if ZOO_BARE in models:
+            force_mix_path(models[ZOO_BARE].policy.q_net)
+            result["notes"][ZOO_BARE] = VARIANT_NOTES[ZOO_BARE]
     if "hub" in METHODS and (methods is None or "hub(k=1)" in methods or "hub" in methods):
         add("hub(k=1)", "hub", {"k": 1})      # the target is for one active source per sample; hub's default is k=2
         add("hub(k=1,pooled)", "hub", {"k": 1, "generator": "pooled"})   # the cheaper pathway generator
+        if "hub-random" in METHODS:
+            add(HUB_RANDOM, "hub-random", {"k": 1})
+            if HUB_RANDOM in models:
+                result["notes"][HUB_RANDOM] = VARIANT_NOTES[HUB_RANDOM]
     return replay, obs1, models
+
+
+def force_mix_path(net: nn.Module) -> int:
+    """Put every AdaAgg layer of ``net`` on the 'mix' path (m*O outputs, weighted sum); returns how many."""
+    from rlzoo_transfer.layers import adaagg_layers
+
+    layers = adaagg_layers(net)
+    for _, layer in layers:
+        layer.path = "mix"
+    return len(layers)
 
 
 def scratch_variants(env, device: str, source: str, replay, obs1, quick: bool, compile: bool,

@@ -130,6 +130,27 @@ def test_full_update_step_matches_reference(env):
                                (ref_ce.double() + 1e-6) ** rb.alpha, rtol=1e-5, atol=0)
 
 
+def test_cost_split_variants_are_zoo_without_gate_and_t_and_hub_without_generator(env):
+    """The variants that split the zoo and hub(k=1) targets' costs are what their notes say."""
+    from rlzoo_transfer.layers import HubPathway, adaagg_layers
+
+    result = {"settings": {}, "failed": {}, "notes": {}}
+    _, _, models = bench_timing.build_models(env, "cpu", "Seaquest", ["zoo", "hub"], 300, True, result)
+    assert not result["failed"], result["failed"]
+    bare, zoo = models[bench_timing.ZOO_BARE], models["zoo"]
+    layers = adaagg_layers(bare.policy.q_net)
+    assert len(layers) == len(adaagg_layers(zoo.policy.q_net)) == 6
+    assert all(layer.gate is None and layer.align is None and layer.path == "mix" for _, layer in layers)
+    for m in (bare, zoo):
+        m.train(gradient_steps=1, batch_size=B)
+    assert [layer.last_path for _, layer in layers] == ["mix"] * 6
+    # zoo itself takes the mix path for every layer here, so the variant differs from it by the gate and T only
+    assert [layer.last_path for _, layer in adaagg_layers(zoo.policy.q_net)] == ["mix"] * 6
+    hub = next(mod for mod in models[bench_timing.HUB_RANDOM].policy.q_net.modules() if isinstance(mod, HubPathway))
+    assert hub.random_pathway and hub.k == 1
+    assert set(result["notes"]) == {bench_timing.ZOO_BARE, bench_timing.HUB_RANDOM}
+
+
 def test_interleaved_and_paired_ratio():
     calls = []
     s = bench_timing.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 4,

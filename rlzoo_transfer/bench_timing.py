@@ -424,15 +424,29 @@ def build_models(env, device: str, source: str, methods: list[str] | None, fill:
         add(ZOO_BARE, "zoo-avg", {"align": False})
         if ZOO_BARE in models:
             force_mix_path(models[ZOO_BARE].policy.q_net)
-            result["notes"][ZOO_BARE] = VARIANT_NOTES[ZOO_BARE]
+            add_note(result["notes"], ZOO_BARE, VARIANT_NOTES[ZOO_BARE])
     if "hub" in METHODS and (methods is None or "hub(k=1)" in methods or "hub" in methods):
         add("hub(k=1)", "hub", {"k": 1})      # the target is for one active source per sample; hub's default is k=2
         add("hub(k=1,pooled)", "hub", {"k": 1, "generator": "pooled"})   # the cheaper pathway generator
         if "hub-random" in METHODS:
             add(HUB_RANDOM, "hub-random", {"k": 1})
             if HUB_RANDOM in models:
-                result["notes"][HUB_RANDOM] = VARIANT_NOTES[HUB_RANDOM]
+                add_note(result["notes"], HUB_RANDOM, VARIANT_NOTES[HUB_RANDOM])
     return replay, obs1, models
+
+
+def add_note(notes: dict[str, str], key: str, text: str) -> None:
+    """Add ``text`` to the report's note on ``key``, after what it already says."""
+    notes[key] = f"{notes[key]}; {text}" if key in notes else text
+
+
+def note_hub_shares(models: dict[str, Any], notes: dict[str, str]) -> None:
+    """Sparse routing: a hub's cost depends on how its last batch split; note each hub's share per source."""
+    for k, m in models.items():
+        hub = getattr(m.policy.q_net, "hub", None)
+        if hub is not None and hub.last_load is not None:
+            add_note(notes, k, "share of the last update batch routed to each source: "
+                     + ", ".join(f"{v:.2f}" for v in hub.last_load.tolist()))
 
 
 def force_mix_path(net: nn.Module) -> int:
@@ -542,11 +556,7 @@ def bench_updates(models: dict[str, Any], variants: dict[str, Any], replay, repe
             for base_key, ratios in (("reference", "vs_reference"), ("scratch", "vs_scratch")):
                 if base_key in samples:   # absent when its own update failed (reported under "failed")
                     result["ratios"][ratios][k] = round(paired_ratio(v, samples[base_key]), 3)
-    for k, m in models.items():   # sparse routing: a hub's cost depends on how its last batch split
-        hub = getattr(m.policy.q_net, "hub", None)
-        if hub is not None and hub.last_load is not None:
-            result["notes"][k] = ("share of the last update batch routed to each source: "
-                                  + ", ".join(f"{v:.2f}" for v in hub.last_load.tolist()))
+    note_hub_shares(models, result["notes"])
     log("scratch breakdown ...")
     result["scratch_breakdown_ms"] = scratch_breakdown(models["scratch"], repeats, dev)
 
@@ -661,18 +671,22 @@ def evaluate_targets(result: dict[str, Any], models: dict[str, Any]) -> list[dic
         add("scratch <= 0.8x reference", "scratch-compiled", vs_ref["scratch-compiled"], 0.8,
             note="with -p compile=true")
     zoo_key = "zoo" if "zoo" in vs_scr else None
-    add("zoo <= 1.5x scratch", zoo_key, vs_scr.get(zoo_key) if zoo_key else None, 1.5)
+    # the variants that split a target's cost, beside it: "zoo(mix,no gate,no T) 1.9"
+    split = {k: f"{k} {vs_scr[k]}" for k in (ZOO_BARE, HUB_RANDOM) if k in vs_scr}
+    add("zoo <= 1.5x scratch", zoo_key, vs_scr.get(zoo_key) if zoo_key else None, 1.5, note=split.get(ZOO_BARE, ""))
     ev = result.get("eval_ratios_vs_scratch", {})
     ex_key = next((k for k in ev if k.endswith("-exported")), None)
     add("zoo-lite exported == scratch at evaluation (+-10%)", ex_key, ev.get(ex_key) if ex_key else None, 0.10,
         cmp="~=")
     hub_keys = [k for k in ("hub(k=1)", "hub") if k in vs_scr]
     hub_key = next((k for k in hub_keys if k in models and _hub_k(models[k]) == 1), hub_keys[0] if hub_keys else None)
-    note = ""
+    notes = []
     if hub_key and hub_key in models:
         k = _hub_k(models[hub_key])
-        note = f"k={k}" + ("" if k == 1 else " (target is for k=1)")
-    add("hub(k=1) <= 1.6x scratch", hub_key, vs_scr.get(hub_key) if hub_key else None, 1.6, note=note)
+        notes.append(f"k={k}" + ("" if k == 1 else " (target is for k=1)"))
+    if HUB_RANDOM in split:
+        notes.append(split[HUB_RANDOM])
+    add("hub(k=1) <= 1.6x scratch", hub_key, vs_scr.get(hub_key) if hub_key else None, 1.6, note="; ".join(notes))
     if "hub(k=1,pooled)" in vs_scr:
         add("hub(k=1) <= 1.6x scratch", "hub(k=1,pooled)", vs_scr["hub(k=1,pooled)"], 1.6,
             note="with -p generator=pooled")

@@ -149,6 +149,20 @@ def test_cost_split_variants_are_zoo_without_gate_and_t_and_hub_without_generato
     hub = next(mod for mod in models[bench_timing.HUB_RANDOM].policy.q_net.modules() if isinstance(mod, HubPathway))
     assert hub.random_pathway and hub.k == 1
     assert set(result["notes"]) == {bench_timing.ZOO_BARE, bench_timing.HUB_RANDOM}
+    models[bench_timing.HUB_RANDOM].train(gradient_steps=1, batch_size=B)
+    bench_timing.note_hub_shares(models, result["notes"])   # adds to the variant's note, does not replace it
+    note = result["notes"][bench_timing.HUB_RANDOM]
+    assert note.startswith(bench_timing.VARIANT_NOTES[bench_timing.HUB_RANDOM]) and "routed to each source" in note
+
+
+def test_targets_show_the_cost_split_beside_their_target():
+    vs_scratch = {"scratch": 1.0, "zoo": 2.3, bench_timing.ZOO_BARE: 1.9, "hub(k=1)": 2.0, bench_timing.HUB_RANDOM: 1.5}
+    result = {"ratios": {"vs_reference": {"scratch": 0.85}, "vs_scratch": vs_scratch}}
+    targets = {t["target"]: t for t in bench_timing.evaluate_targets(result, {})}
+    zoo, hub = targets["zoo <= 1.5x scratch"], targets["hub(k=1) <= 1.6x scratch"]
+    assert (zoo["value"], zoo["status"], zoo["note"]) == (2.3, "MISS", "zoo(mix,no gate,no T) 1.9")
+    assert (hub["value"], hub["status"], hub["note"]) == (2.0, "MISS", "hub(k=1,random) 1.5")
+    assert targets["scratch <= 0.8x reference"]["status"] == "MISS"
 
 
 def test_interleaved_and_paired_ratio():

@@ -43,7 +43,7 @@ machine (``machine.load_avg_1m`` above the core count) expect wide IQRs; ``--thr
 Targets (from the issues; printed PASS / MISS, never a failure of the command):
 ours (scratch) <= 0.8x reference; zoo <= 1.5x scratch; zoo-lite exported == scratch at evaluation (within 10%);
 hub (k=1) <= 1.6x scratch (``hub(k=1)``: the hub method built with ``k=1``, its default being 2; also reported
-for ``hub(k=1,pooled)``, with the cheaper ``generator=pooled``); a single 100k
+for ``hub(k=1,pooled)`` and ``hub(k=1,linear)``, with the cheaper generators); a single 100k
 scratch run <= 20 minutes (``run``, projected, on all cores).
 
 This module is the CLI, its settings and the report (torch-free until the arguments parse: ``--help`` answers at

@@ -427,7 +427,8 @@ def build_models(env, device: str, source: str, methods: list[str] | None, fill:
             add_note(result["notes"], ZOO_BARE, VARIANT_NOTES[ZOO_BARE])
     if "hub" in METHODS and (methods is None or "hub(k=1)" in methods or "hub" in methods):
         add("hub(k=1)", "hub", {"k": 1})      # the target is for one active source per sample; hub's default is k=2
-        add("hub(k=1,pooled)", "hub", {"k": 1, "generator": "pooled"})   # the cheaper pathway generator
+        add("hub(k=1,pooled)", "hub", {"k": 1, "generator": "pooled"})   # the cheaper pathway generators
+        add("hub(k=1,linear)", "hub", {"k": 1, "generator": "linear"})
         if "hub-random" in METHODS:
             add(HUB_RANDOM, "hub-random", {"k": 1})
             if HUB_RANDOM in models:
@@ -687,9 +688,10 @@ def evaluate_targets(result: dict[str, Any], models: dict[str, Any]) -> list[dic
     if HUB_RANDOM in split:
         notes.append(split[HUB_RANDOM])
     add("hub(k=1) <= 1.6x scratch", hub_key, vs_scr.get(hub_key) if hub_key else None, 1.6, note="; ".join(notes))
-    if "hub(k=1,pooled)" in vs_scr:
-        add("hub(k=1) <= 1.6x scratch", "hub(k=1,pooled)", vs_scr["hub(k=1,pooled)"], 1.6,
-            note="with -p generator=pooled")
+    for gen in ("pooled", "linear"):
+        if f"hub(k=1,{gen})" in vs_scr:
+            add("hub(k=1) <= 1.6x scratch", f"hub(k=1,{gen})", vs_scr[f"hub(k=1,{gen})"], 1.6,
+                note=f"with -p generator={gen}")
     proj = result.get("run", {}).get("projected_100k_min", {})
     best = min(proj, key=lambda t: proj[t]) if proj else None
     add("100k scratch run <= 20 min", f"run ({best} threads)" if best else None, proj.get(best) if best else None,

@@ -124,7 +124,7 @@ class SourcePolicy(nn.Module):
         return self.net(x)
 
 
-GENERATORS = ("torso", "pooled")
+GENERATORS = ("torso", "pooled", "linear")
 
 
 def pathway_generator(kind: str, m: int, in_channels: int = 4) -> nn.Module:
@@ -135,6 +135,8 @@ def pathway_generator(kind: str, m: int, in_channels: int = 4) -> nn.Module:
     as costly as a policy's own torso (~1.3M multiply-adds per frame stack), so with k = 1 every forward runs two
     torsos.  ``"pooled"``: BlockMean(4) to 21x21, conv(4->16, 3x3/2) ReLU (10x10), Linear(1600, 2m): ~60k
     multiply-adds, ~1/20 of the torso's (~1/4 of its time at batch 32, bench) - a cheaper router on a coarser frame.
+    ``"linear"``: BlockMean(8) to 10x10 (the last 4 rows and columns dropped), Linear(400, 2m): ~800 multiply-adds,
+    a linear router on a very coarse frame, for when the generator's own cost matters most (hub with k = 1, bench).
     """
     if kind == "torso":
         net = nn.Sequential(nn.Conv2d(in_channels, 32, 5, stride=5), nn.ReLU(), nn.Conv2d(32, 64, 5, stride=5),
@@ -142,6 +144,8 @@ def pathway_generator(kind: str, m: int, in_channels: int = 4) -> nn.Module:
     elif kind == "pooled":
         net = nn.Sequential(BlockMean(4), nn.Conv2d(in_channels, 16, 3, stride=2), nn.ReLU(), nn.Flatten(),
                             nn.Linear(16 * 10 * 10, 2 * m))
+    elif kind == "linear":
+        net = nn.Sequential(BlockMean(8), nn.Flatten(), nn.Linear(in_channels * 10 * 10, 2 * m))
     else:
         raise ValueError(f"unknown pathway generator {kind!r}: choose one of {', '.join(GENERATORS)}")
     for mod in net:   # the frames arrive channels-last (DERPolicy.scale); an NCHW conv on them is the slow path

@@ -380,18 +380,21 @@ def test_hub_exploit_loss_trains_a_peaked_source(built, frames):
     assert max(w.abs().max() for w in want if w is not None) > 1e-2
 
 
-def test_hub_pooled_generator_is_cheaper_and_trains(envs, frames):
-    """``-p generator=pooled``: a ~20x cheaper pathway generator; same mixture output, and it learns."""
+@pytest.mark.parametrize("kind, block", [("pooled", 4), ("linear", 8)])
+def test_hub_cheaper_generator_trains(envs, frames, kind, block):
+    """``-p generator=pooled`` (~20x fewer multiply-adds than the torso) and ``linear`` (~1600x): same mixture
+    output, and the generator learns."""
     torso = pathway_generator("torso", 2)
-    pooled = pathway_generator("pooled", 2)
+    cheap = pathway_generator(kind, 2)
     x = frames["Gopher"]
-    assert pooled(x).shape == torso(x).shape == (len(x), 4)
-    model = build("Gopher", "hub", envs["Gopher"], generator="pooled")
+    assert cheap(x).shape == torso(x).shape == (len(x), 4)
+    assert sum(p.numel() for p in cheap.parameters()) < sum(p.numel() for p in torso.parameters()) / 5
+    model = build("Gopher", "hub", envs["Gopher"], generator=kind)
     hub = model.policy.q_net.hub
     assert isinstance(hub.generator[0], BlockMean)
     for layout in (torch.contiguous_format, torch.channels_last):   # BlockMean is average pooling
         torch.testing.assert_close(hub.generator[0](x.contiguous(memory_format=layout)),
-                                   torch.nn.functional.avg_pool2d(x, 4), rtol=0, atol=1e-6)
+                                   torch.nn.functional.avg_pool2d(x, block), rtol=0, atol=1e-6)
     assert_normalised(log_probs(model.policy.q_net, x, True), 8, len(x))
     before = {k: v.clone() for k, v in hub.generator.state_dict().items()}
     model.set_logger(RecordingLogger())

@@ -371,6 +371,7 @@ def bench_adaagg(repeats: int, quick: bool, device: torch.device) -> tuple[dict,
 
 ZOO_BARE = "zoo(mix,no gate,no T)"
 HUB_RANDOM = "hub(k=1,random)"
+CHEAP_GENERATORS = ("pooled", "linear")   # hub(k=1) is also timed with these -p generator= values
 VARIANT_NOTES = {   # the two variants that split a target method's update cost (build_models)
     ZOO_BARE: "zoo without its gate nets and alignment T: zoo-avg without T with every AdaAgg layer on the 'mix' "
               "path (one conv / matmul with m*O outputs, then a weighted sum: the path zoo takes for every layer "
@@ -420,19 +421,18 @@ def build_models(env, device: str, source: str, methods: list[str] | None, fill:
             result["failed"][name] = f"not a registered method (registered: {', '.join(METHODS)})"
         else:
             add(name, name)
-    if "zoo" in wanted and "zoo-avg" in METHODS:
+    if "zoo" in wanted:
         add(ZOO_BARE, "zoo-avg", {"align": False})
         if ZOO_BARE in models:
             force_mix_path(models[ZOO_BARE].policy.q_net)
             add_note(result["notes"], ZOO_BARE, VARIANT_NOTES[ZOO_BARE])
     if "hub" in METHODS and (methods is None or "hub(k=1)" in methods or "hub" in methods):
         add("hub(k=1)", "hub", {"k": 1})      # the target is for one active source per sample; hub's default is k=2
-        add("hub(k=1,pooled)", "hub", {"k": 1, "generator": "pooled"})   # the cheaper pathway generators
-        add("hub(k=1,linear)", "hub", {"k": 1, "generator": "linear"})
-        if "hub-random" in METHODS:
-            add(HUB_RANDOM, "hub-random", {"k": 1})
-            if HUB_RANDOM in models:
-                add_note(result["notes"], HUB_RANDOM, VARIANT_NOTES[HUB_RANDOM])
+        for gen in CHEAP_GENERATORS:
+            add(f"hub(k=1,{gen})", "hub", {"k": 1, "generator": gen})
+        add(HUB_RANDOM, "hub-random", {"k": 1})
+        if HUB_RANDOM in models:
+            add_note(result["notes"], HUB_RANDOM, VARIANT_NOTES[HUB_RANDOM])
     return replay, obs1, models
 
 
@@ -450,14 +450,12 @@ def note_hub_shares(models: dict[str, Any], notes: dict[str, str]) -> None:
                      + ", ".join(f"{v:.2f}" for v in hub.last_load.tolist()))
 
 
-def force_mix_path(net: nn.Module) -> int:
-    """Put every AdaAgg layer of ``net`` on the 'mix' path (m*O outputs, weighted sum); returns how many."""
+def force_mix_path(net: nn.Module) -> None:
+    """Put every AdaAgg layer of ``net`` on the 'mix' path (m*O outputs, weighted sum)."""
     from rlzoo_transfer.layers import adaagg_layers
 
-    layers = adaagg_layers(net)
-    for _, layer in layers:
+    for _, layer in adaagg_layers(net):
         layer.path = "mix"
-    return len(layers)
 
 
 def scratch_variants(env, device: str, source: str, replay, obs1, quick: bool, compile: bool,
@@ -688,7 +686,7 @@ def evaluate_targets(result: dict[str, Any], models: dict[str, Any]) -> list[dic
     if HUB_RANDOM in split:
         notes.append(split[HUB_RANDOM])
     add("hub(k=1) <= 1.6x scratch", hub_key, vs_scr.get(hub_key) if hub_key else None, 1.6, note="; ".join(notes))
-    for gen in ("pooled", "linear"):
+    for gen in CHEAP_GENERATORS:
         if f"hub(k=1,{gen})" in vs_scr:
             add("hub(k=1) <= 1.6x scratch", f"hub(k=1,{gen})", vs_scr[f"hub(k=1,{gen})"], 1.6,
                 note=f"with -p generator={gen}")
